@@ -1,0 +1,89 @@
+"""Backend registry and dispatch for :func:`sparse_attention`.
+
+Each backend declares what it supports through a ``supports`` function that returns
+``None`` when it can run the given inputs and a human-readable reason otherwise.
+``backend="auto"`` walks the backends by descending priority and takes the first that fits;
+when none fits (or an explicit choice does not fit) the error lists every backend's reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from torch import Tensor
+
+from .kernels.reference import sparse_attention_reference
+
+Kernel = Callable[..., Tensor]
+SupportCheck = Callable[[Tensor, Tensor, Tensor, Tensor, bool], Optional[str]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A sparse attention kernel and the inputs it can handle.
+
+    Attributes:
+        name: identifier passed as ``backend=``.
+        priority: higher runs first under ``backend="auto"``.
+        kernel: ``kernel(q, k, v, indices, *, causal, scale) -> Tensor``.
+        supports: ``supports(q, k, v, indices, needs_grad) -> None | reason``.
+        description: one line for ``sparse-attention backends`` and docs.
+    """
+
+    name: str
+    priority: int
+    kernel: Kernel
+    supports: SupportCheck
+    description: str
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Add (or replace) a backend in the registry."""
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def backends() -> list[Backend]:
+    """All registered backends, highest priority first."""
+    return sorted(_BACKENDS.values(), key=lambda b: -b.priority)
+
+
+def choose_backend(name: str, q: Tensor, k: Tensor, v: Tensor, indices: Tensor, needs_grad: bool) -> Backend:
+    """Return the backend to run: ``name`` itself, or the best fit when ``name == "auto"``."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string, got {type(name).__name__}")
+    if name != "auto":
+        if name not in _BACKENDS:
+            known = ", ".join(["auto", *(b.name for b in backends())])
+            raise ValueError(f"unknown backend {name!r}; expected one of: {known}")
+        chosen = _BACKENDS[name]
+        reason = chosen.supports(q, k, v, indices, needs_grad)
+        if reason is not None:
+            raise ValueError(f"backend {name!r} cannot run these inputs: {reason}")
+        return chosen
+    reasons = []
+    for candidate in backends():
+        reason = candidate.supports(q, k, v, indices, needs_grad)
+        if reason is None:
+            return candidate
+        reasons.append(f"{candidate.name}: {reason}")
+    raise ValueError("no sparse attention backend supports these inputs:\n  " + "\n  ".join(reasons))
+
+
+def _reference_supports(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, needs_grad: bool) -> Optional[str]:
+    return None  # any device, dtype, head dim and index layout; autograd throughout
+
+
+register_backend(
+    Backend(
+        name="reference",
+        priority=0,
+        kernel=sparse_attention_reference,
+        supports=_reference_supports,
+        description="pure PyTorch gather + softmax, chunked over queries (the oracle; any device)",
+    )
+)

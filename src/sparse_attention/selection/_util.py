@@ -1,0 +1,97 @@
+"""Small tensor helpers shared by selection methods."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..ops.validation import causal_offset
+
+
+def check_positive_int(name: str, value, *, allow_none: bool = False) -> None:
+    """``ValueError``/``TypeError`` unless ``value`` is a positive int (or None if allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+def check_nonnegative_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A seeded generator; random draws happen on CPU so results match across devices."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(seed)
+    return gen
+
+
+def query_key_limit(n_q: int, n_k: int, causal: bool, device) -> Tensor:
+    """``[N_q]`` last key position each query may see (``N_k - 1`` when not causal)."""
+    rows = torch.arange(n_q, device=device)
+    if causal:
+        return rows + causal_offset(n_q, n_k)
+    return torch.full_like(rows, n_k - 1)
+
+
+def compact_indices(indices: Tensor, n_keys: int, limit: Tensor | None = None) -> Tensor:
+    """Sort each row, drop duplicates and invalid entries, trim to the longest row.
+
+    Args:
+        indices: ``[..., N_q, M]`` candidate key positions, ``-1`` (or any negative) = none.
+        n_keys: ``N_k``.
+        limit: optional ``[N_q]`` last allowed key per query (causal); larger entries drop.
+    Returns:
+        ``[..., N_q, K]`` int64, valid ascending positions first, ``-1`` padding, with
+        ``K = max(1, most valid entries in any row)``.
+    """
+    idx = indices.long()
+    invalid = idx < 0
+    if limit is not None:
+        invalid |= idx > limit[:, None]
+    idx = torch.where(invalid, torch.full_like(idx, n_keys), idx)
+    idx, _ = idx.sort(dim=-1)
+    duplicate = torch.zeros_like(idx, dtype=torch.bool)
+    duplicate[..., 1:] = idx[..., 1:] == idx[..., :-1]
+    idx = torch.where(duplicate, torch.full_like(idx, n_keys), idx)
+    idx, _ = idx.sort(dim=-1)
+    valid_counts = (idx < n_keys).sum(dim=-1)
+    width = max(1, int(valid_counts.max())) if valid_counts.numel() else 1
+    idx = idx[..., :width]
+    return torch.where(idx >= n_keys, torch.full_like(idx, -1), idx)
+
+
+def chunked_topk(score_fn, n_q: int, n_k: int, top_k: int, *, causal: bool, device, budget: int = 1 << 24,
+                 rows_per_query: int = 1) -> Tensor:
+    """Top-k key positions per query from scores computed chunk by chunk.
+
+    Args:
+        score_fn: ``score_fn(start, stop) -> [..., stop - start, N_k]`` scores of those queries.
+        top_k: keys kept per query; ``K = min(top_k, N_k)`` slots.
+        rows_per_query: score rows per query (e.g. B * H) to size the chunk to ``budget``.
+    Returns:
+        ``[..., N_q, K]`` int64, highest score first; ``-1`` where a row has fewer than
+        ``K`` allowed keys (causal prefix) or the score is ``-inf``.
+    """
+    k_eff = min(top_k, n_k)
+    chunk = max(1, min(n_q, budget // max(1, n_k * rows_per_query)))
+    limit = query_key_limit(n_q, n_k, causal, device)
+    keys = torch.arange(n_k, device=device)
+    parts = []
+    for start in range(0, n_q, chunk):
+        stop = min(start + chunk, n_q)
+        scores = score_fn(start, stop).float()  # [..., C, N_k]
+        allowed = keys[None, :] <= limit[start:stop, None]  # causal mask before top-k
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        values, idx = scores.topk(k_eff, dim=-1)
+        # ...and after: slots that only hold masked keys become empty (DeepSeek re-applies it).
+        parts.append(torch.where(values == float("-inf"), torch.full_like(idx, -1), idx))
+    return torch.cat(parts, dim=-2)

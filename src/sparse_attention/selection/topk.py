@@ -1,0 +1,34 @@
+"""``topk``: exact top-k of ``q . k`` per query head, the oracle for any top-k method."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ._util import check_positive_int, chunked_topk
+from .base import Param, Selection, register_method
+
+
+@register_method(
+    "topk",
+    params=[Param("top_k", 64, "keys per query (K = min(top_k, N_k)); rows with fewer causal keys pad with -1",
+                  "upper bound for DSA/NSA/MoBA-style top-k selection")],
+    summary="exact top-k of q.k per head (oracle upper bound for top-k methods)",
+    reference="Gupta et al. 2021 (top-k attention)",
+)
+def select_topk(q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64) -> Selection:
+    """Per query head, the ``top_k`` keys with the largest ``q . k`` (``H_sel = H``).
+
+    Scores are computed in query chunks, so memory is O(chunk * N_k), not O(N^2).
+    """
+    check_positive_int("top_k", top_k)
+    b, h, n_q, d = q.shape
+    h_kv, n_k = k.shape[1], k.shape[2]
+    g = h // h_kv
+    q_grouped = q.reshape(b, h_kv, g, n_q, d)
+
+    def scores(start: int, stop: int) -> Tensor:
+        s = q_grouped[:, :, :, start:stop] @ k.unsqueeze(2).transpose(-1, -2)  # [B, H_kv, G, C, N_k]
+        return s.reshape(b, h, stop - start, n_k)
+
+    idx = chunked_topk(scores, n_q, n_k, top_k, causal=causal, device=q.device, rows_per_query=b * h)
+    return Selection(idx, n_k, causal, "topk", {"top_k": top_k})
