@@ -80,10 +80,11 @@ def masked_dense_attention(
     h = q.shape[1]
     scale = resolve_scale(scale, q.shape[-1])
     out_dtype = q.dtype
-    q, k, v = q.float(), _repeat_kv(k, h).float(), _repeat_kv(v, h).float()
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k, v = q.to(compute), _repeat_kv(k, h).to(compute), _repeat_kv(v, h).to(compute)
     if counts.shape[1] not in (1, h):
         counts = _repeat_kv(counts, h)
-    logits = (q @ k.transpose(-1, -2)) * scale + torch.log(counts)  # log 0 = -inf
+    logits = (q @ k.transpose(-1, -2)) * scale + torch.log(counts.to(compute))  # log 0 = -inf
     row_max = logits.amax(dim=-1, keepdim=True).detach()
     row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)
     probs = torch.exp(logits - row_max)

@@ -1,0 +1,1 @@
+"""Experiments: measured comparisons of selection methods (every number computed here)."""

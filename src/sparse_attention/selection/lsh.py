@@ -1,0 +1,161 @@
+"""``lsh``: Reformer's angular LSH attention (Kitaev et al. 2020), as a selection.
+
+Keys and queries are hashed by random rotations; a query attends to the keys that landed
+in its bucket and are near it in position, per hash round; the rounds are unioned.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._util import check_positive_int, compact_indices, make_generator, query_key_limit
+from .base import Param, Selection, register_method
+
+
+def resolve_n_buckets(n_buckets: int | None, n_keys: int, bucket_size: int) -> int:
+    """Validate ``n_buckets`` (1 or a positive even int); ``None`` -> ``max(2, N_k // bucket_size)``, made even."""
+    if n_buckets is None:
+        n = max(2, n_keys // bucket_size)
+        return n + n % 2
+    check_positive_int("n_buckets", n_buckets)
+    if n_buckets != 1 and n_buckets % 2:
+        # argmax over [xR ; -xR] always yields an even number of buckets.
+        raise ValueError(f"n_buckets must be 1 or even, got {n_buckets}")
+    return n_buckets
+
+
+def random_rotations(n_hashes: int, dim: int, n_buckets: int, seed: int, device=None) -> Tensor:
+    """``[n_hashes, D, n_buckets // 2]`` float32 standard-normal rotations, drawn on CPU from ``seed``."""
+    gen = make_generator(seed)
+    rot = torch.randn(n_hashes, dim, max(1, n_buckets // 2), generator=gen, dtype=torch.float32)
+    return rot.to(device) if device is not None else rot
+
+
+def hash_buckets(x: Tensor, rotation: Tensor) -> Tensor:
+    """Angular LSH ``argmax([xR ; -xR])`` of ``x [..., N, D]`` with ``rotation [D, n_buckets/2]``.
+
+    Returns ``[..., N]`` int64 buckets in ``[0, n_buckets)``.
+    """
+    xr = x.float() @ rotation  # [..., N, n_buckets/2]
+    return torch.cat([xr, -xr], dim=-1).argmax(dim=-1)
+
+
+def _round_candidates(qb: Tensor, kb: Tensor, pos: Tensor, window: int, causal: bool) -> Tensor:
+    """Keys one hash round lets each query see.
+
+    Args:
+        qb: ``[B, H_kv, M]`` query buckets (``M = G * N_q``, queries grouped by KV head).
+        kb: ``[B, H_kv, N_k]`` key buckets.
+        pos: ``[M]`` the query's end-aligned position (= its causal limit), in ``[-1, N_k - 1]``.
+        window: keys per query per round (``2 * bucket_size``).
+    Returns:
+        ``[B, H_kv, M, window]`` key positions, ``-1`` = none.
+    """
+    n_k = kb.shape[-1]
+    keys = torch.arange(n_k, device=kb.device)
+    # Composite key bucket * N_k + position: sorting it groups buckets, positions ascending.
+    sorted_ck, order = (kb * n_k + keys).sort(dim=-1, stable=True)  # [B, H_kv, N_k] each
+    base = qb * n_k
+    lo = torch.searchsorted(sorted_ck, base)  # first key of the query's bucket
+    hi = torch.searchsorted(sorted_ck, base + n_k)  # one past its last key
+    # Insertion point: same-bucket keys at positions <= pos lie in [lo, at).
+    # pos >= -1 keeps base + pos above every key of the previous bucket.
+    at = torch.searchsorted(sorted_ck, base + pos, right=True)  # [B, H_kv, M]
+    if causal:
+        # The most recent `window` same-bucket keys at or before pos.
+        slots = at[..., None] - window + torch.arange(window, device=kb.device)  # [B, H_kv, M, W]
+    else:
+        # The nearest `window` same-bucket keys form a run of sorted order within
+        # [at - W, at + W): take those 2W candidates, keep the W closest to pos.
+        slots = at[..., None] - window + torch.arange(2 * window, device=kb.device)  # [B, H_kv, M, 2W]
+    inside = (slots >= lo[..., None]) & (slots < hi[..., None])
+    flat = slots.clamp(0, n_k - 1).flatten(-2)  # [B, H_kv, M * W']
+    cand = order.gather(-1, flat).view_as(slots)
+    if not causal:
+        # Distance with ties broken towards the earlier key: unique, so the choice is deterministic.
+        dist = 2 * (cand - pos[:, None]).abs() + (cand > pos[:, None]).long()
+        dist = torch.where(inside, dist, torch.full_like(dist, 4 * n_k + 4))
+        keep = dist.topk(window, dim=-1, largest=False).indices  # [B, H_kv, M, W]
+        cand, inside = cand.gather(-1, keep), inside.gather(-1, keep)
+    return torch.where(inside, cand, torch.full_like(cand, -1))
+
+
+@register_method(
+    "lsh",
+    params=[
+        Param("n_hashes", 4, "hash rounds; a query sees the union of its rounds", "Kitaev et al. 2020, Sec. 3"),
+        Param("n_buckets", None, "buckets per round: 1 (all keys in one bucket) or even; None ="
+              " max(2, N_k // bucket_size) rounded up to even", "Kitaev et al. 2020, Sec. 2"),
+        Param("bucket_size", 64, "Reformer chunk length; a query sees 2*bucket_size same-bucket keys per round",
+              "Kitaev et al. 2020 (chunk 64)"),
+        Param("seed", 0, "seed of the random rotations", ""),
+        Param("include_self", True, "always include the key at the query's own (end-aligned) position",
+              "Kitaev et al. 2020, Sec. 2 (self only when nothing else); here always, so no row is empty"),
+    ],
+    summary="Reformer angular LSH: 2*bucket_size nearest same-bucket keys per hash round, exactly causal",
+    reference="Kitaev et al. 2020 (Reformer)",
+)
+def select_lsh(q: Tensor, k: Tensor, *, causal: bool = True, n_hashes: int = 4, n_buckets: int | None = None,
+               bucket_size: int = 64, seed: int = 0, include_self: bool = True) -> Selection:
+    """Reformer LSH attention on ``q [B, H, N_q, D]``, ``k [B, H_kv, N_k, D]``; ``H_sel = H``.
+
+    Each round draws rotations ``R [D, n_buckets/2]`` (shared by all heads) and hashes
+    every query head and every KV head with ``h(x) = argmax([xR ; -xR])``. Query ``i`` of
+    head ``h`` then attends to keys of KV head ``h // (H // H_kv)`` in its own bucket:
+
+    * causal: the ``2 * bucket_size`` most recent same-bucket keys at positions ``<= t``,
+      ``t = i + N_k - N_q`` its causal limit;
+    * non-causal: the ``2 * bucket_size`` same-bucket keys nearest to position ``t``
+      (ties go to the earlier key).
+
+    Reformer sorts tokens by (bucket, position), cuts the order into chunks of
+    ``bucket_size`` and lets a chunk see itself and the previous chunk, i.e. about
+    ``2 * bucket_size`` neighbouring same-bucket tokens. The rule above says that
+    directly, which makes it **exactly causal**: whether key ``j`` is selected for query
+    ``i`` depends only on the hashes of ``q_i`` and of keys ``<= t``. Sort + chunk is not:
+    future tokens entering a bucket shift the chunk boundaries seen by earlier ones.
+
+    ``include_self`` adds the key at position ``t`` (when ``t >= 0``), so that causal rows
+    are never empty. Reformer (shared Q and K) masks a token's own key and uses it only
+    when nothing else is visible; with separate q and k a query need not even share a
+    bucket with its own key, so here it is always kept.
+
+    ``n_buckets=1`` puts every key in one bucket; with ``bucket_size >= N_k`` every
+    (causally visible) key is then selected, which equals dense attention.
+
+    Returns:
+        ``Selection`` with ``indices [B, H, N_q, K]``, ``K <= n_hashes * 2 * bucket_size + 1``,
+        ascending, ``-1`` padded, no duplicates, no causally invisible keys.
+    """
+    check_positive_int("n_hashes", n_hashes)
+    check_positive_int("bucket_size", bucket_size)
+    if not isinstance(include_self, bool):
+        raise TypeError(f"include_self must be a bool, got {type(include_self).__name__}")
+    b, h, n_q, d = q.shape
+    h_kv, n_k = k.shape[1], k.shape[2]
+    g = h // h_kv
+    device = q.device
+    n_buckets = resolve_n_buckets(n_buckets, n_k, bucket_size)
+    rotations = random_rotations(n_hashes, d, n_buckets, seed, device)  # [n_hashes, D, n_buckets/2]
+    window = 2 * bucket_size
+    limit = query_key_limit(n_q, n_k, True, device)  # [N_q] end-aligned own position
+    pos = limit.clamp(min=-1).repeat(g)  # [G * N_q], matches the grouped query layout below
+    q_grouped = q.reshape(b, h_kv, g * n_q, d)  # query head h = kv head h // G, group h % G
+
+    parts = []
+    for r in range(n_hashes):
+        if n_buckets == 1:
+            qb = torch.zeros(b, h_kv, g * n_q, dtype=torch.long, device=device)
+            kb = torch.zeros(b, h_kv, n_k, dtype=torch.long, device=device)
+        else:
+            qb, kb = hash_buckets(q_grouped, rotations[r]), hash_buckets(k, rotations[r])
+        parts.append(_round_candidates(qb, kb, pos, window, causal))  # [B, H_kv, G*N_q, W]
+        if n_buckets == 1:
+            break  # every round would select the same keys
+    if include_self:
+        parts.append(pos.expand(b, h_kv, -1)[..., None])  # -1 (none) where t < 0
+    cand = torch.cat(parts, dim=-1).reshape(b, h, n_q, -1)  # [B, H, N_q, M]
+    idx = compact_indices(cand, n_k, limit if causal else None)  # [B, H, N_q, K]
+    return Selection(idx, n_k, causal, "lsh",
+                     {"n_hashes": n_hashes, "n_buckets": n_buckets, "bucket_size": bucket_size})

@@ -1,0 +1,69 @@
+"""Bad input raises ValueError/TypeError naming the argument."""
+
+import pytest
+import torch
+from helpers import make_qkv
+
+from sparse_attention import attention, sparse_attention
+
+
+def _inputs():
+    q, k, v = make_qkv(1, 4, 2, 10)
+    idx = torch.zeros(1, 1, 10, 3, dtype=torch.long)
+    return q, k, v, idx
+
+
+@pytest.mark.parametrize(
+    "mutate, error, match",
+    [
+        (lambda q, k, v, i: (q[0], k, v, i), ValueError, "q must have rank 4"),
+        (lambda q, k, v, i: (q, k, v, i[0]), ValueError, "indices must have rank 4"),
+        (lambda q, k, v, i: (q, k[:, :, :5], v, i), ValueError, "k and v must have the same length"),
+        (lambda q, k, v, i: (torch.cat([q, q]), k, v, i), ValueError, "batch size mismatch"),
+        (lambda q, k, v, i: (q, k[..., :8], v, i), ValueError, "head dim mismatch"),
+        (lambda q, k, v, i: (q[:, :3], k, v, i), ValueError, "multiple of k/v heads"),
+        (lambda q, k, v, i: (q, k.double(), v, i), TypeError, "one dtype"),
+        (lambda q, k, v, i: (q, k, v, i.float()), TypeError, "indices must be an integer"),
+        (lambda q, k, v, i: (q.long(), k, v, i), TypeError, "q must be a floating-point"),
+        (lambda q, k, v, i: (q, k, v, i + 10), ValueError, "indices out of range"),
+        (lambda q, k, v, i: (q, k, v, i - 2), ValueError, "indices out of range"),
+        (lambda q, k, v, i: (q, k, v, i.expand(1, 3, 10, 3)), ValueError, "H_sel"),
+        (lambda q, k, v, i: (q, k, v, i[:, :, :4]), ValueError, "indices length"),
+        (lambda q, k, v, i: (q, k, v, i[..., :0]), ValueError, "at least one slot"),
+        (lambda q, k, v, i: (q[:, :, :0], k, v, i[:, :, :0]), ValueError, "empty sequence"),
+        (lambda q, k, v, i: (q.numpy(), k, v, i), TypeError, "q must be a torch.Tensor"),
+        (lambda q, k, v, i: (q, k.to("meta"), v, i), ValueError, "one device"),
+    ],
+)
+def test_bad_input_raises(mutate, error, match):
+    with pytest.raises(error, match=match):
+        sparse_attention(*mutate(*_inputs()))
+
+
+def test_bad_scale_backend_and_causal():
+    q, k, v, idx = _inputs()
+    with pytest.raises(ValueError, match="scale"):
+        sparse_attention(q, k, v, idx, scale=-1.0)
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        sparse_attention(q, k, v, idx, backend="fast")
+    with pytest.raises(TypeError, match="causal"):
+        sparse_attention(q, k, v, idx, causal="yes")
+
+
+@pytest.mark.parametrize(
+    "method, params, match",
+    [
+        ("nope", {}, "unknown method 'nope'"),
+        ("topk", {"top_k": 0}, "top_k must be positive"),
+        ("topk", {"top_k": -3}, "top_k must be positive"),
+        ("dsa", {"top_k": 0}, "top_k must be positive"),
+        ("local", {"window": 0}, "window must be positive"),
+        ("local", {"sinks": -1}, "sinks must be >= 0"),
+        ("local", {"window_size": 4}, "has no parameter 'window_size'"),
+        ("topk", {"top_k": 2.5}, "top_k must be an int"),
+    ],
+)
+def test_bad_method_parameters(method, params, match):
+    q, k, v, _ = _inputs()
+    with pytest.raises((ValueError, TypeError), match=match):
+        attention(q, k, v, method, **params)
