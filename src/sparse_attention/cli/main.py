@@ -41,18 +41,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                         budget=args.budget, seed=args.seed, methods=tuple(args.methods) if args.methods else None)
     from ..selection import list_methods
 
-    names = [m.name for m in list_methods() if not config.methods or m.name in config.methods]
     unknown = set(config.methods or ()) - {m.name for m in list_methods()}
     if unknown:
-        raise SystemExit(f"error: unknown method(s): {', '.join(sorted(unknown))}")
-    bar = tqdm(total=len(names), desc="methods", unit="method", file=sys.stderr)
-
-    def progress(name: str) -> None:
-        bar.set_postfix_str(name)
-        bar.update(1)
-
-    rows = run_demo(config, progress=progress)
-    bar.close()
+        raise ValueError(f"unknown method(s): {', '.join(sorted(unknown))}")
+    rows = run_demo(config, progress=lambda specs: tqdm(specs, desc="methods", unit="method", file=sys.stderr))
     print(f"Demo: causal attention on clustered synthetic q/k/v, N={config.length}, heads {config.heads}:"
           f"{config.kv_heads}, D={config.head_dim}, torch {torch.__version__}, {torch.get_num_threads()} threads.")
     print("recall = dense attention mass on the selected keys; cosine / rel. L2 = output vs dense.")

@@ -1,6 +1,7 @@
 """Selection methods: which keys each query may attend to. One file per method."""
 
-from . import dense, dsa, local, lsh, routing, ssa, topk  # noqa: F401  (registers the methods)
+# Import order is registration order, which is the order `sparse-attention methods` lists.
+from . import dense, local, topk, dsa, ssa, routing, lsh  # noqa: F401,I001  (registers the methods)
 from .base import MethodSpec, Param, Selection, get_method, list_methods, register_method, select
 from .dsa import dsa_select, indexer_scores
 
