@@ -12,7 +12,7 @@ def test_methods_lists_every_method(capsys):
     out = capsys.readouterr().out
     for name in ("dense", "local", "topk", "dsa", "ssa", "routing", "lsh"):
         assert f"{name}:" in out
-    assert "--top_k (default 64)" in out
+    assert "top_k = 64:" in out
 
 
 def test_backends(capsys):

@@ -18,7 +18,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         print(f"    reference: {spec.reference}")
         for p in spec.params:
             source = f"  [{p.source}]" if p.source else ""
-            print(f"    --{p.name} (default {p.default!r}): {p.doc}{source}")
+            print(f"    {p.name} = {p.default!r}: {p.doc}{source}")
     return 0
 
 
