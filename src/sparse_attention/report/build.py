@@ -1,0 +1,60 @@
+"""Assemble ``report.md`` and the plots from a results dictionary."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+#: Section name -> report module, in report order.
+SECTIONS = ("needle", "sparsity", "quality", "scalability", "spectral", "energy", "ablation", "pareto")
+
+
+def _module(name: str):
+    return importlib.import_module(f"{__package__}.{name}")
+
+
+def machine_line(results: dict[str, Any]) -> str:
+    m = results.get("machine", {})
+    return (f"{m.get('device_name', '?')} ({m.get('device', '?')}), {m.get('threads', '?')} threads, "
+            f"torch {m.get('torch', '?')}, python {m.get('python', '?')}, git {str(m.get('git_sha', '?'))[:12]}")
+
+
+def render_report(results: dict[str, Any], plot_files: dict[str, list[str]] | None = None) -> str:
+    """Markdown report of every section present in ``results``."""
+    cfg = results.get("config", {})
+    runtime = results.get("runtime_s", {})
+    lines = [
+        "# Attention-level experiments",
+        "",
+        f"Generated from `results.json` by `sparse-attention report`. Mode: {'quick' if cfg.get('quick') else 'full'};"
+        f" lengths {cfg.get('lengths')}; heads {cfg.get('heads')}:{cfg.get('kv_heads')}, D={cfg.get('head_dim')};"
+        f" budget {cfg.get('budget')} keys for local/topk/dsa; seed {cfg.get('seed')}.",
+        f"Machine: {machine_line(results)}.",
+        f"Runtime: {runtime.get('total', 0):.0f} s in all.",
+        "",
+    ]
+    for name in SECTIONS:
+        section = results.get("experiments", {}).get(name)
+        if section is None:
+            continue
+        lines.append(_module(name).tables(section, results).rstrip())
+        for file in (plot_files or {}).get(name, []):
+            lines.append(f"\n![{name}]({file})")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_plots(results: dict[str, Any], out_dir: str | Path) -> dict[str, list[str]]:
+    """Write every section's plots into ``out_dir``; returns section -> file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in SECTIONS:
+        section = results.get("experiments", {}).get(name)
+        if section is not None:
+            written[name] = _module(name).plots(section, out)
+    return written
