@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.set_defaults(func=_cmd_demo)
+
+    from .experiments import add_parsers
+
+    add_parsers(sub)
     return parser
 
 

@@ -42,7 +42,7 @@ def tables(section: dict[str, Any], results: dict[str, Any]) -> str:
 def plots(section: dict[str, Any], out_dir: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, construction in zip(axes, ("seed", "fair")):
         rows = _rows(section, construction, "beyond_window")
         ns, methods, cos = pivot(rows, "n", "method", "cosine")
@@ -56,5 +56,7 @@ def plots(section: dict[str, Any], out_dir: Path) -> list[str]:
         ax.set_title(_CONSTRUCTIONS[construction] + "\nneedle beyond the local window", fontsize=9)
         ax.axhline(0, color="black", linewidth=0.5)
     axes[0].set_ylabel("cosine(output, needle value)")
-    axes[1].legend(fontsize=8, ncol=2)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return [save(fig, out_dir, "needle.png")]

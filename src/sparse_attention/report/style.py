@@ -21,7 +21,8 @@ def style(method: str) -> dict:
 
 def save(fig, out_dir, name: str) -> str:
     """Save ``fig`` as ``name`` in ``out_dir`` and close it; returns the file name."""
-    fig.tight_layout()
+    if not fig.get_layout_engine():
+        fig.tight_layout()
     fig.savefig(out_dir / name, dpi=120)
     import matplotlib.pyplot as plt
 
