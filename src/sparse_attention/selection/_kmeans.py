@@ -31,15 +31,18 @@ def _sample_rows(weights: Tensor, generator: torch.Generator) -> Tensor:
     return torch.multinomial(w, 1, generator=generator).squeeze(-1).to(weights.device)  # [G]
 
 
-def _sq_distance(x: Tensor, c: Tensor, spherical: bool) -> Tensor:
+def _sq_distance(x: Tensor, x_sq: Tensor, c: Tensor, spherical: bool) -> Tensor:
     """Squared distance ``[G, L]`` of every point of ``x [G, L, D]`` to one centroid ``c [G, D]``.
 
+    ``x_sq [G, L]`` holds the points' squared norms, so the distance is one matrix-vector
+    product (``|x|^2 - 2 x.c + |c|^2``) rather than a ``[G, L, D]`` temporary.
     Spherical: squared chord ``2 - 2 cos`` between unit vectors, so k-means++ weighs by
     squared distance in both modes.
     """
+    dots = (x @ c.unsqueeze(-1)).squeeze(-1)  # [G, L]
     if spherical:
-        return (2.0 - 2.0 * (x @ c.unsqueeze(-1)).squeeze(-1)).clamp_min(0.0)
-    return ((x - c.unsqueeze(1)) ** 2).sum(dim=-1)
+        return (2.0 - 2.0 * dots).clamp_min(0.0)
+    return (x_sq - 2.0 * dots + (c * c).sum(-1, keepdim=True)).clamp_min(0.0)
 
 
 def kmeans_pp_init(x: Tensor, k: int, generator: torch.Generator, *, spherical: bool = False) -> Tensor:
@@ -50,13 +53,14 @@ def kmeans_pp_init(x: Tensor, k: int, generator: torch.Generator, *, spherical: 
     """
     g, n, _ = x.shape
     rows = torch.arange(g, device=x.device)
+    x_sq = (x * x).sum(-1)  # [G, L]
     first = _sample_rows(torch.ones(g, n, device=x.device), generator)  # uniform first pick
     chosen = [x[rows, first]]  # each [G, D]
-    min_d = _sq_distance(x, chosen[0], spherical)  # [G, L] distance to the nearest chosen centroid
+    min_d = _sq_distance(x, x_sq, chosen[0], spherical)  # [G, L] distance to the nearest chosen centroid
     for _ in range(1, k):
         nxt = x[rows, _sample_rows(min_d, generator)]
         chosen.append(nxt)
-        min_d = torch.minimum(min_d, _sq_distance(x, nxt, spherical))
+        min_d = torch.minimum(min_d, _sq_distance(x, x_sq, nxt, spherical))
     return torch.stack(chosen, dim=1)  # [G, k, D]
 
 
@@ -71,11 +75,14 @@ def _assign(x: Tensor, c: Tensor, spherical: bool) -> Tensor:
 
 def _update(x: Tensor, labels: Tensor, c: Tensor, spherical: bool) -> Tensor:
     """New centroids ``[G, k, D]``; a cluster left empty keeps its previous centroid."""
-    k = c.shape[1]
-    # One-hot matmul instead of scatter_add: deterministic on GPU (no atomics).
-    onehot = F.one_hot(labels, k).to(x.dtype)  # [G, L, k]
-    sums = onehot.transpose(1, 2) @ x  # [G, k, D]
-    counts = onehot.sum(dim=1)  # [G, k]
+    g, k, d = c.shape
+    if x.device.type == "cpu":  # scatter_add is deterministic on CPU and avoids a [G, L, k] one-hot
+        sums = torch.zeros(g, k, d, dtype=x.dtype).scatter_add_(1, labels.unsqueeze(-1).expand(-1, -1, d), x)
+        counts = torch.zeros(g, k, dtype=x.dtype).scatter_add_(1, labels, torch.ones_like(labels, dtype=x.dtype))
+    else:  # one-hot matmul: deterministic on GPU (no atomics)
+        onehot = F.one_hot(labels, k).to(x.dtype)  # [G, L, k]
+        sums = onehot.transpose(1, 2) @ x  # [G, k, D]
+        counts = onehot.sum(dim=1)  # [G, k]
     if spherical:
         norms = sums.norm(dim=-1, keepdim=True)
         new = sums / norms.clamp_min(1e-12)
