@@ -1,18 +1,38 @@
 """Counted cost model: FLOPs and bytes of a selection method plus the sparse kernel.
 
-The counts follow the algorithms as implemented here (not hardware counters):
+Counts follow each algorithm (not hardware counters). Where the reference implementation
+does work an efficient one skips, the algorithm's work is counted, the same way for every
+method and for dense: pairs a causal mask removes are not counted (dense SDPA skips them
+too, while the reference ``topk``/``dsa`` scorers compute then mask them). Notation:
+``N_q, N_k`` queries/keys, ``D`` head dim, ``H``/``H_kv``/``G = H / H_kv`` heads, ``P`` the
+causally visible (query, key) pairs, ``K`` selection slots per query row.
 
-* **attention** (any method, dense included): per query head and valid (query, key) edge,
-  ``2 D`` FLOPs for ``q . k`` and ``2 D_v`` for the weighted value sum, plus 5 FLOPs of
-  softmax (scale, max, exp, sum, divide).
-* **attention bytes**: the key and value vectors each edge reads (``2 D`` elements per
-  edge and KV head when the selection is shared within a KV group, per query head when it
-  is per head) plus reading ``q`` and writing the output once. No cache reuse is modelled,
-  for dense as for sparse, so ratios compare access patterns, not a particular kernel.
-* **selection**: the scoring work of each method, e.g. ``2 D N_q N_k`` per head for exact
-  top-k, ``2 H_I D_I`` per causal pair for the lightning indexer, ``iters x 2 L k D`` for a
-  k-means of ``L`` points and ``k`` clusters, ``2 D (buckets/2)`` per token and hash round
-  for LSH. Sorting and top-k count one operation per compared element.
+* **attention FLOPs** (dense included): per query head and valid edge ``2 D`` for ``q . k``,
+  ``2 D_v`` for the weighted value sum, ``5`` for softmax (scale, max, exp, sum, divide).
+* **attention bytes** (``dtype_bytes`` per element): the key and value vectors of every edge
+  (per KV head when the selection is shared within a KV group, per query head when it is per
+  head), reading ``q`` and writing the output once, and reading the ``K`` index slots of each
+  selection row (``index_bytes`` each; 0 for dense SDPA, which needs no indices). No cache
+  reuse is modelled, for dense as for sparse: an upper bound that compares access patterns.
+  ``compulsory`` bytes (every element the call touches, once) are the matching lower bound.
+* **selection FLOPs**: ``dense``/``local`` 0 (index arithmetic only). ``topk``:
+  ``H P (2 D + 1)`` (score and one top-k comparison per pair). ``dsa``: per pair
+  ``H_I (2 D_I + 3) + 1`` (dot, ReLU, weight multiply-add per indexer head, top-k), plus the
+  random projection of ``q`` and ``k`` when the indexer is untrained. ``ssa``/``routing``:
+  per causal block and KV head a k-means of ``L`` points into ``C`` clusters (k-means++
+  ``C L (3 D + 2)``; ``iters + 1`` assignments of ``2 L C D + 2 L C``; ``iters`` updates of
+  ``L D``; ``iters`` is the cap, so this is an upper bound when Lloyd converges early),
+  routing of the block's ``G S`` queries to the centroids (``2 D C + C`` each); ``routing``
+  clusters keys and the group's context queries on the unit sphere (normalising ``3 D`` per
+  point) and forms balanced clusters (``2 C L_k D + C L_k``); learned centroids skip the fit.
+  ``lsh``: per hash round every query head and KV head token is rotated and hashed
+  (``2 D b/2 + b`` for ``b`` buckets), keys are sorted (``N_k log2 N_k`` per KV head) and
+  each query row binary-searches its bucket (``3 log2 N_k``). Clustering and hashing merge
+  candidate lists: ``K log2 K`` per selection row (a lower bound: the lists hold at least
+  ``K`` candidates before deduplication).
+* **selection bytes**: the operands each step reads under the same no-reuse model (key or
+  indexer-key vectors per scored pair, points per k-means pass, tokens per hash round) plus
+  writing the index slots.
 """
 
 from __future__ import annotations
@@ -20,74 +40,218 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..selection.base import Selection
+import torch
+
+from ..ops.validation import causal_offset
+from ..selection.base import Selection, get_method
 from ..selection.stats import SelectionStats, causal_budget
 
+#: Bytes of one index slot (int64, as every selector of this package emits).
+INDEX_BYTES = 8
 
-def attention_flops(stats: SelectionStats, batch: int, heads: int, head_dim: int, value_dim: int | None = None) -> float:
+
+def dense_stats(n_q: int, n_k: int, causal: bool = True) -> SelectionStats:
+    """The statistics of ``select(q, k, "dense")`` in closed form, without its ``N_q x N_k`` indices."""
+    pos = torch.arange(n_q, dtype=torch.float64) + causal_offset(n_q, n_k)  # [N_q] query positions
+    if causal:
+        count = (pos + 1).clamp(0, n_k)  # keys 0..pos
+        distance = count * (count - 1) / 2  # sum over j <= pos of pos - j
+    else:
+        count = torch.full_like(pos, float(n_k))
+        before = (pos + 1).clamp(0, n_k)  # keys at or before pos, then the rest after it
+        distance = before * pos - before * (before - 1) / 2 + (n_k * (n_k - 1) - before * (before - 1)) / 2 \
+            - (n_k - before) * pos
+    edges, full = float(count.sum()), n_q * n_k
+    budget = causal_budget(n_q, n_k) if causal else full
+    return SelectionStats(
+        n_queries=n_q, n_keys=n_k, slots=n_k, edges=edges, edges_per_query=edges / n_q,
+        min_edges_per_query=int(count.min()), max_edges_per_query=int(count.max()),
+        sparsity=1.0 - edges / full, causal_sparsity=1.0 - edges / budget if budget else 0.0,
+        empty_rows=float((count == 0).double().mean()), mean_distance=float(distance.sum()) / max(1.0, edges))
+
+
+def attention_flops(stats: SelectionStats, batch: int, heads: int, head_dim: int,
+                    value_dim: int | None = None) -> float:
     """FLOPs of softmax attention over the selected edges (all heads, whole batch)."""
     value_dim = head_dim if value_dim is None else value_dim
-    return batch * heads * stats.edges * (2 * head_dim + 2 * value_dim + 5)
+    return float(batch * heads * stats.edges * (2 * head_dim + 2 * value_dim + 5))
 
 
 def attention_bytes(stats: SelectionStats, selection_heads: int, batch: int, heads: int, kv_heads: int,
-                    head_dim: int, dtype_bytes: int = 4) -> float:
-    """Bytes the kernel reads and writes under the no-reuse model above."""
+                    head_dim: int, dtype_bytes: int = 4, *, value_dim: int | None = None,
+                    index_bytes: int = 0) -> float:
+    """Bytes the kernel reads and writes under the no-reuse model above.
+
+    ``stats.edges`` is per selection row; ``index_bytes=INDEX_BYTES`` for a sparse kernel that
+    reads ``stats.slots`` index slots per row, 0 for dense SDPA.
+    """
+    value_dim = head_dim if value_dim is None else value_dim
     readers = heads if selection_heads == heads and heads != kv_heads else kv_heads
-    gathered = batch * readers * stats.edges * 2 * head_dim
-    io = batch * heads * stats.n_queries * head_dim * 2
-    return float((gathered + io) * dtype_bytes)
+    gathered = batch * readers * stats.edges * (head_dim + value_dim)
+    io = batch * heads * stats.n_queries * (head_dim + value_dim)  # read q, write the output
+    indices = batch * selection_heads * stats.n_queries * stats.slots * index_bytes
+    return float((gathered + io) * dtype_bytes + indices)
 
 
-def _kmeans_flops(points: int, clusters: int, dim: int, iters: int) -> float:
-    init = clusters * points * 3 * dim  # k-means++: distance to each new centre
-    lloyd = iters * (2 * points * clusters * dim + points * dim)  # distances + centroid update
-    return float(init + lloyd)
+def compulsory_bytes(stats: SelectionStats, selection_heads: int, batch: int, heads: int, kv_heads: int,
+                     head_dim: int, dtype_bytes: int = 4, *, value_dim: int | None = None,
+                     index_bytes: int = 0) -> float:
+    """Lower bound of the kernel's traffic: every touched tensor element once.
+
+    ``q``, the output and the indices once; of ``k`` and ``v`` at most the keys some edge
+    reaches (``min(N_k, edges of the KV head)``), each once. Never above :func:`attention_bytes`.
+    """
+    value_dim = head_dim if value_dim is None else value_dim
+    readers = heads if selection_heads == heads and heads != kv_heads else kv_heads
+    touched = kv_heads * min(stats.n_keys, stats.edges * readers / kv_heads)  # key rows read at least once
+    elements = heads * stats.n_queries * (head_dim + value_dim) + touched * (head_dim + value_dim)
+    indices = selection_heads * stats.n_queries * stats.slots * index_bytes
+    return float(batch * (elements * dtype_bytes + indices))
 
 
-def _clustered_fits(info: dict[str, Any], n_k: int, causal: bool) -> list[tuple[int, int]]:
-    """``(points fitted, clusters)`` per k-means fit of a clustering selection."""
-    n_clusters = info.get("n_clusters")
-    if not causal:
-        return [(n_k, int(n_clusters))]
-    size = int(info["block_size"])
-    fits = []
-    for block, clusters in enumerate(n_clusters):
-        if clusters:
-            fits.append((block * size, int(clusters)))
-    return fits
+def _pairs(selection: Selection) -> int:
+    n_q, n_k = selection.indices.shape[2], selection.n_keys
+    return causal_budget(n_q, n_k) if selection.causal else n_q * n_k
+
+
+def _log2(x: float) -> float:
+    return math.log2(max(2.0, x))
+
+
+def _blocks(selection: Selection) -> list[tuple[int, int, int]]:
+    """``(prefix keys L_k, context queries L_q, block queries S)`` per fitted block.
+
+    Mirrors ``selection._clustered.clustered_select``: one entry per block holding queries,
+    in the order of the per-block lists of ``info``; non-causal is one block of all keys.
+    """
+    n_q, n_k = selection.indices.shape[2], selection.n_keys
+    if not selection.causal:
+        return [(n_k, n_q, n_q)]
+    size, off = int(selection.info["block_size"]), causal_offset(n_q, n_k)
+    blocks = []
+    for start in range(0, n_k, size):
+        lo, hi = (min(max(p - off, 0), n_q) for p in (start, start + size))
+        if hi > lo:
+            blocks.append((start, lo, hi - lo))
+    return blocks
+
+
+def _per_block(info: dict[str, Any], key: str, count: int) -> list[int]:
+    value = info.get(key, 0)
+    values = [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)] * count
+    assert len(values) == count, f"info[{key!r}] has {len(values)} entries for {count} blocks"
+    return values
+
+
+def _kmeans_flops(points: int, clusters: int, dim: int, iters: int, spherical: bool) -> float:
+    init = clusters * points * ((2 * dim + 2) if spherical else (3 * dim + 2))  # distance + running min
+    assign = (iters + 1) * (2 * points * clusters * dim + 2 * points * clusters)  # matmul + argmax
+    update = iters * (points * dim + clusters * dim * (3 if spherical else 1))  # sums + normalise/divide
+    return float(init + assign + update + (3 * points * dim if spherical else 0))
+
+
+def _clustered_costs(method: str, selection: Selection, heads: int, kv_heads: int, head_dim: int,
+                     dtype_bytes: int) -> tuple[float, float]:
+    """``(FLOPs, bytes)`` of one batch element of an ``ssa``/``routing`` selection."""
+    info, d, groups = selection.info, head_dim, heads // kv_heads
+    blocks = _blocks(selection)
+    clusters = _per_block(info, "n_clusters", len(blocks))
+    sizes = _per_block(info, "cluster_size", len(blocks)) if method == "routing" else [0] * len(blocks)
+    iters = int(info.get("iters", 10))
+    fitted = not info.get("learned_centroids", False)
+    flops = elements = 0.0
+    for (keys, ctx_queries, queries), n_c, size in zip(blocks, clusters, sizes):
+        if keys == 0 or n_c == 0:
+            continue  # the first block has no prefix: it attends its own block only
+        points = keys + (groups * ctx_queries if method == "routing" else 0)
+        if fitted:
+            flops += _kmeans_flops(points, n_c, d, iters, spherical=method == "routing")
+            elements += (n_c + 1 + 2 * iters) * points * d  # k-means++ passes, assignments, updates
+        if method == "routing":
+            flops += 2 * n_c * keys * d + n_c * keys  # balanced clusters: similarities + top-`size`
+            elements += keys * d + n_c * size * (INDEX_BYTES / dtype_bytes)
+        flops += groups * queries * (2 * d * n_c + n_c)  # route queries: similarities + top-c
+        if method == "ssa" and info.get("assign", "euclidean") == "euclidean":
+            flops += n_c * 2 * d + groups * queries * n_c  # centroid norms once, minus ||c||^2/2 per pair
+        elements += groups * queries * d + n_c * d  # queries and centroids once per block
+    return kv_heads * flops, kv_heads * elements * dtype_bytes
+
+
+def selection_costs(method: str, selection: Selection, params: dict[str, Any], *, batch: int, heads: int,
+                    kv_heads: int, head_dim: int, dtype_bytes: int = 4) -> tuple[float, float]:
+    """``(FLOPs, bytes)`` of choosing the keys (0, 0 for dense, which runs SDPA directly)."""
+    if method == "dense":
+        return 0.0, 0.0
+    idx = selection.indices
+    h_sel, n_q, slots = idx.shape[1], idx.shape[2], idx.shape[3]
+    n_k, pairs, info, d = selection.n_keys, _pairs(selection), selection.info, head_dim
+    # Clustering and hashing merge candidate lists (sort + deduplicate each row); top-k
+    # methods emit their rows directly and local generates its window in order.
+    merge = h_sel * n_q * slots * _log2(slots) if method in ("ssa", "routing", "lsh") else 0.0
+    write = h_sel * n_q * slots * INDEX_BYTES
+    flops, elements = 0.0, 0.0
+    if method == "local":
+        pass  # index arithmetic only: no FLOPs, the indices are written below
+    elif method == "topk":
+        flops = heads * pairs * (2 * d + 1)
+        elements = kv_heads * pairs * d + heads * n_q * d  # a key per pair serves its G heads
+    elif method == "dsa":
+        defaults = {**get_method("dsa").defaults(), **params}
+        h_i = int(info.get("indexer_heads", defaults["n_heads"]))
+        given = defaults["index_q"]  # trained indexer tensors carry their own D_I
+        d_i = int(given.shape[-1]) if given is not None else int(defaults["head_dim"])
+        flops = pairs * (h_i * (2 * d_i + 3) + 1)
+        elements = pairs * d_i + n_q * h_i * (d_i + 1)  # one shared indexer key per pair; q_I and w once
+        if info.get("indexer") == "random projection":
+            flops += 2 * d * d_i * (h_i * n_q + n_k) + kv_heads * n_k * d  # project q heads; mean of keys
+            elements += h_i * n_q * d + kv_heads * n_k * d + d * d_i
+    elif method in ("ssa", "routing"):
+        f, b = _clustered_costs(method, selection, heads, kv_heads, d, dtype_bytes)
+        flops, elements = f, b / dtype_bytes
+    elif method == "lsh":
+        n_buckets = int(info["n_buckets"])
+        rounds = 1 if n_buckets == 1 else int(info["n_hashes"])
+        tokens = heads * n_q + kv_heads * n_k
+        if n_buckets > 1:  # one bucket needs no hashing
+            flops += rounds * tokens * (2 * d * (n_buckets // 2) + n_buckets)
+            elements += rounds * (tokens * d + d * n_buckets // 2)
+        flops += rounds * (kv_heads * n_k * _log2(n_k) + heads * n_q * 3 * _log2(n_k))
+        elements += rounds * 2 * kv_heads * n_k * (INDEX_BYTES / dtype_bytes)  # sort keys by bucket
+    else:
+        raise ValueError(f"no cost model for method {method!r}")
+    return float(batch * (flops + merge)), float(batch * (elements * dtype_bytes + write))
 
 
 def selection_flops(method: str, selection: Selection, params: dict[str, Any], *, batch: int, heads: int,
                     kv_heads: int, head_dim: int) -> float:
     """FLOPs of choosing the keys (zero for dense and local)."""
-    n_q, n_k = selection.indices.shape[2], selection.n_keys
-    pairs = causal_budget(n_q, n_k) if selection.causal else n_q * n_k
-    info = selection.info
-    if method in ("dense", "local"):
-        return 0.0
-    if method == "topk":
-        return float(batch * heads * pairs * (2 * head_dim + 1))
-    if method == "dsa":
-        h_i = info.get("indexer_heads", params.get("n_heads", 4))
-        d_i = params.get("head_dim", 64)
-        projection = 2 * head_dim * d_i * (h_i * n_q + n_k) if info.get("indexer") == "random projection" else 0
-        return float(batch * (pairs * (2 * h_i * d_i + 2 * h_i + 1) + projection))
-    if method in ("ssa", "routing"):
-        iters = int(info.get("iters", params.get("iters", 10)))
-        total = 0.0
-        groups = heads // kv_heads
-        for points, clusters in _clustered_fits(info, n_k, selection.causal):
-            if method == "routing":
-                points = points * (1 + groups)  # keys and the group's queries share the space
-                total += clusters * points  # balanced top-k per centroid
-            total += _kmeans_flops(points, clusters, head_dim, iters)
-            total += 2 * groups * n_q * clusters * head_dim / max(1, len(_clustered_fits(info, n_k, selection.causal)))
-        return float(batch * kv_heads * total)
-    if method == "lsh":
-        rounds, buckets = int(info["n_hashes"]), int(info["n_buckets"])
-        tokens = heads * n_q + kv_heads * n_k
-        hashing = rounds * tokens * 2 * head_dim * max(1, buckets // 2)
-        sorting = rounds * kv_heads * n_k * math.log2(max(2, n_k)) + rounds * heads * n_q * math.log2(max(2, n_k))
-        return float(batch * (hashing + sorting))
-    raise ValueError(f"no cost model for method {method!r}")
+    return selection_costs(method, selection, params, batch=batch, heads=heads, kv_heads=kv_heads,
+                           head_dim=head_dim)[0]
+
+
+def method_costs(method: str, stats: SelectionStats, selection: Selection | None, params: dict[str, Any], *,
+                 batch: int, heads: int, kv_heads: int, head_dim: int, dtype_bytes: int = 4) -> dict[str, float]:
+    """Every count of one method: attention and selection FLOPs and bytes, and their totals.
+
+    Args:
+        stats: the selection's statistics (``edges`` per selection row).
+        selection: the selection; may be None for ``dense`` (SDPA needs none).
+    Returns:
+        ``attention_flops, selection_flops, flops, attention_bytes, selection_bytes, bytes,
+        compulsory_bytes`` (floats).
+    """
+    dense = method == "dense"
+    h_sel = 1 if dense else selection.indices.shape[1]
+    index = 0 if dense else INDEX_BYTES
+    shape = dict(batch=batch, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+    attn_flops = attention_flops(stats, batch, heads, head_dim)
+    attn_bytes = attention_bytes(stats, h_sel, batch, heads, kv_heads, head_dim, dtype_bytes, index_bytes=index)
+    sel_flops, sel_bytes = (0.0, 0.0) if dense else selection_costs(method, selection, params,
+                                                                     dtype_bytes=dtype_bytes, **shape)
+    lower = compulsory_bytes(stats, h_sel, batch, heads, kv_heads, head_dim, dtype_bytes, index_bytes=index)
+    if not dense:  # the selector reads q and k once and writes its indices once, if it reads them at all
+        once = (heads * stats.n_queries + kv_heads * stats.n_keys) * head_dim * dtype_bytes
+        lower += min(sel_bytes, batch * (once + h_sel * stats.n_queries * stats.slots * INDEX_BYTES))
+    return {"attention_flops": attn_flops, "selection_flops": sel_flops, "flops": attn_flops + sel_flops,
+            "attention_bytes": attn_bytes, "selection_bytes": sel_bytes, "bytes": attn_bytes + sel_bytes,
+            "compulsory_bytes": lower}

@@ -1,0 +1,141 @@
+"""Peak memory of one call, measured (never estimated) on CUDA and on Linux CPUs.
+
+* **CUDA**: the caching allocator's statistics. ``max_memory_allocated`` after the call
+  minus ``memory_allocated`` before it, with the peak counter reset just before the call:
+  the extra device memory the call held at its peak (inputs that already existed excluded).
+* **CPU (Linux)**: PyTorch keeps no allocator statistics on CPU, so the process's resident
+  set is measured instead. Writing ``5`` to ``/proc/self/clear_refs`` resets the kernel's
+  high-water mark ``VmHWM`` to the current ``VmRSS``; after the call, ``VmHWM`` minus the
+  ``VmRSS`` read before it is the extra resident memory at the peak (pages touched, not
+  merely reserved). For freed tensors to leave the resident set at once, glibc must return
+  them to the kernel instead of keeping them in its heap: during the measured call glibc's
+  mmap threshold is a fixed 64 KiB (``mallopt(M_MMAP_THRESHOLD)``; a fixed threshold also
+  turns off glibc's dynamic threshold, which would otherwise rise after the first large free
+  and keep later large blocks in the heap). Every large allocation then page-faults afresh,
+  which slows allocation-heavy code (the reference sparse kernel ran up to ~1.8x slower at
+  N=2048), so **never time a call under this setting**. Afterwards the thresholds are set
+  to where glibc's dynamic threshold ends up in a long-running process (mmap 32 MiB, trim
+  64 MiB): glibc offers no way to switch the dynamic threshold back on. Resolution is one
+  page; ``malloc_trim(0)`` before the call returns free heap pages left from earlier calls,
+  so that the call cannot reuse memory that is already resident. Memory other threads of
+  the process touch meanwhile counts too.
+* Elsewhere (macOS, Windows, MPS, no glibc, a kernel without a writable ``clear_refs``) the
+  result is ``None`` and :func:`peak_memory_unavailable` says why: no number is made up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import sys
+from typing import Any, Callable
+
+import torch
+
+from .timing import synchronize
+
+#: glibc ``mallopt`` parameter numbers (malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+#: During a measurement: allocations above this many bytes get their own mmap and go back
+#: to the OS when freed.
+MMAP_THRESHOLD_BYTES = 64 * 1024
+#: Afterwards: glibc's dynamic thresholds at their ceiling (DEFAULT_MMAP_THRESHOLD_MAX, 2x).
+RESTORED_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+RESTORED_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
+_CLEAR_REFS = "/proc/self/clear_refs"
+_STATUS = "/proc/self/status"
+
+
+def _libc():
+    """glibc with ``mallopt``, or None (not Linux, musl, no C library found)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") else None
+
+
+def _set_prompt_release(prompt: bool) -> bool:
+    """Fixed 64 KiB mmap threshold (``prompt``) or the restored thresholds; False on failure."""
+    libc = _libc()
+    if libc is None:
+        return False
+    if prompt:
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, RESTORED_MMAP_THRESHOLD_BYTES)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, RESTORED_TRIM_THRESHOLD_BYTES))
+
+
+def _status_kib(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (e.g. ``VmRSS``) in KiB."""
+    with open(_STATUS) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in {_STATUS}")
+
+
+def _reset_high_water_mark() -> None:
+    with open(_CLEAR_REFS, "w") as f:
+        f.write("5")
+
+
+def peak_memory_unavailable(device: torch.device | str) -> str | None:
+    """Why peak memory cannot be measured on ``device`` here, or None when it can."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return None if torch.cuda.is_available() else "CUDA is not available"
+    if kind != "cpu":
+        return f"no peak-memory statistics for device type {kind!r}"
+    if not sys.platform.startswith("linux"):
+        return f"CPU peak memory needs Linux /proc (platform {sys.platform})"
+    try:
+        _reset_high_water_mark()
+        _status_kib("VmHWM")
+        _status_kib("VmRSS")
+    except OSError as error:
+        return f"cannot reset or read the resident-set high-water mark: {error}"
+    if _libc() is None:
+        return "no glibc mallopt: freed memory could stay resident and distort the peak"
+    return None
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str) -> tuple[Any, int | None]:
+    """Run ``fn()`` once and measure the extra memory it held at its peak.
+
+    Args:
+        fn: the call to measure (its result is returned; keep warm-up calls outside).
+        device: where ``fn`` computes: ``cuda`` (allocator statistics) or ``cpu`` (resident set).
+    Returns:
+        ``(fn(), bytes)``; ``bytes`` is None when :func:`peak_memory_unavailable` gives a
+        reason (then ``fn`` still runs once). The result itself counts while it is alive,
+        which it is at the end of the call. On CPU, time ``fn`` in another call (see above).
+    """
+    device = torch.device(device)
+    if peak_memory_unavailable(device) is not None:
+        return fn(), None
+    if device.type == "cuda":
+        gc.collect()
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = fn()
+        synchronize(device)
+        return result, max(0, torch.cuda.max_memory_allocated(device) - before)
+    if not _set_prompt_release(True):
+        return fn(), None
+    try:
+        gc.collect()  # garbage of earlier calls would otherwise be freed (or not) during this one
+        # Hand free heap pages back, so that the call cannot reuse memory already resident.
+        _libc().malloc_trim(0)
+        before_kib = _status_kib("VmRSS")
+        _reset_high_water_mark()
+        result = fn()
+        peak_kib = _status_kib("VmHWM")
+    finally:
+        _set_prompt_release(False)
+    return result, max(0, peak_kib - before_kib) * 1024
