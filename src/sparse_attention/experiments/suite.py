@@ -8,6 +8,7 @@ finished and ``resume=True`` skips sections already computed with the same confi
 from __future__ import annotations
 
 import importlib
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -25,6 +26,14 @@ FORMAT_VERSION = 1
 
 def _module(name: str):
     return importlib.import_module(f"{__package__}.{name}")
+
+
+def _same_setup(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two configs measure the same thing (which experiments run does not matter)."""
+    def comparable(config: dict[str, Any]) -> str:  # JSON form: tuples and lists compare equal
+        return json.dumps({k: v for k, v in config.items() if k != "experiments"}, sort_keys=True)
+
+    return comparable(a) == comparable(b)
 
 
 def run_suite(config: SuiteConfig, output_dir: str | Path, *, resume: bool = False,
@@ -51,7 +60,7 @@ def run_suite(config: SuiteConfig, output_dir: str | Path, *, resume: bool = Fal
                                "machine": machine_info(config.device), "experiments": {}, "runtime_s": {}}
     if resume and path.is_file():
         previous = read_json(path)
-        if previous.get("config") == results["config"]:
+        if _same_setup(previous.get("config", {}), results["config"]):
             results["experiments"] = previous.get("experiments", {})
             results["runtime_s"] = previous.get("runtime_s", {})
         else:
