@@ -24,7 +24,9 @@ def test_sections_render_every_method_and_length(results):
     assert "## Scalability" in text and "## Energy proxy" in text and "Horowitz" in text
     for method in ("dense", "local", "topk"):
         assert f"| {method}" in text or f" {method} |" in text
-    assert "reference" in text  # the backend auto chose is reported
+    from sparse_attention.ops import backends
+
+    assert any(b.name in text for b in backends())  # the backend auto chose is reported
 
 
 def test_changed_json_value_changes_the_tables(results):

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 from torch import Tensor
 
+from .kernels import cpu as _cpu
 from .kernels.reference import sparse_attention_reference
 
 Kernel = Callable[..., Tensor]
@@ -85,5 +86,17 @@ register_backend(
         kernel=sparse_attention_reference,
         supports=_reference_supports,
         description="pure PyTorch gather + softmax, chunked over queries (the oracle; any device)",
+    )
+)
+
+
+register_backend(
+    Backend(
+        name="cpu",
+        priority=10,
+        kernel=_cpu.sparse_attention_cpu,
+        supports=_cpu.supports,
+        description="C++ kernel: per-token GEMMs over gathered keys shared by a KV group, fused softmax,"
+        " fp32/bf16, forward and backward (compiled on first use)",
     )
 )

@@ -1,0 +1,377 @@
+// Sparse attention on CPU: forward and backward, fp32 compute, fp32 or bf16 storage.
+//
+// One work item is one query token of one selection group: the G query heads that share a
+// KV head and one index row (shared or per-KV-head selections), or a single head (per-head
+// selections). The item gathers its valid keys once and computes
+//   S = Q_g K_sel^T   [G x n]     (a small GEMM: the selection is shared by the G heads)
+//   P = softmax(S)    row-wise
+//   O = P V_sel       [G x D_v]
+// with register-blocked loops written so that the compiler vectorises the inner dimension
+// (keys for S, features for O). Keys are processed in tiles of 16 gathered into a
+// transposed buffer. The backward pass recomputes P from the saved log-sum-exp.
+// dK and dV are scatter-added into per-thread buffers that are summed at the end, so the
+// result does not depend on thread timing.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int kTile = 16;   // keys per tile (one AVX-512 register of floats)
+constexpr int kHeads = 4;   // heads per register block
+
+inline float to_float(float x) { return x; }
+inline float to_float(at::BFloat16 x) { return static_cast<float>(x); }
+
+template <typename T>
+inline T from_float(float x) { return static_cast<T>(x); }
+
+// exp(x) for x <= 0 (softmax arguments), vectorisable: 2^(x log2 e) with a degree-6
+// polynomial on the fraction. Relative error ~2e-7. Arguments below -87 give 0.
+inline float exp_neg(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float t = x * 1.44269504088896341f;
+  const float fi = std::floor(t);
+  const float f = t - fi;  // [0, 1)
+  float p = 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  int32_t bits;
+  std::memcpy(&bits, &p, sizeof(bits));
+  bits += static_cast<int32_t>(fi) << 23;
+  float r;
+  std::memcpy(&r, &bits, sizeof(r));
+  return x <= -87.0f ? 0.0f : r;
+}
+
+struct Shapes {
+  int64_t B, H, Hkv, G, Hsel, Nq, Nk, D, Dv, K, offset;
+  bool causal, per_head;
+  int64_t items() const { return B * (per_head ? H : Hkv) * Nq; }
+};
+
+// Decode an item into (batch, kv head, first query head, heads in group, selection row).
+struct Item {
+  int64_t b, kvh, h0, nh, t, sel_row;
+};
+
+inline Item decode(const Shapes& s, int64_t item) {
+  Item it;
+  it.t = item % s.Nq;
+  int64_t rest = item / s.Nq;
+  if (s.per_head) {
+    int64_t h = rest % s.H;
+    it.b = rest / s.H;
+    it.kvh = h / s.G;
+    it.h0 = h;
+    it.nh = 1;
+    it.sel_row = (it.b * s.Hsel + h) * s.Nq + it.t;
+  } else {
+    it.kvh = rest % s.Hkv;
+    it.b = rest / s.Hkv;
+    it.h0 = it.kvh * s.G;
+    it.nh = s.G;
+    const int64_t sel_head = s.Hsel == 1 ? 0 : it.kvh;
+    it.sel_row = (it.b * s.Hsel + sel_head) * s.Nq + it.t;
+  }
+  return it;
+}
+
+// Valid keys of one index row (>= 0 and causally visible), in slot order.
+inline int64_t collect(const Shapes& s, const int64_t* row, int64_t t, int64_t* ids) {
+  const int64_t limit = s.causal ? t + s.offset : s.Nk - 1;
+  int64_t n = 0;
+  for (int64_t slot = 0; slot < s.K; ++slot) {
+    const int64_t j = row[slot];
+    if (j >= 0 && j <= limit) ids[n++] = j;
+  }
+  return n;
+}
+
+// out[i][j] = sum_d A[i][d] * rows[ids[j]][d] for i < nh, j < n.
+// A: [nh x D] float (row stride D); rows: base pointer of a [Nk x D] matrix of type T.
+template <typename T>
+void rows_gemm_nt(const float* A, int64_t nh, const T* rows, const int64_t* ids, int64_t n, int64_t D,
+                  float* out, int64_t out_stride, float* tile /* [D x kTile] */) {
+  for (int64_t j0 = 0; j0 < n; j0 += kTile) {
+    const int64_t nt = std::min<int64_t>(kTile, n - j0);
+    // Transposed tile: tile[d][l] = rows[ids[j0 + l]][d], zero padded.
+    for (int64_t l = 0; l < kTile; ++l) {
+      if (l < nt) {
+        const T* r = rows + ids[j0 + l] * D;
+        for (int64_t d = 0; d < D; ++d) tile[d * kTile + l] = to_float(r[d]);
+      } else {
+        for (int64_t d = 0; d < D; ++d) tile[d * kTile + l] = 0.0f;
+      }
+    }
+    int64_t i = 0;
+    for (; i + kHeads <= nh; i += kHeads) {
+      float acc[kHeads][kTile] = {};
+      const float* a0 = A + i * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const float* tr = tile + d * kTile;
+        for (int hh = 0; hh < kHeads; ++hh) {
+          const float av = a0[hh * D + d];
+#pragma omp simd
+          for (int l = 0; l < kTile; ++l) acc[hh][l] += av * tr[l];
+        }
+      }
+      for (int hh = 0; hh < kHeads; ++hh)
+        for (int64_t l = 0; l < nt; ++l) out[(i + hh) * out_stride + j0 + l] = acc[hh][l];
+    }
+    for (; i < nh; ++i) {
+      float acc[kTile] = {};
+      const float* a = A + i * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const float av = a[d];
+        const float* tr = tile + d * kTile;
+#pragma omp simd
+        for (int l = 0; l < kTile; ++l) acc[l] += av * tr[l];
+      }
+      for (int64_t l = 0; l < nt; ++l) out[i * out_stride + j0 + l] = acc[l];
+    }
+  }
+}
+
+// out[i][:] = sum_j W[i][j] * rows[ids[j]][:] for i < nh (D_v features).
+// W: [nh x n] float with row stride w_stride. out: [nh x Dv] float.
+template <typename T>
+void rows_gemm_nn(const float* W, int64_t w_stride, int64_t nh, const T* rows, const int64_t* ids, int64_t n,
+                  int64_t Dv, float* out, float* rowbuf /* [Dv] */) {
+  constexpr int kChunk = 64;  // features per register block (4 AVX-512 registers)
+  for (int64_t c0 = 0; c0 < Dv; c0 += kChunk) {
+    const int64_t nc = std::min<int64_t>(kChunk, Dv - c0);
+    for (int64_t i0 = 0; i0 < nh; i0 += kHeads) {
+      const int64_t hb = std::min<int64_t>(kHeads, nh - i0);
+      float acc[kHeads][kChunk] = {};
+      for (int64_t j = 0; j < n; ++j) {
+        const T* r = rows + ids[j] * Dv + c0;
+        const float* rf;
+        if constexpr (std::is_same<T, float>::value) {
+          rf = r;
+        } else {
+          for (int64_t c = 0; c < nc; ++c) rowbuf[c] = to_float(r[c]);
+          rf = rowbuf;
+        }
+        if (nc == kChunk) {
+          for (int hh = 0; hh < hb; ++hh) {
+            const float w = W[(i0 + hh) * w_stride + j];
+#pragma omp simd
+            for (int c = 0; c < kChunk; ++c) acc[hh][c] += w * rf[c];
+          }
+        } else {
+          for (int hh = 0; hh < hb; ++hh) {
+            const float w = W[(i0 + hh) * w_stride + j];
+            for (int64_t c = 0; c < nc; ++c) acc[hh][c] += w * rf[c];
+          }
+        }
+      }
+      for (int hh = 0; hh < hb; ++hh)
+        for (int64_t c = 0; c < nc; ++c) out[(i0 + hh) * Dv + c0 + c] = acc[hh][c];
+    }
+  }
+}
+
+Shapes make_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& idx, bool causal) {
+  Shapes s;
+  s.B = q.size(0); s.H = q.size(1); s.Nq = q.size(2); s.D = q.size(3);
+  s.Hkv = k.size(1); s.Nk = k.size(2); s.Dv = v.size(3);
+  s.G = s.H / s.Hkv; s.Hsel = idx.size(1); s.K = idx.size(3);
+  s.offset = s.Nk - s.Nq; s.causal = causal;
+  s.per_head = (s.Hsel == s.H) && (s.H != s.Hkv) && (s.Hsel != 1);
+  return s;
+}
+
+template <typename T>
+void forward_impl(const Shapes& s, const T* q, const T* k, const T* v, const int64_t* idx, double scale, T* out,
+                  float* lse) {
+  const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, s.G));
+  at::parallel_for(0, s.items(), grain, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> ids(s.K);
+    std::vector<float> qf(s.G * s.D), scores(s.G * std::max<int64_t>(s.K, 1)), tile(s.D * kTile), o(s.G * s.Dv),
+        rowbuf(s.Dv);
+    for (int64_t item = begin; item < end; ++item) {
+      const Item it = decode(s, item);
+      const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
+      const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
+      if (n == 0) {
+        for (int64_t i = 0; i < it.nh; ++i) {
+          const int64_t row = ((it.b * s.H + it.h0 + i) * s.Nq + it.t);
+          for (int64_t c = 0; c < s.Dv; ++c) out[row * s.Dv + c] = from_float<T>(0.0f);
+          lse[row] = -std::numeric_limits<float>::infinity();
+        }
+        continue;
+      }
+      for (int64_t i = 0; i < it.nh; ++i) {
+        const T* qr = q + ((it.b * s.H + it.h0 + i) * s.Nq + it.t) * s.D;
+        for (int64_t d = 0; d < s.D; ++d) qf[i * s.D + d] = to_float(qr[d]) * static_cast<float>(scale);
+      }
+      rows_gemm_nt(qf.data(), it.nh, k + kv_off * s.D, ids.data(), n, s.D, scores.data(), s.K, tile.data());
+      for (int64_t i = 0; i < it.nh; ++i) {
+        float* srow = scores.data() + i * s.K;
+        float m = -std::numeric_limits<float>::infinity();
+        bool nan = false;
+        for (int64_t j = 0; j < n; ++j) {
+          m = std::max(m, srow[j]);
+          nan |= std::isnan(srow[j]);
+        }
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < n; ++j) {
+          const float p = exp_neg(srow[j] - m);
+          srow[j] = p;
+          sum += p;
+        }
+        const int64_t row = (it.b * s.H + it.h0 + i) * s.Nq + it.t;
+        lse[row] = nan ? std::numeric_limits<float>::quiet_NaN() : m + std::log(sum);
+        const float inv = nan ? std::numeric_limits<float>::quiet_NaN() : 1.0f / sum;
+        for (int64_t j = 0; j < n; ++j) srow[j] *= inv;
+      }
+      rows_gemm_nn(scores.data(), s.K, it.nh, v + kv_off * s.Dv, ids.data(), n, s.Dv, o.data(), rowbuf.data());
+      for (int64_t i = 0; i < it.nh; ++i) {
+        T* orow = out + ((it.b * s.H + it.h0 + i) * s.Nq + it.t) * s.Dv;
+        for (int64_t c = 0; c < s.Dv; ++c) orow[c] = from_float<T>(o[i * s.Dv + c]);
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_impl(const Shapes& s, const T* q, const T* k, const T* v, const int64_t* idx, double scale,
+                   const T* out, const float* lse, const T* dout, float* dq, float* dk_all, float* dv_all,
+                   int64_t kv_numel_k, int64_t kv_numel_v) {
+  const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, s.G));
+  at::parallel_for(0, s.items(), grain, [&](int64_t begin, int64_t end) {
+    const int tid = at::get_thread_num();
+    float* dk = dk_all + tid * kv_numel_k;
+    float* dv = dv_all + tid * kv_numel_v;
+    std::vector<int64_t> ids(s.K);
+    std::vector<float> qf(s.G * s.D), dof(s.G * s.Dv), p(s.G * std::max<int64_t>(s.K, 1)),
+        dp(s.G * std::max<int64_t>(s.K, 1)), tile(std::max(s.D, s.Dv) * kTile), delta(s.G), dqf(s.G * s.D),
+        rowbuf(std::max(s.D, s.Dv));
+    for (int64_t item = begin; item < end; ++item) {
+      const Item it = decode(s, item);
+      const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
+      if (n == 0) continue;  // dq rows stay zero
+      const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
+      for (int64_t i = 0; i < it.nh; ++i) {
+        const int64_t row = (it.b * s.H + it.h0 + i) * s.Nq + it.t;
+        float dl = 0.0f;
+        for (int64_t d = 0; d < s.D; ++d) qf[i * s.D + d] = to_float(q[row * s.D + d]) * static_cast<float>(scale);
+        for (int64_t c = 0; c < s.Dv; ++c) {
+          const float g = to_float(dout[row * s.Dv + c]);
+          dof[i * s.Dv + c] = g;
+          dl += g * to_float(out[row * s.Dv + c]);
+        }
+        delta[i] = dl;
+      }
+      // P = exp(S - lse), dP = dO V^T
+      rows_gemm_nt(qf.data(), it.nh, k + kv_off * s.D, ids.data(), n, s.D, p.data(), s.K, tile.data());
+      rows_gemm_nt(dof.data(), it.nh, v + kv_off * s.Dv, ids.data(), n, s.Dv, dp.data(), s.K, tile.data());
+      for (int64_t i = 0; i < it.nh; ++i) {
+        const float l = lse[(it.b * s.H + it.h0 + i) * s.Nq + it.t];
+        float* prow = p.data() + i * s.K;
+        float* dprow = dp.data() + i * s.K;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          const float pj = exp_neg(prow[j] - l);
+          prow[j] = pj;
+          dprow[j] = pj * (dprow[j] - delta[i]);  // dS
+        }
+      }
+      // dQ = scale * dS K
+      rows_gemm_nn(dp.data(), s.K, it.nh, k + kv_off * s.D, ids.data(), n, s.D, dqf.data(), rowbuf.data());
+      for (int64_t i = 0; i < it.nh; ++i) {
+        float* dqr = dq + ((it.b * s.H + it.h0 + i) * s.Nq + it.t) * s.D;
+        for (int64_t d = 0; d < s.D; ++d) dqr[d] = dqf[i * s.D + d] * static_cast<float>(scale);
+      }
+      // dK_j += dS[:, j]^T (scale q) (qf is already scaled); dV_j += P[:, j]^T dO
+      for (int64_t j = 0; j < n; ++j) {
+        float* dkr = dk + (kv_off + ids[j]) * s.D;
+        float* dvr = dv + (kv_off + ids[j]) * s.Dv;
+        for (int64_t i = 0; i < it.nh; ++i) {
+          const float ds = dp[i * s.K + j];
+          const float pj = p[i * s.K + j];
+          const float* qi = qf.data() + i * s.D;
+          const float* gi = dof.data() + i * s.Dv;
+#pragma omp simd
+          for (int64_t d = 0; d < s.D; ++d) dkr[d] += ds * qi[d];
+#pragma omp simd
+          for (int64_t c = 0; c < s.Dv; ++c) dvr[c] += pj * gi[c];
+        }
+      }
+    }
+  });
+}
+
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& idx) {
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && idx.is_contiguous(),
+              "sparse_attention_cpu: inputs must be contiguous");
+  TORCH_CHECK(idx.scalar_type() == at::kLong, "sparse_attention_cpu: indices must be int64");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
+              "sparse_attention_cpu: q, k, v must share a dtype");
+}
+
+}  // namespace
+
+std::vector<at::Tensor> forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor idx, bool causal, double scale) {
+  check_inputs(q, k, v, idx);
+  const Shapes s = make_shapes(q, k, v, idx, causal);
+  auto out = at::empty({s.B, s.H, s.Nq, s.Dv}, q.options());
+  auto lse = at::empty({s.B, s.H, s.Nq}, q.options().dtype(at::kFloat));
+  if (q.scalar_type() == at::kFloat) {
+    forward_impl<float>(s, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), idx.data_ptr<int64_t>(),
+                        scale, out.data_ptr<float>(), lse.data_ptr<float>());
+  } else if (q.scalar_type() == at::kBFloat16) {
+    forward_impl<at::BFloat16>(s, q.data_ptr<at::BFloat16>(), k.data_ptr<at::BFloat16>(), v.data_ptr<at::BFloat16>(),
+                               idx.data_ptr<int64_t>(), scale, out.data_ptr<at::BFloat16>(), lse.data_ptr<float>());
+  } else {
+    TORCH_CHECK(false, "sparse_attention_cpu: dtype must be float32 or bfloat16");
+  }
+  return {out, lse};
+}
+
+std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor idx, bool causal, double scale,
+                                 at::Tensor out, at::Tensor lse, at::Tensor dout) {
+  check_inputs(q, k, v, idx);
+  dout = dout.contiguous();
+  const Shapes s = make_shapes(q, k, v, idx, causal);
+  const int64_t threads = at::get_num_threads();
+  auto fopt = q.options().dtype(at::kFloat);
+  auto dq = at::zeros({s.B, s.H, s.Nq, s.D}, fopt);
+  auto dk_all = at::zeros({threads, s.B, s.Hkv, s.Nk, s.D}, fopt);
+  auto dv_all = at::zeros({threads, s.B, s.Hkv, s.Nk, s.Dv}, fopt);
+  const int64_t nk = s.B * s.Hkv * s.Nk * s.D, nv = s.B * s.Hkv * s.Nk * s.Dv;
+  if (q.scalar_type() == at::kFloat) {
+    backward_impl<float>(s, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), idx.data_ptr<int64_t>(),
+                         scale, out.data_ptr<float>(), lse.data_ptr<float>(), dout.data_ptr<float>(),
+                         dq.data_ptr<float>(), dk_all.data_ptr<float>(), dv_all.data_ptr<float>(), nk, nv);
+  } else if (q.scalar_type() == at::kBFloat16) {
+    backward_impl<at::BFloat16>(s, q.data_ptr<at::BFloat16>(), k.data_ptr<at::BFloat16>(),
+                                v.data_ptr<at::BFloat16>(), idx.data_ptr<int64_t>(), scale,
+                                out.data_ptr<at::BFloat16>(), lse.data_ptr<float>(),
+                                dout.data_ptr<at::BFloat16>(), dq.data_ptr<float>(), dk_all.data_ptr<float>(),
+                                dv_all.data_ptr<float>(), nk, nv);
+  } else {
+    TORCH_CHECK(false, "sparse_attention_cpu: dtype must be float32 or bfloat16");
+  }
+  auto dk = dk_all.sum(0);
+  auto dv = dv_all.sum(0);
+  return {dq.to(q.scalar_type()), dk.to(q.scalar_type()), dv.to(q.scalar_type())};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "sparse attention forward (CPU)");
+  m.def("backward", &backward, "sparse attention backward (CPU)");
+}

@@ -1,0 +1,98 @@
+"""The fast CPU backend against the reference: outputs and gradients of q, k, v."""
+
+import pytest
+import torch
+from helpers import assert_close, grads, make_qkv
+
+from sparse_attention import sparse_attention
+from sparse_attention.ops.kernels import cpu
+
+pytestmark = pytest.mark.skipif(cpu.load_error() is not None, reason=f"CPU extension unavailable: {cpu.load_error()}")
+
+#: relative RMS error allowed against the float64 reference, per dtype.
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+
+def random_indices(b, h_sel, n_q, n_k, slots, seed=0, empty_fraction=0.2, unique=True):
+    gen = torch.Generator().manual_seed(seed)
+    if unique and slots <= n_k:
+        idx = torch.rand(b, h_sel, n_q, n_k, generator=gen).argsort(-1)[..., :slots]
+    else:
+        idx = torch.randint(0, n_k, (b, h_sel, n_q, slots), generator=gen)
+    return idx.masked_fill(torch.rand(idx.shape, generator=gen) < empty_fraction, -1)
+
+
+def compare(q, k, v, idx, causal, dtype):
+    qc, kc, vc = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    out, backend = sparse_attention(qc, kc, vc, idx, causal=causal, backend="cpu", return_backend=True)
+    assert backend == "cpu" and out.dtype == dtype
+    qr, kr, vr = (t.detach().double().requires_grad_() for t in (qc, kc, vc))
+    ref = sparse_attention(qr, kr, vr, idx, causal=causal, backend="reference")
+    tol = TOLERANCE[dtype]
+    assert_close(out, ref, tol)
+    for g_out, g_ref in zip(grads(out, qc, kc, vc), grads(ref, qr, kr, vr)):
+        assert torch.isfinite(g_out).all()
+        assert_close(g_out, g_ref, tol)
+
+
+@pytest.mark.parametrize("n, slots", [(1, 1), (63, 1), (63, 17), (63, 63), (1000, 40), (1000, 1000)])
+@pytest.mark.parametrize("layout", ["shared", "per_kv_head", "per_head"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_matches_reference_fp32(n, slots, layout, causal):
+    b, h, h_kv = 1, 4, 2
+    q, k, v = make_qkv(b, h, h_kv, n, d=32, dtype=torch.float64)
+    h_sel = {"shared": 1, "per_kv_head": h_kv, "per_head": h}[layout]
+    idx = random_indices(b, h_sel, n, n, slots, seed=n + slots)
+    compare(q, k, v, idx, causal, torch.float32)
+
+
+@pytest.mark.parametrize("h, h_kv, d", [(16, 1, 64), (16, 4, 64), (6, 6, 40), (3, 1, 128)])
+def test_head_layouts_and_dims(h, h_kv, d):
+    q, k, v = make_qkv(2, h, h_kv, 70, d=d, dtype=torch.float64)
+    compare(q, k, v, random_indices(2, 1, 70, 70, 33), True, torch.float32)
+
+
+def test_long_sequence_mqa():
+    q, k, v = make_qkv(1, 8, 1, 4096, d=64, dtype=torch.float64)
+    compare(q, k, v, random_indices(1, 1, 4096, 4096, 64, empty_fraction=0.05), True, torch.float32)
+
+
+def test_bfloat16():
+    q, k, v = make_qkv(1, 8, 2, 200, d=64, dtype=torch.float64)
+    compare(q, k, v, random_indices(1, 2, 200, 200, 50), True, torch.bfloat16)
+
+
+def test_empty_rows_and_duplicates():
+    q, k, v = make_qkv(1, 4, 1, 30, d=16, dtype=torch.float64)
+    idx = random_indices(1, 1, 30, 30, 12, unique=False, empty_fraction=0.5)
+    idx[0, 0, 7] = -1  # a row without keys
+    idx[0, 0, 3] = torch.tensor([20, 25] * 6)  # only future keys: empty under causal
+    compare(q, k, v, idx, True, torch.float32)
+    out = sparse_attention(q.float(), k.float(), v.float(), idx, backend="cpu")
+    assert torch.count_nonzero(out[0, :, [3, 7]]) == 0
+
+
+def test_non_contiguous_inputs():
+    q, k, v = make_qkv(1, 4, 2, 50, d=16, dtype=torch.float64)
+    qt = q.transpose(1, 2).contiguous().transpose(1, 2)
+    compare(qt, k, v, random_indices(1, 4, 50, 50, 9), True, torch.float32)
+
+
+def test_nan_in_query_row_stays_in_that_row():
+    q, k, v = make_qkv(1, 2, 1, 20, d=16)
+    q[0, 1, 5, 0] = float("nan")
+    out = sparse_attention(q, k, v, random_indices(1, 1, 20, 20, 8, empty_fraction=0.0), causal=False, backend="cpu")
+    assert torch.isnan(out[0, 1, 5]).all()
+    out[0, 1, 5] = 0
+    assert torch.isfinite(out).all()
+
+
+def test_auto_prefers_cpu_backend_for_cpu_tensors():
+    q, k, v = make_qkv(1, 2, 1, 10)
+    _, backend = sparse_attention(q, k, v, random_indices(1, 1, 10, 10, 4), return_backend=True)
+    assert backend == "cpu"
+    _, backend = sparse_attention(q.double(), k.double(), v.double(), random_indices(1, 1, 10, 10, 4),
+                                  return_backend=True)
+    assert backend == "reference"  # float64 is not supported by the fast kernel
+    with pytest.raises(ValueError, match="backend 'cpu' cannot run these inputs: dtype torch.float64"):
+        sparse_attention(q.double(), k.double(), v.double(), random_indices(1, 1, 10, 10, 4), backend="cpu")
