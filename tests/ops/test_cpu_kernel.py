@@ -46,7 +46,8 @@ def test_matches_reference_fp32(n, slots, layout, causal):
     compare(q, k, v, idx, causal, torch.float32)
 
 
-@pytest.mark.parametrize("h, h_kv, d", [(16, 1, 64), (16, 4, 64), (6, 6, 40), (3, 1, 128)])
+@pytest.mark.parametrize("h, h_kv, d", [(16, 1, 64), (16, 4, 64), (6, 6, 40), (3, 1, 128), (8, 1, 32), (12, 1, 48),
+                                        (32, 2, 128)])
 def test_head_layouts_and_dims(h, h_kv, d):
     q, k, v = make_qkv(2, h, h_kv, 70, d=d, dtype=torch.float64)
     compare(q, k, v, random_indices(2, 1, 70, 70, 33), True, torch.float32)
@@ -57,9 +58,10 @@ def test_long_sequence_mqa():
     compare(q, k, v, random_indices(1, 1, 4096, 4096, 64, empty_fraction=0.05), True, torch.float32)
 
 
-def test_bfloat16():
-    q, k, v = make_qkv(1, 8, 2, 200, d=64, dtype=torch.float64)
-    compare(q, k, v, random_indices(1, 2, 200, 200, 50), True, torch.bfloat16)
+@pytest.mark.parametrize("h, h_kv", [(8, 2), (16, 1)])
+def test_bfloat16(h, h_kv):
+    q, k, v = make_qkv(1, h, h_kv, 200, d=64, dtype=torch.float64)
+    compare(q, k, v, random_indices(1, h_kv, 200, 200, 50), True, torch.bfloat16)
 
 
 def test_empty_rows_and_duplicates():

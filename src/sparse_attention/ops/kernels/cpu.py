@@ -12,6 +12,7 @@ the reference backend with a warning.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
@@ -21,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-_SOURCE = Path(__file__).with_name("csrc") / "sparse_attention_cpu.cpp"
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCE = _CSRC / "sparse_attention_cpu.cpp"
 _lock = threading.Lock()
 _module = None
 _error: str | None = None
@@ -29,11 +31,20 @@ _error: str | None = None
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 
 
+def _extension_name() -> str:
+    """Name with a hash of every source and header, so an edited header forces a rebuild
+    (PyTorch's JIT cache only hashes the listed sources)."""
+    digest = hashlib.sha1()
+    for path in sorted(_CSRC.iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return f"sparse_attention_cpu_{digest.hexdigest()[:10]}"
+
+
 def _build():
     from torch.utils.cpp_extension import load
 
-    flags = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
-    return load(name="sparse_attention_cpu", sources=[str(_SOURCE)], extra_cflags=flags,
+    flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-std=c++17"]
+    return load(name=_extension_name(), sources=[str(_SOURCE)], extra_cflags=flags,
                 extra_ldflags=["-fopenmp"], verbose=os.environ.get("SPARSE_ATTENTION_VERBOSE_BUILD") == "1")
 
 
@@ -42,7 +53,7 @@ def _is_built() -> bool:
     try:
         from torch.utils.cpp_extension import _get_build_directory
 
-        return any(Path(_get_build_directory("sparse_attention_cpu", False)).glob("*.so"))
+        return any(Path(_get_build_directory(_extension_name(), False)).glob("*.so"))
     except Exception:  # private helper moved: just say nothing
         return True
 

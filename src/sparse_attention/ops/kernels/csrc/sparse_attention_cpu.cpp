@@ -10,10 +10,13 @@
 // (keys for S, features for O). Keys are processed in tiles of 16 gathered into a
 // transposed buffer. The backward pass recomputes P from the saved log-sum-exp.
 // dK and dV are scatter-added into per-thread buffers that are summed at the end, so the
-// result does not depend on thread timing.
+// result does not depend on thread timing. When compiled with AVX-512 and a group has 8-16
+// heads, the item runs the lane kernels of lanes_avx512.h (one register = all heads).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+
+#include "lanes_avx512.h"
 
 #include <algorithm>
 #include <cmath>
@@ -193,6 +196,141 @@ Shapes make_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   return s;
 }
 
+#if defined(__AVX512F__)
+// Scratch of the lane kernels, one per thread.
+struct LaneScratch {
+  std::vector<float> at, st, dst, o, rows_q, rows_do, kconv, vconv, delta;
+  std::vector<const float*> krows, vrows;
+  std::vector<float*> dkrows, dvrows;
+  explicit LaneScratch(const Shapes& s)
+      : at(std::max(s.D, s.Dv) * lanes::kLanes), st(std::max<int64_t>(s.K, 1) * lanes::kLanes),
+        dst(std::max<int64_t>(s.K, 1) * lanes::kLanes), o(lanes::kLanes * std::max(s.D, s.Dv)),
+        rows_q(lanes::kLanes * s.D), rows_do(lanes::kLanes * s.Dv), delta(lanes::kLanes), krows(s.K), vrows(s.K),
+        dkrows(s.K), dvrows(s.K) {}
+};
+
+inline bool use_lanes(const Shapes& s, int64_t nh) {
+  return nh >= 8 && nh <= lanes::kLanes && s.D % 16 == 0 && s.Dv % 16 == 0;
+}
+
+// Row pointers of the selected keys and values, as float (bf16 rows are converted once).
+template <typename T>
+void gather_rows(const Shapes& s, const T* k, const T* v, int64_t kv_off, const int64_t* ids, int64_t n,
+                 LaneScratch& w) {
+  if constexpr (std::is_same<T, float>::value) {
+    for (int64_t j = 0; j < n; ++j) {
+      w.krows[j] = k + (kv_off + ids[j]) * s.D;
+      w.vrows[j] = v + (kv_off + ids[j]) * s.Dv;
+    }
+  } else {
+    w.kconv.resize(n * s.D);
+    w.vconv.resize(n * s.Dv);
+    for (int64_t j = 0; j < n; ++j) {
+      const T* kr = k + (kv_off + ids[j]) * s.D;
+      const T* vr = v + (kv_off + ids[j]) * s.Dv;
+      for (int64_t d = 0; d < s.D; ++d) w.kconv[j * s.D + d] = to_float(kr[d]);
+      for (int64_t c = 0; c < s.Dv; ++c) w.vconv[j * s.Dv + c] = to_float(vr[c]);
+      w.krows[j] = w.kconv.data() + j * s.D;
+      w.vrows[j] = w.vconv.data() + j * s.Dv;
+    }
+  }
+}
+
+template <typename T>
+void forward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, int64_t n, const T* q, const T* k,
+                        const T* v, double scale, T* out, float* lse, LaneScratch& w) {
+  const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
+  const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;  // row of head i: row0 + i * Nq
+  gather_rows(s, k, v, kv_off, ids, n, w);
+  // Q^T of the group's heads (rows of q for consecutive heads are Nq * D apart).
+  std::fill(w.at.begin(), w.at.begin() + s.D * lanes::kLanes, 0.0f);
+  for (int64_t i = 0; i < it.nh; ++i) {
+    const T* r = q + (row0 + i * s.Nq) * s.D;
+    for (int64_t d = 0; d < s.D; ++d) w.at[d * lanes::kLanes + i] = to_float(r[d]) * static_cast<float>(scale);
+  }
+  float* st = w.st.data();
+  lanes::scores(w.at.data(), w.krows.data(), n, s.D, st);
+  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __mmask16 nan = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const __m512 x = _mm512_loadu_ps(st + j * lanes::kLanes);
+    nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    m = _mm512_max_ps(x, m);
+  }
+  __m512 l = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const __m512 p = lanes::exp512(_mm512_sub_ps(_mm512_loadu_ps(st + j * lanes::kLanes), m));
+    _mm512_storeu_ps(st + j * lanes::kLanes, p);
+    l = _mm512_add_ps(l, p);
+  }
+  alignas(64) float mm[lanes::kLanes], ll[lanes::kLanes];
+  _mm512_store_ps(mm, m);
+  _mm512_store_ps(ll, l);
+  lanes::weighted_rows(st, it.nh, w.vrows.data(), n, s.Dv, w.o.data());
+  for (int64_t i = 0; i < it.nh; ++i) {
+    const bool is_nan = (nan >> i) & 1;
+    const int64_t row = row0 + i * s.Nq;
+    lse[row] = is_nan ? std::numeric_limits<float>::quiet_NaN() : mm[i] + std::log(ll[i]);
+    const float inv = is_nan ? std::numeric_limits<float>::quiet_NaN() : 1.0f / ll[i];
+    for (int64_t c = 0; c < s.Dv; ++c) out[row * s.Dv + c] = from_float<T>(w.o[i * s.Dv + c] * inv);
+  }
+}
+
+template <typename T>
+void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, int64_t n, const T* q, const T* k,
+                         const T* v, double scale, const T* out, const float* lse, const T* dout, float* dq,
+                         float* dk, float* dv, LaneScratch& w) {
+  const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
+  const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;
+  const int64_t L = lanes::kLanes;
+  gather_rows(s, k, v, kv_off, ids, n, w);
+  alignas(64) float lse_l[lanes::kLanes] = {}, delta_l[lanes::kLanes] = {};
+  std::fill(w.at.begin(), w.at.end(), 0.0f);
+  float* qt = w.at.data();  // [D][16] scaled q, then reused as dO^T
+  for (int64_t i = 0; i < it.nh; ++i) {
+    const int64_t row = row0 + i * s.Nq;
+    for (int64_t d = 0; d < s.D; ++d) {
+      const float x = to_float(q[row * s.D + d]) * static_cast<float>(scale);
+      qt[d * L + i] = x;
+      w.rows_q[i * s.D + d] = x;
+    }
+    float dl = 0.0f;
+    for (int64_t c = 0; c < s.Dv; ++c) {
+      const float g = to_float(dout[row * s.Dv + c]);
+      w.rows_do[i * s.Dv + c] = g;
+      dl += g * to_float(out[row * s.Dv + c]);
+    }
+    delta_l[i] = dl;
+    lse_l[i] = lse[row];
+  }
+  float* pt = w.st.data();
+  float* dst = w.dst.data();
+  lanes::scores(qt, w.krows.data(), n, s.D, pt);  // S^T
+  std::fill(w.at.begin(), w.at.end(), 0.0f);
+  for (int64_t i = 0; i < it.nh; ++i)
+    for (int64_t c = 0; c < s.Dv; ++c) qt[c * L + i] = w.rows_do[i * s.Dv + c];
+  lanes::scores(qt, w.vrows.data(), n, s.Dv, dst);  // dP^T = dO V^T
+  const __m512 lse_v = _mm512_load_ps(lse_l), delta_v = _mm512_load_ps(delta_l);
+  for (int64_t j = 0; j < n; ++j) {
+    const __m512 p = lanes::exp512(_mm512_sub_ps(_mm512_loadu_ps(pt + j * L), lse_v));
+    _mm512_storeu_ps(pt + j * L, p);
+    _mm512_storeu_ps(dst + j * L, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dst + j * L), delta_v)));
+  }
+  // Padding lanes: p = exp(0) but dO = 0 and delta = 0 there, so dS = 0; P is only read for i < nh.
+  lanes::weighted_rows(dst, it.nh, w.krows.data(), n, s.D, w.o.data());  // dQ / scale
+  for (int64_t i = 0; i < it.nh; ++i) {
+    float* dqr = dq + (row0 + i * s.Nq) * s.D;
+    for (int64_t d = 0; d < s.D; ++d) dqr[d] = w.o[i * s.D + d] * static_cast<float>(scale);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    w.dkrows[j] = dk + (kv_off + ids[j]) * s.D;
+    w.dvrows[j] = dv + (kv_off + ids[j]) * s.Dv;
+  }
+  lanes::accumulate_rows(dst, it.nh, w.rows_q.data(), s.D, w.dkrows.data(), n);
+  lanes::accumulate_rows(pt, it.nh, w.rows_do.data(), s.Dv, w.dvrows.data(), n);
+}
+#endif  // __AVX512F__
+
 template <typename T>
 void forward_impl(const Shapes& s, const T* q, const T* k, const T* v, const int64_t* idx, double scale, T* out,
                   float* lse) {
@@ -201,10 +339,19 @@ void forward_impl(const Shapes& s, const T* q, const T* k, const T* v, const int
     std::vector<int64_t> ids(s.K);
     std::vector<float> qf(s.G * s.D), scores(s.G * std::max<int64_t>(s.K, 1)), tile(s.D * kTile), o(s.G * s.Dv),
         rowbuf(s.Dv);
+#if defined(__AVX512F__)
+    LaneScratch lane_scratch(s);
+#endif
     for (int64_t item = begin; item < end; ++item) {
       const Item it = decode(s, item);
       const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
       const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
+#if defined(__AVX512F__)
+      if (n > 0 && use_lanes(s, it.nh)) {
+        forward_item_lanes(s, it, ids.data(), n, q, k, v, scale, out, lse, lane_scratch);
+        continue;
+      }
+#endif
       if (n == 0) {
         for (int64_t i = 0; i < it.nh; ++i) {
           const int64_t row = ((it.b * s.H + it.h0 + i) * s.Nq + it.t);
@@ -260,10 +407,19 @@ void backward_impl(const Shapes& s, const T* q, const T* k, const T* v, const in
     std::vector<float> qf(s.G * s.D), dof(s.G * s.Dv), p(s.G * std::max<int64_t>(s.K, 1)),
         dp(s.G * std::max<int64_t>(s.K, 1)), tile(std::max(s.D, s.Dv) * kTile), delta(s.G), dqf(s.G * s.D),
         rowbuf(std::max(s.D, s.Dv));
+#if defined(__AVX512F__)
+    LaneScratch lane_scratch(s);
+#endif
     for (int64_t item = begin; item < end; ++item) {
       const Item it = decode(s, item);
       const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
       if (n == 0) continue;  // dq rows stay zero
+#if defined(__AVX512F__)
+      if (use_lanes(s, it.nh)) {
+        backward_item_lanes(s, it, ids.data(), n, q, k, v, scale, out, lse, dout, dq, dk, dv, lane_scratch);
+        continue;
+      }
+#endif
       const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
       for (int64_t i = 0; i < it.nh; ++i) {
         const int64_t row = (it.b * s.H + it.h0 + i) * s.Nq + it.t;

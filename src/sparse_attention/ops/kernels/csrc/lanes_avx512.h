@@ -1,0 +1,130 @@
+// AVX-512 kernels for one query token of a KV group whose G >= 8 heads share a selection.
+//
+// The 16 lanes of a register hold 16 query heads, so for each selected key the scores of all
+// heads are one register: S^T[j] = sum_d Q^T[d] * k_j[d] (broadcast k_j[d], no transpose of
+// the gathered keys). Softmax then runs lane-wise over keys, and P V accumulates blocks of
+// 4 heads x 64 features in registers. Padding lanes (heads >= nh) hold zero queries and are
+// never written back. Used only when compiled with AVX-512 and D, D_v are multiples of 16.
+#pragma once
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace lanes {
+
+constexpr int kLanes = 16;
+
+// exp(x), lane-wise: 2^(x log2 e), floor split, degree-6 polynomial, scalef. NaN stays NaN.
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-88.0f), x);  // second operand returned for NaN
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 fi = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, fi);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, fi);
+}
+
+// ST[j][:] = sum_d AT[d][:] * rows[j][d]  for j < n.  AT: [D][16], ST: [n][16].
+inline void scores(const float* AT, const float* const* rows, int64_t n, int64_t D, float* ST) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    const float *r0 = rows[j], *r1 = rows[j + 1], *r2 = rows[j + 2], *r3 = rows[j + 3];
+    const float *r4 = rows[j + 4], *r5 = rows[j + 5], *r6 = rows[j + 6], *r7 = rows[j + 7];
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 at = _mm512_loadu_ps(AT + d * kLanes);
+      a0 = _mm512_fmadd_ps(at, _mm512_set1_ps(r0[d]), a0);
+      a1 = _mm512_fmadd_ps(at, _mm512_set1_ps(r1[d]), a1);
+      a2 = _mm512_fmadd_ps(at, _mm512_set1_ps(r2[d]), a2);
+      a3 = _mm512_fmadd_ps(at, _mm512_set1_ps(r3[d]), a3);
+      a4 = _mm512_fmadd_ps(at, _mm512_set1_ps(r4[d]), a4);
+      a5 = _mm512_fmadd_ps(at, _mm512_set1_ps(r5[d]), a5);
+      a6 = _mm512_fmadd_ps(at, _mm512_set1_ps(r6[d]), a6);
+      a7 = _mm512_fmadd_ps(at, _mm512_set1_ps(r7[d]), a7);
+    }
+    float* o = ST + j * kLanes;
+    _mm512_storeu_ps(o, a0);
+    _mm512_storeu_ps(o + 16, a1);
+    _mm512_storeu_ps(o + 32, a2);
+    _mm512_storeu_ps(o + 48, a3);
+    _mm512_storeu_ps(o + 64, a4);
+    _mm512_storeu_ps(o + 80, a5);
+    _mm512_storeu_ps(o + 96, a6);
+    _mm512_storeu_ps(o + 112, a7);
+  }
+  for (; j < n; ++j) {
+    __m512 a = _mm512_setzero_ps();
+    const float* r = rows[j];
+    for (int64_t d = 0; d < D; ++d) a = _mm512_fmadd_ps(_mm512_loadu_ps(AT + d * kLanes), _mm512_set1_ps(r[d]), a);
+    _mm512_storeu_ps(ST + j * kLanes, a);
+  }
+}
+
+// O[i][c0:c0+16*NC] = sum_j WT[j][i] * rows[j][c0:...] for heads i in [i0, i0+4).
+template <int NC>
+inline void weighted_rows_block(const float* WT, int64_t i0, int64_t hb, const float* const* rows, int64_t n,
+                                int64_t c0, int64_t Dv, float* O) {
+  __m512 acc[4][NC];
+  for (int h = 0; h < 4; ++h)
+    for (int c = 0; c < NC; ++c) acc[h][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const float* r = rows[j] + c0;
+    __m512 v[NC];
+    for (int c = 0; c < NC; ++c) v[c] = _mm512_loadu_ps(r + 16 * c);
+    const float* w = WT + j * kLanes + i0;
+    for (int h = 0; h < 4; ++h) {
+      const __m512 wb = _mm512_set1_ps(w[h]);
+      for (int c = 0; c < NC; ++c) acc[h][c] = _mm512_fmadd_ps(wb, v[c], acc[h][c]);
+    }
+  }
+  for (int h = 0; h < hb; ++h)
+    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(O + (i0 + h) * Dv + c0 + 16 * c, acc[h][c]);
+}
+
+// O[i][:] = sum_j WT[j][i] * rows[j][:] for i < nh; O: [nh][Dv], Dv % 16 == 0.
+inline void weighted_rows(const float* WT, int64_t nh, const float* const* rows, int64_t n, int64_t Dv, float* O) {
+  for (int64_t c0 = 0; c0 < Dv; c0 += 64) {
+    const int64_t nc = std::min<int64_t>(4, (Dv - c0) / 16);
+    for (int64_t i0 = 0; i0 < nh; i0 += 4) {
+      const int64_t hb = std::min<int64_t>(4, nh - i0);
+      switch (nc) {
+        case 4: weighted_rows_block<4>(WT, i0, hb, rows, n, c0, Dv, O); break;
+        case 3: weighted_rows_block<3>(WT, i0, hb, rows, n, c0, Dv, O); break;
+        case 2: weighted_rows_block<2>(WT, i0, hb, rows, n, c0, Dv, O); break;
+        default: weighted_rows_block<1>(WT, i0, hb, rows, n, c0, Dv, O); break;
+      }
+    }
+  }
+}
+
+// out_rows[j][:] += sum_{i < nh} WT[j][i] * A[i][:] for j < n; A: [nh][Dc], Dc % 16 == 0.
+inline void accumulate_rows(const float* WT, int64_t nh, const float* A, int64_t Dc, float* const* out_rows,
+                            int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    float* o = out_rows[j];
+    const float* w = WT + j * kLanes;
+    for (int64_t c0 = 0; c0 < Dc; c0 += 64) {
+      const int64_t nc = std::min<int64_t>(4, (Dc - c0) / 16);
+      __m512 acc[4];
+      for (int c = 0; c < nc; ++c) acc[c] = _mm512_loadu_ps(o + c0 + 16 * c);
+      for (int64_t i = 0; i < nh; ++i) {
+        const __m512 wb = _mm512_set1_ps(w[i]);
+        const float* a = A + i * Dc + c0;
+        for (int c = 0; c < nc; ++c) acc[c] = _mm512_fmadd_ps(wb, _mm512_loadu_ps(a + 16 * c), acc[c]);
+      }
+      for (int c = 0; c < nc; ++c) _mm512_storeu_ps(o + c0 + 16 * c, acc[c]);
+    }
+  }
+}
+
+}  // namespace lanes
+#endif  // __AVX512F__
