@@ -9,7 +9,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
+    """Clear error for a device this machine or package cannot use."""
     import torch
 
     if device == "npu":
@@ -68,7 +69,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from ..experiments.context import FULL_LENGTHS, QUICK_LENGTHS, SuiteConfig
     from ..experiments.suite import run_suite
 
-    _check_device(args.device)
+    check_device(args.device)
     lengths = tuple(args.lengths) if args.lengths else (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
     config = SuiteConfig(quick=args.quick, device=args.device, methods=tuple(args.methods), lengths=lengths,
                          seed=args.seed, budget=args.budget, experiments=tuple(args.only or ()))

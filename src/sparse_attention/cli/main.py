@@ -80,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.set_defaults(func=_cmd_demo)
 
-    from .experiments import add_parsers
+    from . import bench, experiments
 
-    add_parsers(sub)
+    experiments.add_parsers(sub)
+    bench.add_parsers(sub)
     return parser
 
 

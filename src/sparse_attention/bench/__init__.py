@@ -1,0 +1,1 @@
+"""Benchmarks that write JSON with machine info; tables are generated from that JSON."""

@@ -1,0 +1,214 @@
+"""Kernel benchmark: every sparse attention backend against dense SDPA, in one run.
+
+For each (N, K, heads) point: random causal selections (``K`` keys per query drawn from
+its past, shared by all heads unless ``selection`` says otherwise), then per backend:
+
+1. a correctness check against the float64 reference at a small size with the same heads,
+   ``K`` and dtype (outputs and q/k/v gradients, relative RMS error); a backend that fails
+   it, or cannot run the inputs, is reported with the reason and **not timed**;
+2. forward and forward+backward time (best of ``repeats`` after a warm-up, interleaved with
+   dense SDPA so that drift hits both), peak memory of the forward pass, achieved GFLOP/s,
+   the ideal ratio (dense FLOPs / sparse FLOPs) and the measured ratio (dense time /
+   sparse time).
+
+FLOPs are counted, not measured: forward ``4 D`` per (head, valid edge) (``q.k`` and
+``p v``); forward+backward ``3.5x`` that (backward = recomputed scores + 4 GEMMs, the
+flash-attention convention). Dense counts its causal pairs the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from ..experiments.machine import machine_info
+from ..experiments.memory import peak_memory_bytes
+from ..experiments.timing import synchronize, time_call
+from ..ops.backends import backends as registered_backends
+from ..ops.backends import choose_backend
+from ..ops.sparse_attention import sparse_attention
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: relative RMS error allowed against the float64 reference, per dtype.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+BACKWARD_FLOP_FACTOR = 3.5
+
+
+@dataclass
+class KernelBenchConfig:
+    """What ``sparse-attention bench kernels`` measures."""
+
+    device: str = "cpu"
+    lengths: tuple[int, ...] = (4096,)
+    top_k: tuple[int, ...] = (256,)
+    heads: tuple[tuple[int, int], ...] = ((16, 1),)
+    head_dim: int = 64
+    dtype: str = "float32"
+    selection: str = "shared"
+    backends: tuple[str, ...] = ()
+    repeats: int = 3
+    backward: bool = True
+    check_length: int = 256
+    seed: int = 0
+    points: list[tuple[int, int]] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.selection not in ("shared", "per_kv_head", "per_head"):
+            raise ValueError(f"selection must be shared, per_kv_head or per_head, got {self.selection!r}")
+        if len(self.top_k) not in (1, len(self.lengths)):
+            raise ValueError("top_k: give one value, or one per length")
+        for h, h_kv in self.heads:
+            if h <= 0 or h_kv <= 0 or h % h_kv:
+                raise ValueError(f"heads: {h}:{h_kv} must be positive with H a multiple of H_kv")
+        ks = self.top_k * len(self.lengths) if len(self.top_k) == 1 else self.top_k
+        self.points = list(zip(self.lengths, ks))
+        for n, k in self.points:
+            if n <= 0 or k <= 0:
+                raise ValueError(f"lengths and top_k must be positive, got N={n}, K={k}")
+        if self.repeats <= 0:
+            raise ValueError(f"repeats must be positive, got {self.repeats}")
+
+
+def causal_random_indices(b: int, h_sel: int, n: int, k: int, seed: int, device) -> torch.Tensor:
+    """``[B, H_sel, N, K]``: for query ``t``, ``K`` keys drawn uniformly from ``[0, t]`` (with
+    repeats when ``t + 1 < K``; sorted per row). Every slot is a valid causal edge."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(b, h_sel, n, k, generator=gen)
+    idx = (u * (torch.arange(n, dtype=torch.float32)[:, None] + 1)).long().clamp(max=n - 1)
+    return idx.sort(dim=-1).values.to(device)
+
+
+def _inputs(cfg: KernelBenchConfig, n: int, k: int, h: int, h_kv: int, dtype, seed: int, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, h, n, cfg.head_dim, generator=gen)
+    kk = torch.randn(1, h_kv, n, cfg.head_dim, generator=gen)
+    v = torch.randn(1, h_kv, n, cfg.head_dim, generator=gen)
+    q, kk, v = (t.to(cfg.device, dtype).requires_grad_(requires_grad) for t in (q, kk, v))
+    h_sel = {"shared": 1, "per_kv_head": h_kv, "per_head": h}[cfg.selection]
+    return q, kk, v, causal_random_indices(1, h_sel, n, min(k, n), seed + 1, cfg.device)
+
+
+def _dense(q, k, v):
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def correctness(cfg: KernelBenchConfig, backend: str, k: int, h: int, h_kv: int) -> dict[str, Any]:
+    """Relative RMS error of outputs and q/k/v gradients against the float64 reference."""
+    dtype = DTYPES[cfg.dtype]
+    n = min(cfg.check_length, max(k, 16))
+    q, kk, v, idx = _inputs(cfg, n, k, h, h_kv, dtype, cfg.seed + 7, requires_grad=True)
+    out = sparse_attention(q, kk, v, idx, backend=backend)
+    ref_in = [t.detach().double().requires_grad_() for t in (q, kk, v)]
+    ref = sparse_attention(*ref_in, idx, backend="reference")
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out.device)
+    grads = torch.autograd.grad(out, (q, kk, v), upstream.to(out.dtype))
+    ref_grads = torch.autograd.grad(ref, ref_in, upstream.double())
+    errors = {"out": _rel_rms(out, ref), **{f"d{name}": _rel_rms(g, r) for name, g, r in
+                                             zip(("q", "k", "v"), grads, ref_grads)}}
+    tol = TOLERANCE[dtype]
+    return {"passed": all(e <= tol for e in errors.values()), "tolerance": tol, "errors": errors, "check_length": n}
+
+
+def _fwd_bwd(fn: Callable[[], torch.Tensor], inputs: Iterable[torch.Tensor]) -> Callable[[], None]:
+    inputs = list(inputs)
+
+    def run() -> None:
+        out = fn()
+        torch.autograd.grad(out, inputs, torch.ones_like(out))
+    return run
+
+
+def measure_point(cfg: KernelBenchConfig, n: int, k: int, h: int, h_kv: int) -> list[dict[str, Any]]:
+    """Rows for dense SDPA and every backend at one (N, K, heads) point."""
+    dtype = DTYPES[cfg.dtype]
+    q, kk, v, idx = _inputs(cfg, n, k, h, h_kv, dtype, cfg.seed)
+    edges = float(idx.shape[-1]) * n  # every slot is a valid causal edge
+    pairs = n * (n + 1) / 2
+    flop = 4 * cfg.head_dim * h
+    dense_fwd_flops, sparse_fwd_flops = flop * pairs, flop * edges
+    base = {"n": n, "top_k": k, "heads": f"{h}:{h_kv}", "dtype": cfg.dtype, "selection": cfg.selection,
+            "ideal_ratio": dense_fwd_flops / sparse_fwd_flops}
+    qg, kg, vg = (t.detach().requires_grad_() for t in (q, kk, v))
+
+    def timed(fwd: Callable[[], torch.Tensor], grad_inputs) -> dict[str, Any]:
+        with torch.no_grad():
+            t_fwd = time_call(fwd, cfg.device, repeats=cfg.repeats)["min_ms"]
+            _, peak = peak_memory_bytes(fwd, cfg.device)
+        row = {"forward_ms": t_fwd, "forward_peak_mib": None if peak is None else peak / 2**20}
+        if cfg.backward:
+            row["forward_backward_ms"] = time_call(_fwd_bwd(fwd, grad_inputs), cfg.device,
+                                                   repeats=cfg.repeats)["min_ms"]
+        return row
+
+    dense = {**base, "backend": "dense_sdpa", "status": "ok",
+             **timed(lambda: _dense(qg, kg, vg), (qg, kg, vg))}
+    dense["forward_gflops"] = dense_fwd_flops / dense["forward_ms"] / 1e6
+    rows = [dense]
+    names = cfg.backends or tuple(b.name for b in registered_backends())
+    for name in names:
+        row = {**base, "backend": name}
+        try:
+            choose_backend(name, q, kk, v, idx, needs_grad=cfg.backward)
+        except ValueError as err:
+            rows.append({**row, "status": "unsupported", "reason": str(err)})
+            continue
+        check = correctness(cfg, name, k, h, h_kv)
+        row["correctness"] = check
+        if not check["passed"]:
+            rows.append({**row, "status": "failed correctness check (not timed)"})
+            continue
+        row.update(timed(lambda: sparse_attention(qg, kg, vg, idx, backend=name), (qg, kg, vg)))
+        row["status"] = "ok"
+        row["forward_gflops"] = sparse_fwd_flops / row["forward_ms"] / 1e6
+        row["forward_speedup"] = dense["forward_ms"] / row["forward_ms"]
+        if cfg.backward:
+            row["forward_backward_speedup"] = dense["forward_backward_ms"] / row["forward_backward_ms"]
+            row["forward_backward_gflops"] = BACKWARD_FLOP_FACTOR * sparse_fwd_flops / row["forward_backward_ms"] / 1e6
+        rows.append(row)
+    synchronize(cfg.device)
+    return rows
+
+
+def run_kernel_bench(cfg: KernelBenchConfig, progress: Callable[[Iterable, str], Iterable] = lambda x, d: x) -> dict:
+    """Run every point; returns ``{"machine", "config", "rows"}`` (JSON-ready)."""
+    rows = []
+    points = [(n, k, h, h_kv) for n, k in cfg.points for h, h_kv in cfg.heads]
+    for n, k, h, h_kv in progress(points, "bench"):
+        rows.extend(measure_point(cfg, n, k, h, h_kv))
+    config = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    return {"machine": machine_info(cfg.device), "config": config, "rows": rows,
+            "flop_model": {"forward_per_edge_per_head": "4 * D", "backward_factor": BACKWARD_FLOP_FACTOR}}
+
+
+def markdown_table(results: dict) -> str:
+    """The benchmark as a Markdown table (generated from the JSON)."""
+    m = results["machine"]
+    lines = [f"Machine: {m.get('device_name')} ({m.get('device')}), {m.get('threads')} threads, torch {m.get('torch')},"
+             f" git {str(m.get('git_sha'))[:12]}.", "",
+             "| N | K | heads | dtype | backend | fwd ms | fwd+bwd ms | fwd GFLOP/s | ideal x | fwd x dense |"
+             " fwd+bwd x dense | peak MiB | status |",
+             "|" + "---|" * 13]
+
+    def f(x, digits=1):
+        return "-" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+    for r in results["rows"]:
+        lines.append(f"| {r['n']} | {r['top_k']} | {r['heads']} | {r['dtype']} | {r['backend']} | "
+                     f"{f(r.get('forward_ms'))} | {f(r.get('forward_backward_ms'))} | {f(r.get('forward_gflops'))} | "
+                     f"{f(r['ideal_ratio'], 1)} | {f(r.get('forward_speedup'), 2)} | "
+                     f"{f(r.get('forward_backward_speedup'), 2)} | {f(r.get('forward_peak_mib'), 1)} | {r['status']} |")
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""Smoke run of `sparse-attention bench kernels` (tiny sizes) and its validation."""
+
+import json
+
+import pytest
+import torch
+
+from sparse_attention.bench.kernels import KernelBenchConfig, causal_random_indices
+from sparse_attention.cli.main import main
+
+
+def test_bench_kernels_tiny(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "kernels", "--lengths", "64", "--top-k", "8", "--heads", "8:1", "--repeats", "1",
+                 "--json", str(path)]) == 0
+    results = json.loads(path.read_text())
+    for key in ("device", "torch", "threads", "git_sha"):
+        assert key in results["machine"]
+    rows = {r["backend"]: r for r in results["rows"]}
+    assert rows["dense_sdpa"]["status"] == "ok"
+    assert rows["reference"]["correctness"]["passed"]
+    for name, row in rows.items():
+        if row["status"] == "ok" and name != "dense_sdpa":
+            assert row["forward_speedup"] == pytest.approx(rows["dense_sdpa"]["forward_ms"] / row["forward_ms"])
+            assert row["ideal_ratio"] == pytest.approx((64 * 65 / 2) / (64 * 8))
+    assert "| 64 | 8 | 8:1 |" in capsys.readouterr().out
+
+
+def test_random_causal_indices_are_valid():
+    idx = causal_random_indices(1, 1, 50, 6, seed=0, device="cpu")
+    assert idx.shape == (1, 1, 50, 6)
+    assert bool(((idx >= 0) & (idx <= torch.arange(50)[:, None])).all())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"dtype": "float64"}, "dtype"),
+    ({"lengths": (64, 128), "top_k": (8, 8, 8)}, "top_k"),
+    ({"heads": ((6, 4),)}, "heads"),
+    ({"selection": "random"}, "selection"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        KernelBenchConfig(**kwargs)
+
+
+def test_bad_heads_argument(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "kernels", "--heads", "sixteen"])
+    assert "H:H_kv" in capsys.readouterr().err
