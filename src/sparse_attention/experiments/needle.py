@@ -95,7 +95,7 @@ def _needle_selected(indices: Tensor, positions: list[int], heads: int) -> Tenso
 def run(ctx: RunContext) -> dict[str, Any]:
     """Needle retrieval table: N x method, both constructions, depth classes."""
     cfg = ctx.config
-    repeats = 1 if cfg.quick else 4
+    repeats = 1 if cfg.quick else 2
     rows = []
     jobs = [(c, n) for c in ("seed", "fair") for n in cfg.lengths]
     for construction, n in ctx.progress(jobs, "needle"):
