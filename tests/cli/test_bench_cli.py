@@ -47,3 +47,16 @@ def test_bad_heads_argument(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "kernels", "--heads", "sixteen"])
     assert "H:H_kv" in capsys.readouterr().err
+
+
+def test_bench_table_into_readme(tmp_path):
+    from sparse_attention.report.readme import BENCH_BEGIN, BENCH_END
+
+    path = tmp_path / "bench.json"
+    assert main(["bench", "kernels", "--lengths", "32", "--top-k", "4", "--heads", "2:1", "--repeats", "1",
+                 "--backends", "reference", "--no-backward", "--json", str(path)]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{BENCH_BEGIN}\nold\n{BENCH_END}\n")
+    assert main(["bench", "table", str(path), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and "| 32 | 4 | 2:1 | float32 | reference |" in text

@@ -43,5 +43,5 @@ def test_readme_block_is_replaced(results, tmp_path):
     assert "old" not in text and "intro" in text and "outro" in text
     assert "## Needle retrieval" in text and "](res/needle.png)" in text
     readme.write_text("no markers")
-    with pytest.raises(ValueError, match="no experiment block"):
+    with pytest.raises(ValueError, match="no generated block"):
         update_readme(readme, "x", tmp_path)

@@ -35,6 +35,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--json", help="write the results here")
     p.set_defaults(func=cmd_bench_kernels)
 
+    p = bench_sub.add_parser("table", help="Markdown table from benchmark JSON files (optionally into a README block)")
+    p.add_argument("results", nargs="+", help="JSON files written by `bench kernels --json`")
+    p.add_argument("--readme", help="README whose bench block is replaced by the table")
+    p.set_defaults(func=cmd_bench_table)
+
 
 def cmd_bench_kernels(args: argparse.Namespace) -> int:
     from ..bench.kernels import KernelBenchConfig, markdown_table, run_kernel_bench
@@ -50,4 +55,21 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, results)
     print(markdown_table(results))
+    return 0
+
+
+def cmd_bench_table(args: argparse.Namespace) -> int:
+    from ..bench.kernels import markdown_table
+    from ..experiments.results_io import read_json
+    from ..report.readme import BENCH_BEGIN, BENCH_END, update_readme
+
+    sections = []
+    for path in args.results:
+        sections.append(f"From `{path}`:\n\n" + markdown_table(read_json(path)))
+    text = "\n\n".join(sections)
+    if args.readme:
+        update_readme(args.readme, text, ".", begin=BENCH_BEGIN, end=BENCH_END)
+        print(f"updated the bench block of {args.readme}")
+    else:
+        print(text)
     return 0

@@ -16,8 +16,11 @@ after the timing rounds (:mod:`.memory`: CUDA allocator peak or, on CPU, the res
 high-water mark; never inside a timed call, because the CPU measurement changes allocator
 behaviour), as extra bytes over the inputs; the output counts.
 
-Today only the pure-PyTorch reference backend exists, so sparse methods are *slower* than
-SDPA here; the ratios say by how much. Cost on 2 CPU cores (torch with 2 threads): quick
+Which kernel runs is whatever ``backend="auto"`` picks (recorded per row): the C++ ``cpu``
+backend for float32/bfloat16 CPU tensors when it compiled, else the pure-PyTorch reference.
+The suite's shape (4:2 heads) gives groups of 2 heads, where the kernel's many-head fast
+path does not apply; ``sparse-attention bench kernels`` measures the kernels in their
+intended MQA setting. Cost on 2 CPU cores (torch with 2 threads): quick
 (lengths 512-2048, 2 rounds) took 20 s with no other job running and 45-230 s while other
 jobs shared the cores (1-minute load average 3-5; the settings record the load before and
 after). One round plus the memory call took 19.6 s at N=4096 and 51.4 s at N=8192 on the

@@ -33,40 +33,40 @@ inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(p, fi);
 }
 
+// Ask for the cache lines of rows[j .. j + count) ahead of use: selected rows are scattered
+// over the whole K/V matrix (often beyond L2), and the hardware prefetcher cannot guess them.
+inline void prefetch_rows(const float* const* rows, int64_t j, int64_t count, int64_t n, int64_t width) {
+  const int64_t stop = std::min(j + count, n);
+  for (int64_t r = j; r < stop; ++r)
+    for (int64_t off = 0; off < width; off += 16) _mm_prefetch(reinterpret_cast<const char*>(rows[r] + off), _MM_HINT_T0);
+}
+
+// ST[j0 + b][:] = sum_d AT[d][:] * rows[j0 + b][d] for b < KB: KB independent accumulators
+// hide the FMA latency; the key values are broadcast straight from the gathered rows.
+template <int KB>
+inline void scores_block(const float* AT, const float* const* rows, int64_t j0, int64_t D, float* ST) {
+  __m512 acc[KB];
+  const float* r[KB];
+  for (int b = 0; b < KB; ++b) {
+    acc[b] = _mm512_setzero_ps();
+    r[b] = rows[j0 + b];
+  }
+  for (int64_t d = 0; d < D; ++d) {
+    const __m512 at = _mm512_loadu_ps(AT + d * kLanes);
+    for (int b = 0; b < KB; ++b) acc[b] = _mm512_fmadd_ps(at, _mm512_set1_ps(r[b][d]), acc[b]);
+  }
+  for (int b = 0; b < KB; ++b) _mm512_storeu_ps(ST + (j0 + b) * kLanes, acc[b]);
+}
+
 // ST[j][:] = sum_d AT[d][:] * rows[j][d]  for j < n.  AT: [D][16], ST: [n][16].
 inline void scores(const float* AT, const float* const* rows, int64_t n, int64_t D, float* ST) {
+  constexpr int kBlock = 12;
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    const float *r0 = rows[j], *r1 = rows[j + 1], *r2 = rows[j + 2], *r3 = rows[j + 3];
-    const float *r4 = rows[j + 4], *r5 = rows[j + 5], *r6 = rows[j + 6], *r7 = rows[j + 7];
-    for (int64_t d = 0; d < D; ++d) {
-      const __m512 at = _mm512_loadu_ps(AT + d * kLanes);
-      a0 = _mm512_fmadd_ps(at, _mm512_set1_ps(r0[d]), a0);
-      a1 = _mm512_fmadd_ps(at, _mm512_set1_ps(r1[d]), a1);
-      a2 = _mm512_fmadd_ps(at, _mm512_set1_ps(r2[d]), a2);
-      a3 = _mm512_fmadd_ps(at, _mm512_set1_ps(r3[d]), a3);
-      a4 = _mm512_fmadd_ps(at, _mm512_set1_ps(r4[d]), a4);
-      a5 = _mm512_fmadd_ps(at, _mm512_set1_ps(r5[d]), a5);
-      a6 = _mm512_fmadd_ps(at, _mm512_set1_ps(r6[d]), a6);
-      a7 = _mm512_fmadd_ps(at, _mm512_set1_ps(r7[d]), a7);
-    }
-    float* o = ST + j * kLanes;
-    _mm512_storeu_ps(o, a0);
-    _mm512_storeu_ps(o + 16, a1);
-    _mm512_storeu_ps(o + 32, a2);
-    _mm512_storeu_ps(o + 48, a3);
-    _mm512_storeu_ps(o + 64, a4);
-    _mm512_storeu_ps(o + 80, a5);
-    _mm512_storeu_ps(o + 96, a6);
-    _mm512_storeu_ps(o + 112, a7);
+  for (; j + kBlock <= n; j += kBlock) {
+    prefetch_rows(rows, j + kBlock, kBlock, n, D);
+    scores_block<kBlock>(AT, rows, j, D, ST);
   }
-  for (; j < n; ++j) {
-    __m512 a = _mm512_setzero_ps();
-    const float* r = rows[j];
-    for (int64_t d = 0; d < D; ++d) a = _mm512_fmadd_ps(_mm512_loadu_ps(AT + d * kLanes), _mm512_set1_ps(r[d]), a);
-    _mm512_storeu_ps(ST + j * kLanes, a);
-  }
+  for (; j < n; ++j) scores_block<1>(AT, rows, j, D, ST);
 }
 
 // O[i][c0:c0+16*NC] = sum_j WT[j][i] * rows[j][c0:...] for heads i in [i0, i0+4).
@@ -77,6 +77,7 @@ inline void weighted_rows_block(const float* WT, int64_t i0, int64_t hb, const f
   for (int h = 0; h < 4; ++h)
     for (int c = 0; c < NC; ++c) acc[h][c] = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; ++j) {
+    if (c0 == 0 && i0 == 0) prefetch_rows(rows, j + 4, 1, n, Dv);
     const float* r = rows[j] + c0;
     __m512 v[NC];
     for (int c = 0; c < NC; ++c) v[c] = _mm512_loadu_ps(r + 16 * c);
