@@ -47,7 +47,7 @@ def test_matches_reference_fp32(n, slots, layout, causal):
 
 
 @pytest.mark.parametrize("h, h_kv, d", [(16, 1, 64), (16, 4, 64), (6, 6, 40), (3, 1, 128), (8, 1, 32), (12, 1, 48),
-                                        (32, 2, 128)])
+                                        (32, 2, 128), (32, 1, 64)])
 def test_head_layouts_and_dims(h, h_kv, d):
     q, k, v = make_qkv(2, h, h_kv, 70, d=d, dtype=torch.float64)
     compare(q, k, v, random_indices(2, 1, 70, 70, 33), True, torch.float32)

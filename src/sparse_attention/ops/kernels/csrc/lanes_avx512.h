@@ -1,4 +1,4 @@
-// AVX-512 kernels for one query token of a KV group whose G >= 8 heads share a selection.
+// AVX-512 kernels for one query token of a KV group whose heads (up to 16) share a selection.
 //
 // The 16 lanes of a register hold 16 query heads, so for each selected key the scores of all
 // heads are one register: S^T[j] = sum_d Q^T[d] * k_j[d] (broadcast k_j[d], no transpose of
