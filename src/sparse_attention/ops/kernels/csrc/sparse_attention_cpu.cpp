@@ -323,12 +323,14 @@ void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, in
     float* dqr = dq + (row0 + i * s.Nq) * s.D;
     for (int64_t d = 0; d < s.D; ++d) dqr[d] = w.o[i * s.D + d] * static_cast<float>(scale);
   }
+  bool distinct = true;  // blocks of 4 keys may be accumulated together only without repeats
   for (int64_t j = 0; j < n; ++j) {
     w.dkrows[j] = dk + (kv_off + ids[j]) * s.D;
     w.dvrows[j] = dv + (kv_off + ids[j]) * s.Dv;
+    for (int64_t p = j & ~int64_t{3}; p < j; ++p) distinct &= ids[p] != ids[j];
   }
-  lanes::accumulate_rows(dst, it.nh, w.rows_q.data(), s.D, w.dkrows.data(), n);
-  lanes::accumulate_rows(pt, it.nh, w.rows_do.data(), s.Dv, w.dvrows.data(), n);
+  lanes::accumulate_rows(dst, it.nh, w.rows_q.data(), s.D, w.dkrows.data(), n, distinct);
+  lanes::accumulate_rows(pt, it.nh, w.rows_do.data(), s.Dv, w.dvrows.data(), n, distinct);
 }
 #endif  // __AVX512F__
 
