@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 namespace lanes {
 
@@ -43,8 +44,11 @@ inline void prefetch_rows(const float* const* rows, int64_t j, int64_t count, in
 
 // ST[j0 + b][:] = sum_d AT[d][:] * rows[j0 + b][d] for b < KB: KB independent accumulators
 // hide the FMA latency; the key values are broadcast straight from the gathered rows.
+// Also folds the block into the running lane-wise max ``mx`` and NaN mask ``nan`` (softmax
+// needs both; doing it here saves a pass over the scores).
 template <int KB>
-inline void scores_block(const float* AT, const float* const* rows, int64_t j0, int64_t D, float* ST) {
+inline void scores_block(const float* AT, const float* const* rows, int64_t j0, int64_t D, float* ST, __m512& mx,
+                         __mmask16& nan) {
   __m512 acc[KB];
   const float* r[KB];
   for (int b = 0; b < KB; ++b) {
@@ -55,18 +59,26 @@ inline void scores_block(const float* AT, const float* const* rows, int64_t j0, 
     const __m512 at = _mm512_loadu_ps(AT + d * kLanes);
     for (int b = 0; b < KB; ++b) acc[b] = _mm512_fmadd_ps(at, _mm512_set1_ps(r[b][d]), acc[b]);
   }
-  for (int b = 0; b < KB; ++b) _mm512_storeu_ps(ST + (j0 + b) * kLanes, acc[b]);
+  for (int b = 0; b < KB; ++b) {
+    _mm512_storeu_ps(ST + (j0 + b) * kLanes, acc[b]);
+    nan |= _mm512_cmp_ps_mask(acc[b], acc[b], _CMP_UNORD_Q);
+    mx = _mm512_max_ps(acc[b], mx);  // a NaN lane keeps the previous max (flagged in nan)
+  }
 }
 
 // ST[j][:] = sum_d AT[d][:] * rows[j][d]  for j < n.  AT: [D][16], ST: [n][16].
-inline void scores(const float* AT, const float* const* rows, int64_t n, int64_t D, float* ST) {
+// Returns the lane-wise max over keys; NaN lanes are flagged in ``nan``.
+inline __m512 scores(const float* AT, const float* const* rows, int64_t n, int64_t D, float* ST, __mmask16& nan) {
   constexpr int kBlock = 12;
+  __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  nan = 0;
   int64_t j = 0;
   for (; j + kBlock <= n; j += kBlock) {
     prefetch_rows(rows, j + kBlock, kBlock, n, D);
-    scores_block<kBlock>(AT, rows, j, D, ST);
+    scores_block<kBlock>(AT, rows, j, D, ST, mx, nan);
   }
-  for (; j < n; ++j) scores_block<1>(AT, rows, j, D, ST);
+  for (; j < n; ++j) scores_block<1>(AT, rows, j, D, ST, mx, nan);
+  return mx;
 }
 
 // O[i][c0:c0+16*NC] = sum_j WT[j][i] * rows[j][c0:...] for heads i in [i0, i0+4).

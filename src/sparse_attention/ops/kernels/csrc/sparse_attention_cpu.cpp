@@ -96,9 +96,10 @@ inline Item decode(const Shapes& s, int64_t item) {
 inline int64_t collect(const Shapes& s, const int64_t* row, int64_t t, int64_t* ids) {
   const int64_t limit = s.causal ? t + s.offset : s.Nk - 1;
   int64_t n = 0;
-  for (int64_t slot = 0; slot < s.K; ++slot) {
+  for (int64_t slot = 0; slot < s.K; ++slot) {  // branchless: selections are unpredictable
     const int64_t j = row[slot];
-    if (j >= 0 && j <= limit) ids[n++] = j;
+    ids[n] = j;
+    n += (j >= 0) & (j <= limit);
   }
   return n;
 }
@@ -250,14 +251,8 @@ void forward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, int
     for (int64_t d = 0; d < s.D; ++d) w.at[d * lanes::kLanes + i] = to_float(r[d]) * static_cast<float>(scale);
   }
   float* st = w.st.data();
-  lanes::scores(w.at.data(), w.krows.data(), n, s.D, st);
-  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   __mmask16 nan = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const __m512 x = _mm512_loadu_ps(st + j * lanes::kLanes);
-    nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    m = _mm512_max_ps(x, m);
-  }
+  const __m512 m = lanes::scores(w.at.data(), w.krows.data(), n, s.D, st, nan);
   __m512 l = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; ++j) {
     const __m512 p = lanes::exp512(_mm512_sub_ps(_mm512_loadu_ps(st + j * lanes::kLanes), m));
@@ -306,11 +301,12 @@ void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, in
   }
   float* pt = w.st.data();
   float* dst = w.dst.data();
-  lanes::scores(qt, w.krows.data(), n, s.D, pt);  // S^T
+  __mmask16 unused_nan;  // NaN rows already have a NaN log-sum-exp
+  lanes::scores(qt, w.krows.data(), n, s.D, pt, unused_nan);  // S^T
   std::fill(w.at.begin(), w.at.end(), 0.0f);
   for (int64_t i = 0; i < it.nh; ++i)
     for (int64_t c = 0; c < s.Dv; ++c) qt[c * L + i] = w.rows_do[i * s.Dv + c];
-  lanes::scores(qt, w.vrows.data(), n, s.Dv, dst);  // dP^T = dO V^T
+  lanes::scores(qt, w.vrows.data(), n, s.Dv, dst, unused_nan);  // dP^T = dO V^T
   const __m512 lse_v = _mm512_load_ps(lse_l), delta_v = _mm512_load_ps(delta_l);
   for (int64_t j = 0; j < n; ++j) {
     const __m512 p = lanes::exp512(_mm512_sub_ps(_mm512_loadu_ps(pt + j * L), lse_v));
