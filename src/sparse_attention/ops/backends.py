@@ -100,3 +100,23 @@ register_backend(
         " fp32/bf16, forward and backward (compiled on first use)",
     )
 )
+
+
+def _triton_module():
+    # Imported on first use: importing triton costs about a second and most runs never need it.
+    from .kernels import triton_kernel
+
+    return triton_kernel
+
+
+register_backend(
+    Backend(
+        name="triton",
+        priority=20,
+        kernel=lambda q, k, v, indices, *, causal, scale: _triton_module().sparse_attention_triton(
+            q, k, v, indices, causal=causal, scale=scale),
+        supports=lambda q, k, v, indices, needs_grad: _triton_module().supports(q, k, v, indices, needs_grad),
+        description="Triton kernel, forward and backward (CUDA; CPU only under TRITON_INTERPRET=1); shared or"
+        " per-KV-head selections",
+    )
+)
