@@ -74,24 +74,36 @@ def chunked_topk(score_fn, n_q: int, n_k: int, top_k: int, *, causal: bool, devi
     """Top-k key positions per query from scores computed chunk by chunk.
 
     Args:
-        score_fn: ``score_fn(start, stop) -> [..., stop - start, N_k]`` scores of those queries.
+        score_fn: ``score_fn(start, stop, key_stop) -> [..., stop - start, key_stop]`` scores of
+            queries ``[start, stop)`` against keys ``[0, key_stop)``. Causal chunks ask only for
+            the keys some query of the chunk can see, which halves the work on average.
         top_k: keys kept per query; ``K = min(top_k, N_k)`` slots.
         rows_per_query: score rows per query (e.g. B * H) to size the chunk to ``budget``.
     Returns:
-        ``[..., N_q, K]`` int64, highest score first; ``-1`` where a row has fewer than
+        ``[..., N_q, K]`` int64 in no particular order; ``-1`` where a row has fewer than
         ``K`` allowed keys (causal prefix) or the score is ``-inf``.
     """
     k_eff = min(top_k, n_k)
     chunk = max(1, min(n_q, budget // max(1, n_k * rows_per_query)))
     limit = query_key_limit(n_q, n_k, causal, device)
-    keys = torch.arange(n_k, device=device)
     parts = []
     for start in range(0, n_q, chunk):
         stop = min(start + chunk, n_q)
-        scores = score_fn(start, stop).float()  # [..., C, N_k]
-        allowed = keys[None, :] <= limit[start:stop, None]  # causal mask before top-k
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        values, idx = scores.topk(k_eff, dim=-1)
+        key_stop = min(n_k, int(limit[stop - 1]) + 1) if causal else n_k
+        if key_stop <= 0:  # queries before the first key (N_q > N_k): nothing visible
+            shape = score_fn(start, stop, 1).shape[:-1]
+            parts.append(torch.full((*shape, k_eff), -1, dtype=torch.long, device=device))
+            continue
+        scores = score_fn(start, stop, key_stop).float()  # [..., C, key_stop]
+        if causal:  # causal mask before top-k, only where some row of the chunk is cut off
+            first = max(0, int(limit[start]) + 1)
+            if first < key_stop:
+                cols = torch.arange(first, key_stop, device=device)
+                scores[..., first:key_stop].masked_fill_(cols[None, :] > limit[start:stop, None], float("-inf"))
+        values, idx = scores.topk(min(k_eff, key_stop), dim=-1, sorted=False)  # order is irrelevant: ~1.5x faster
         # ...and after: slots that only hold masked keys become empty (DeepSeek re-applies it).
-        parts.append(torch.where(values == float("-inf"), torch.full_like(idx, -1), idx))
+        idx = torch.where(values == float("-inf"), torch.full_like(idx, -1), idx)
+        if idx.shape[-1] < k_eff:
+            idx = torch.nn.functional.pad(idx, (0, k_eff - idx.shape[-1]), value=-1)
+        parts.append(idx)
     return torch.cat(parts, dim=-2)

@@ -42,7 +42,8 @@ def _check_indexer_inputs(index_q: Tensor, index_k: Tensor, weights: Tensor) -> 
         raise ValueError("index_q, index_k and weights must be on one device")
 
 
-def indexer_scores(index_q: Tensor, index_k: Tensor, weights: Tensor, query_slice: slice | None = None) -> Tensor:
+def indexer_scores(index_q: Tensor, index_k: Tensor, weights: Tensor, query_slice: slice | None = None,
+                   key_stop: int | None = None) -> Tensor:
     """Lightning indexer scores ``I[t, s]`` for the queries in ``query_slice``.
 
     Args:
@@ -50,12 +51,23 @@ def indexer_scores(index_q: Tensor, index_k: Tensor, weights: Tensor, query_slic
         index_k: ``[B, N_k, D_I]`` the single shared indexer key head.
         weights: ``[B, N_q, H_I]`` per-token per-head weights ``w``.
         query_slice: which queries (default all).
+        key_stop: score keys ``[0, key_stop)`` only (default all).
     Returns:
-        ``[B, C, N_k]`` scores, no causal mask applied.
+        ``[B, C, key_stop]`` scores, no causal mask applied.
     """
     query_slice = query_slice or slice(0, index_q.shape[2])
-    logits = torch.relu(index_q[:, :, query_slice] @ index_k.unsqueeze(1).transpose(-1, -2))  # [B, H_I, C, N_k]
-    return torch.einsum("bhck,bch->bck", logits, weights[:, query_slice])
+    b, h_i, _, d_i = index_q.shape
+    keys = index_k if key_stop is None else index_k[:, :key_stop]
+    q_c = index_q[:, :, query_slice]
+    c = q_c.shape[2]
+    # One GEMM for all indexer heads: [B, H_I * C, D_I] @ [B, D_I, N] (a batched 4-D matmul
+    # with a broadcast key runs several times slower on CPU).
+    logits = torch.relu_(q_c.reshape(b, h_i * c, d_i) @ keys.transpose(-1, -2)).view(b, h_i, c, -1)
+    w = weights[:, query_slice]  # [B, C, H_I]
+    scores = logits[:, 0] * w[:, :, 0, None]
+    for j in range(1, h_i):  # weighted sum over heads without another [B, H_I, C, N] temporary
+        scores.addcmul_(logits[:, j], w[:, :, j, None])
+    return scores
 
 
 def dsa_select(index_q: Tensor, index_k: Tensor, weights: Tensor, *, top_k: int, causal: bool = True) -> Selection:
@@ -69,7 +81,7 @@ def dsa_select(index_q: Tensor, index_k: Tensor, weights: Tensor, *, top_k: int,
     b, h_i, n_q, _ = index_q.shape
     n_k = index_k.shape[1]
     idx = chunked_topk(
-        lambda start, stop: indexer_scores(index_q, index_k, weights, slice(start, stop)),
+        lambda start, stop, key_stop: indexer_scores(index_q, index_k, weights, slice(start, stop), key_stop),
         n_q, n_k, top_k, causal=causal, device=index_q.device, rows_per_query=b * h_i,
     )  # [B, N_q, K]
     return Selection(idx.unsqueeze(1), n_k, causal, "dsa", {"top_k": top_k, "indexer_heads": h_i})

@@ -26,9 +26,10 @@ def select_topk(q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64) -
     g = h // h_kv
     q_grouped = q.reshape(b, h_kv, g, n_q, d)
 
-    def scores(start: int, stop: int) -> Tensor:
-        s = q_grouped[:, :, :, start:stop] @ k.unsqueeze(2).transpose(-1, -2)  # [B, H_kv, G, C, N_k]
-        return s.reshape(b, h, stop - start, n_k)
+    def scores(start: int, stop: int, key_stop: int) -> Tensor:
+        keys = k[:, :, :key_stop].transpose(-1, -2)  # [B, H_kv, D, N']
+        s = q_grouped[:, :, :, start:stop].reshape(b, h_kv, g * (stop - start), d) @ keys  # one GEMM per KV head
+        return s.reshape(b, h, stop - start, key_stop)
 
     idx = chunked_topk(scores, n_q, n_k, top_k, causal=causal, device=q.device, rows_per_query=b * h)
     return Selection(idx, n_k, causal, "topk", {"top_k": top_k})
