@@ -26,6 +26,17 @@ def test_bench_kernels_tiny(tmp_path, capsys):
     assert "| 64 | 8 | 8:1 |" in capsys.readouterr().out
 
 
+def test_bench_dsa_end_to_end(tmp_path):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "kernels", "--lengths", "64", "--top-k", "8", "--heads", "4:1", "--repeats", "1",
+                 "--backends", "reference", "--no-backward", "--indexer-heads", "2", "--indexer-dim", "16",
+                 "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    e2e = [r for r in rows if r["backend"].startswith("dsa end to end")]
+    assert len(e2e) == 1 and e2e[0]["forward_ms"] > 0 and e2e[0]["selection_ms"] > 0
+    assert e2e[0]["forward_speedup"] > 0
+
+
 def test_random_causal_indices_are_valid():
     idx = causal_random_indices(1, 1, 50, 6, seed=0, device="cpu")
     assert idx.shape == (1, 1, 50, 6)

@@ -53,6 +53,8 @@ class KernelBenchConfig:
     repeats: int = 3
     backward: bool = True
     check_length: int = 256
+    indexer_heads: int = 0
+    indexer_dim: int = 64
     seed: int = 0
     points: list[tuple[int, int]] = field(default_factory=list, init=False)
 
@@ -73,6 +75,8 @@ class KernelBenchConfig:
                 raise ValueError(f"lengths and top_k must be positive, got N={n}, K={k}")
         if self.repeats <= 0:
             raise ValueError(f"repeats must be positive, got {self.repeats}")
+        if self.indexer_heads < 0 or self.indexer_dim <= 0:
+            raise ValueError("indexer_heads must be >= 0 and indexer_dim positive")
 
 
 def causal_random_indices(b: int, h_sel: int, n: int, k: int, seed: int, device) -> torch.Tensor:
@@ -179,8 +183,31 @@ def measure_point(cfg: KernelBenchConfig, n: int, k: int, h: int, h_kv: int) -> 
             row["forward_backward_speedup"] = dense["forward_backward_ms"] / row["forward_backward_ms"]
             row["forward_backward_gflops"] = BACKWARD_FLOP_FACTOR * sparse_fwd_flops / row["forward_backward_ms"] / 1e6
         rows.append(row)
+    if cfg.indexer_heads:
+        rows.append(_dsa_end_to_end(cfg, n, k, q, kk, v, dense, base))
     synchronize(cfg.device)
     return rows
+
+
+def _dsa_end_to_end(cfg: KernelBenchConfig, n: int, k: int, q, kk, v, dense: dict, base: dict) -> dict[str, Any]:
+    """Forward time of lightning-indexer scoring + top-k + sparse attention (backend auto)."""
+    from ..selection.dsa import dsa_select
+
+    gen = torch.Generator().manual_seed(cfg.seed + 11)
+    h_i, d_i = cfg.indexer_heads, cfg.indexer_dim
+    index_q = torch.randn(1, h_i, n, d_i, generator=gen).to(cfg.device)
+    index_k = torch.randn(1, n, d_i, generator=gen).to(cfg.device)
+    weights = torch.rand(1, n, h_i, generator=gen).to(cfg.device)
+
+    def run() -> torch.Tensor:
+        return sparse_attention(q, kk, v, dsa_select(index_q, index_k, weights, top_k=k, causal=True).indices)
+
+    with torch.no_grad():
+        total = time_call(run, cfg.device, repeats=cfg.repeats)["min_ms"]
+        select_ms = time_call(lambda: dsa_select(index_q, index_k, weights, top_k=k), cfg.device,
+                              repeats=cfg.repeats)["min_ms"]
+    return {**base, "backend": f"dsa end to end ({h_i}x{d_i} indexer + top-k + auto)", "status": "ok",
+            "forward_ms": total, "selection_ms": select_ms, "forward_speedup": dense["forward_ms"] / total}
 
 
 def run_kernel_bench(cfg: KernelBenchConfig, progress: Callable[[Iterable, str], Iterable] = lambda x, d: x) -> dict:

@@ -32,6 +32,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--backends", nargs="+", default=[], help="backends to measure (default: all registered)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, best kept (default 3)")
     p.add_argument("--no-backward", action="store_true", help="time the forward pass only")
+    p.add_argument("--indexer-heads", type=int, default=0,
+                   help="also time DSA end to end: lightning indexer with this many heads + top-k + attention")
+    p.add_argument("--indexer-dim", type=int, default=64, help="indexer head dim (default 64)")
     p.add_argument("--json", help="write the results here")
     p.set_defaults(func=cmd_bench_kernels)
 
@@ -50,7 +53,8 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
     cfg = KernelBenchConfig(device=args.device, lengths=tuple(args.lengths), top_k=tuple(args.top_k),
                             heads=tuple(args.heads), head_dim=args.head_dim, dtype=args.dtype,
                             selection=args.selection, backends=tuple(args.backends), repeats=args.repeats,
-                            backward=not args.no_backward)
+                            backward=not args.no_backward, indexer_heads=args.indexer_heads,
+                            indexer_dim=args.indexer_dim)
     results = run_kernel_bench(cfg, progress=lambda items, desc: tqdm(list(items), desc=desc, file=sys.stderr))
     if args.json:
         write_json(args.json, results)
