@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 
 from ..experiments.machine import machine_info
 from ..experiments.memory import peak_memory_bytes
 from ..experiments.timing import synchronize, time_call
 from ..ops.backends import backends as registered_backends
 from ..ops.backends import choose_backend
+from ..ops.dense import dense_attention
 from ..ops.sparse_attention import sparse_attention
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -98,13 +98,6 @@ def _inputs(cfg: KernelBenchConfig, n: int, k: int, h: int, h_kv: int, dtype, se
     return q, kk, v, causal_random_indices(1, h_sel, n, min(k, n), seed + 1, cfg.device)
 
 
-def _dense(q, k, v):
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-
 def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
@@ -159,7 +152,7 @@ def measure_point(cfg: KernelBenchConfig, n: int, k: int, h: int, h_kv: int) -> 
         return row
 
     dense = {**base, "backend": "dense_sdpa", "status": "ok",
-             **timed(lambda: _dense(qg, kg, vg), (qg, kg, vg))}
+             **timed(lambda: dense_attention(qg, kg, vg, causal=True), (qg, kg, vg))}
     dense["forward_gflops"] = dense_fwd_flops / dense["forward_ms"] / 1e6
     rows = [dense]
     names = cfg.backends or tuple(b.name for b in registered_backends())

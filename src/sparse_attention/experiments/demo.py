@@ -14,6 +14,7 @@ from ..ops.sparse_attention import sparse_attention
 from ..selection.base import get_method, list_methods, select
 from ..selection.stats import selection_stats
 from .metrics import relative_l2, row_cosine
+from .timing import time_call
 
 
 @dataclass
@@ -35,16 +36,6 @@ def demo_params(method: str, budget: int, seed: int) -> dict[str, Any]:
     return params
 
 
-def _time_ms(fn: Callable[[], Any], repeats: int = 3) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
-
-
 def run_demo(config: DemoConfig, progress: Callable[[Iterable], Iterable] = iter) -> list[dict[str, Any]]:
     """Compare every method with dense attention on clustered synthetic q/k/v.
 
@@ -59,7 +50,7 @@ def run_demo(config: DemoConfig, progress: Callable[[Iterable], Iterable] = iter
     specs = [s for s in list_methods() if not config.methods or s.name in config.methods]
     with torch.no_grad():
         reference = dense_attention(q, k, v, causal=True)
-        dense_ms = _time_ms(lambda: dense_attention(q, k, v, causal=True))
+        dense_ms = time_call(lambda: dense_attention(q, k, v, causal=True))["min_ms"]
         rows = []
         for spec in progress(specs):
             params = demo_params(spec.name, config.budget, config.seed)
@@ -71,7 +62,7 @@ def run_demo(config: DemoConfig, progress: Callable[[Iterable], Iterable] = iter
                 out, backend, attention_ms = reference, "sdpa", dense_ms
             else:
                 out, backend = sparse_attention(q, k, v, selection.indices, return_backend=True)
-                attention_ms = _time_ms(lambda: sparse_attention(q, k, v, selection.indices))
+                attention_ms = time_call(lambda: sparse_attention(q, k, v, selection.indices))["min_ms"]
             rows.append({
                 "method": spec.name, "params": {k_: v_ for k_, v_ in params.items() if k_ != "seed"},
                 "slots": stats.slots, "edges_per_query": stats.edges_per_query,
