@@ -11,6 +11,11 @@ its past, shared by all heads unless ``selection`` says otherwise), then per bac
    the ideal ratio (dense FLOPs / sparse FLOPs) and the measured ratio (dense time /
    sparse time).
 
+``peers`` adds rows for peer libraries from PyPI (:mod:`.peers`): each builds its own sparse
+attention at settings matching ``K``, is timed the same way against the same dense SDPA row,
+and is not checked for correctness (it computes a different attention; its row says so and
+how many keys a query attends to).
+
 FLOPs are counted, not measured: forward ``4 D`` per (head, valid edge) (``q.k`` and
 ``p v``); forward+backward ``3.5x`` that (backward = recomputed scores + 4 GEMMs, the
 flash-attention convention). Dense counts its causal pairs the same way.
@@ -31,6 +36,7 @@ from ..ops.backends import backends as registered_backends
 from ..ops.backends import choose_backend
 from ..ops.dense import dense_attention
 from ..ops.sparse_attention import sparse_attention
+from .peers import measure_peer, resolve_peers
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: relative RMS error allowed against the float64 reference, per dtype.
@@ -56,6 +62,7 @@ class KernelBenchConfig:
     indexer_heads: int = 0
     indexer_dim: int = 64
     seed: int = 0
+    peers: tuple[str, ...] = ()
     points: list[tuple[int, int]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +84,7 @@ class KernelBenchConfig:
             raise ValueError(f"repeats must be positive, got {self.repeats}")
         if self.indexer_heads < 0 or self.indexer_dim <= 0:
             raise ValueError("indexer_heads must be >= 0 and indexer_dim positive")
+        self.peers = resolve_peers(self.peers)
 
 
 def causal_random_indices(b: int, h_sel: int, n: int, k: int, seed: int, device) -> torch.Tensor:
@@ -125,7 +133,8 @@ def _fwd_bwd(fn: Callable[[], torch.Tensor], inputs: Iterable[torch.Tensor]) -> 
 
     def run() -> None:
         out = fn()
-        torch.autograd.grad(out, inputs, torch.ones_like(out))
+        # allow_unused: some peers ignore k (shared QK) or k and v (own projections)
+        torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True)
     return run
 
 
@@ -138,7 +147,7 @@ def measure_point(cfg: KernelBenchConfig, n: int, k: int, h: int, h_kv: int) -> 
     flop = 4 * cfg.head_dim * h
     dense_fwd_flops, sparse_fwd_flops = flop * pairs, flop * edges
     base = {"n": n, "top_k": k, "heads": f"{h}:{h_kv}", "dtype": cfg.dtype, "selection": cfg.selection,
-            "ideal_ratio": dense_fwd_flops / sparse_fwd_flops}
+            "ideal_ratio": dense_fwd_flops / sparse_fwd_flops, "keys_per_query": float(idx.shape[-1])}
     qg, kg, vg = (t.detach().requires_grad_() for t in (q, kk, v))
 
     def timed(fwd: Callable[[], torch.Tensor], grad_inputs) -> dict[str, Any]:
@@ -151,7 +160,7 @@ def measure_point(cfg: KernelBenchConfig, n: int, k: int, h: int, h_kv: int) -> 
                                                    repeats=cfg.repeats)["min_ms"]
         return row
 
-    dense = {**base, "backend": "dense_sdpa", "status": "ok",
+    dense = {**base, "backend": "dense_sdpa", "status": "ok", "keys_per_query": (n + 1) / 2,
              **timed(lambda: dense_attention(qg, kg, vg, causal=True), (qg, kg, vg))}
     dense["forward_gflops"] = dense_fwd_flops / dense["forward_ms"] / 1e6
     rows = [dense]
@@ -176,6 +185,8 @@ def measure_point(cfg: KernelBenchConfig, n: int, k: int, h: int, h_kv: int) -> 
             row["forward_backward_speedup"] = dense["forward_backward_ms"] / row["forward_backward_ms"]
             row["forward_backward_gflops"] = BACKWARD_FLOP_FACTOR * sparse_fwd_flops / row["forward_backward_ms"] / 1e6
         rows.append(row)
+    for name in cfg.peers:
+        rows.append(measure_peer(name, qg, kg, vg, k, timed, dense, base, cfg.backward))
     if cfg.indexer_heads:
         rows.append(_dsa_end_to_end(cfg, n, k, q, kk, v, dense, base))
     synchronize(cfg.device)
@@ -214,21 +225,43 @@ def run_kernel_bench(cfg: KernelBenchConfig, progress: Callable[[Iterable, str],
             "flop_model": {"forward_per_edge_per_head": "4 * D", "backward_factor": BACKWARD_FLOP_FACTOR}}
 
 
+def _keys_per_query(r: dict) -> float:
+    """Keys each query attends to; derived for JSON written before rows recorded it."""
+    if r.get("keys_per_query") is not None:
+        return r["keys_per_query"]
+    return (r["n"] + 1) / 2 if r["backend"] == "dense_sdpa" else float(min(r["top_k"], r["n"]))
+
+
 def markdown_table(results: dict) -> str:
-    """The benchmark as a Markdown table (generated from the JSON)."""
+    """The benchmark as a Markdown table (generated from the JSON); peer rows get a note
+    below it with their library version and settings."""
     m = results["machine"]
     lines = [f"Machine: {m.get('device_name')} ({m.get('device')}), {m.get('threads')} threads, torch {m.get('torch')},"
              f" git {str(m.get('git_sha'))[:12]}.", "",
-             "| N | K | heads | dtype | backend | fwd ms | fwd+bwd ms | fwd GFLOP/s | ideal x | fwd x dense |"
-             " fwd+bwd x dense | peak MiB | status |",
-             "|" + "---|" * 13]
+             "| N | K | heads | dtype | backend | keys/query | fwd ms | fwd+bwd ms | fwd GFLOP/s | ideal x |"
+             " fwd x dense | fwd+bwd x dense | peak MiB | status |",
+             "|" + "---|" * 14]
 
     def f(x, digits=1):
         return "-" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
+    notes = []
     for r in results["rows"]:
+        status = r["status"]
+        if r.get("kind") == "peer":
+            if status == "ok":
+                status += " (peer: own attention, not checked)"
+            elif status == "error":
+                status += f": {r.get('reason')}"
+            note = f"- `{r['backend']}` ({r['library']} {r.get('version') or 'not installed'}): {r.get('settings', '-')}"
+            if note not in notes:
+                notes.append(note)
         lines.append(f"| {r['n']} | {r['top_k']} | {r['heads']} | {r['dtype']} | {r['backend']} | "
+                     f"{f(_keys_per_query(r), 0)} | "
                      f"{f(r.get('forward_ms'))} | {f(r.get('forward_backward_ms'))} | {f(r.get('forward_gflops'))} | "
-                     f"{f(r['ideal_ratio'], 1)} | {f(r.get('forward_speedup'), 2)} | "
-                     f"{f(r.get('forward_backward_speedup'), 2)} | {f(r.get('forward_peak_mib'), 1)} | {r['status']} |")
+                     f"{f(r.get('ideal_ratio'), 1)} | {f(r.get('forward_speedup'), 2)} | "
+                     f"{f(r.get('forward_backward_speedup'), 2)} | {f(r.get('forward_peak_mib'), 1)} | {status} |")
+    if notes:
+        lines += ["", ("Peer libraries (each computes its own sparse attention, so no correctness check;"
+                       " keys/query is approximate):"), *notes]
     return "\n".join(lines)

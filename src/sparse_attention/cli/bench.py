@@ -35,6 +35,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--indexer-heads", type=int, default=0,
                    help="also time DSA end to end: lightning indexer with this many heads + top-k + attention")
     p.add_argument("--indexer-dim", type=int, default=64, help="indexer head dim (default 64)")
+    p.add_argument("--peers", nargs="+", default=[],
+                   help="also time peer libraries from PyPI at matching settings: all, or names such as"
+                        " local-attention,reformer,routing,nsa (optional extra: pip install sparse-attention[peers])")
     p.add_argument("--json", help="write the results here")
     p.set_defaults(func=cmd_bench_kernels)
 
@@ -54,7 +57,7 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
                             heads=tuple(args.heads), head_dim=args.head_dim, dtype=args.dtype,
                             selection=args.selection, backends=tuple(args.backends), repeats=args.repeats,
                             backward=not args.no_backward, indexer_heads=args.indexer_heads,
-                            indexer_dim=args.indexer_dim)
+                            indexer_dim=args.indexer_dim, peers=tuple(args.peers))
     results = run_kernel_bench(cfg, progress=lambda items, desc: tqdm(list(items), desc=desc, file=sys.stderr))
     if args.json:
         write_json(args.json, results)
