@@ -139,3 +139,23 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str) -> tupl
     finally:
         _set_prompt_release(False)
     return result, max(0, peak_kib - before_kib) * 1024
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a measurement window for :func:`peak_memory_since_reset` (no-op where unavailable)."""
+    if peak_memory_unavailable(device) is not None:
+        return
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _reset_high_water_mark()
+
+
+def peak_memory_since_reset(device: torch.device | str) -> int | None:
+    """Peak memory in bytes since :func:`reset_peak_memory`: CUDA allocated bytes, or the
+    process's resident set (``VmHWM``, all of it, not the extra) on Linux CPUs; None elsewhere."""
+    if peak_memory_unavailable(device) is not None:
+        return None
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return _status_kib("VmHWM") * 1024

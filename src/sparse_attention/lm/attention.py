@@ -1,0 +1,141 @@
+"""Attention of the LM: dense, DSA (lightning indexer + top-k) or any selection method.
+
+One module, three modes, chosen per forward call by the trainer:
+
+* ``dense``: SDPA. Used by the dense baseline, and by DSA models for inspection.
+* ``warmup``: dense attention output; the indexer (fed ``x.detach()``) is scored against
+  the dense attention of the layer (:func:`dense_attention_target`). DSA stage 1.
+* ``sparse``: the method's selection and the shared sparse attention kernel. For DSA the
+  indexer selects top-k keys and is trained by the KL restricted to its selection, with a
+  detached input, so the LM loss never reaches the indexer (indices are integers) and the
+  KL never reaches the model. DSA stage 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..layers.attention import AttentionConfig, SparseSelfAttention
+from ..ops.dense import dense_attention
+from ..ops.sparse_attention import sparse_attention
+from ..selection.base import Selection
+from ..selection.dsa import indexer_scores
+from ..selection.stats import attention_recall, selection_stats
+from .config import ATTENTION_MODES, ModelConfig
+from .indexer_loss import dense_attention_target, kl_to_indexer, sparse_attention_target, visible_mask
+
+
+@dataclass
+class AttentionAux:
+    """What a layer reports besides its output.
+
+    Attributes:
+        indexer_loss: the KL loss of this layer's indexer (scalar) or None.
+        selection: the selection used (``sparse`` mode) or None.
+        stats: measured statistics (``collect=True`` only): sparsity, recall, kl, coverage,
+            mean distance.
+        indexer_scores: ``[B, N, N]`` causal-masked indexer scores (``keep_scores=True`` only).
+    """
+
+    indexer_loss: Tensor | None = None
+    selection: Selection | None = None
+    stats: dict = field(default_factory=dict)
+    indexer_scores: Tensor | None = None
+
+
+def _topk_from_scores(scores: Tensor, top_k: int) -> Tensor:
+    """``scores [B, N, N]`` (masked keys -inf) -> ``indices [B, N, K]`` with -1 for masked slots."""
+    k_eff = min(top_k, scores.shape[-1])
+    values, idx = scores.topk(k_eff, dim=-1, sorted=False)
+    return torch.where(values == float("-inf"), torch.full_like(idx, -1), idx)
+
+
+def _coverage(indices: Tensor, n_k: int) -> float:
+    """Mean share of key positions selected by at least one query. ``indices [B, 1, N, K]``."""
+    b = indices.shape[0]
+    flat = indices.reshape(b, -1)
+    hit = torch.zeros(b, n_k + 1, dtype=torch.bool, device=indices.device)
+    hit.scatter_(1, torch.where(flat >= 0, flat, n_k), True)
+    return hit[:, :n_k].float().mean().item()
+
+
+class LMAttention(SparseSelfAttention):
+    """:class:`SparseSelfAttention` with the DSA training modes (see the module docstring)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(AttentionConfig(
+            dim=config.d_model, n_heads=config.n_heads, n_kv_heads=config.n_kv_heads, method=config.attention,
+            method_params=config.selection_params if config.attention != "dense" else {}, causal=True,
+            rope_theta=config.rope_theta, indexer_heads=config.indexer_heads,
+            indexer_head_dim=config.indexer_head_dim, backend=config.backend,
+        ))
+        self.top_k = config.top_k
+
+    def forward(self, x: Tensor, mode: str = "dense", *, collect: bool = False,
+                keep_scores: bool = False) -> tuple[Tensor, AttentionAux]:
+        """``x [B, N, dim]`` -> ``(y [B, N, dim], AttentionAux)``.
+
+        ``collect`` measures statistics (no gradient; costs an extra dense pass);
+        ``keep_scores`` returns the masked indexer scores for visualisation.
+        """
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"mode must be one of {ATTENTION_MODES}, got {mode!r}")
+        if mode == "warmup" and self.indexer is None:
+            raise ValueError(f"mode 'warmup' needs the lightning indexer (attention 'dsa'), not"
+                             f" {self.config.method!r}")
+        if mode == "sparse" and self.config.method == "dense":
+            raise ValueError("mode 'sparse' needs a selection method; this layer is dense")
+        c = self.config
+        b, n, _ = x.shape
+        q, k, v = self.project(x)
+        aux = AttentionAux()
+        scores = None
+        if self.indexer is not None and (mode != "dense" or collect or keep_scores):
+            index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
+            scores = indexer_scores(index_q, index_k, weights).float()  # [B, N, N]
+            scores = scores.masked_fill(~visible_mask(n, n, x.device), float("-inf"))
+        if mode == "sparse":
+            if scores is not None:
+                indices = _topk_from_scores(scores.detach(), self.top_k)  # [B, N, K]
+                aux.selection = Selection(indices[:, None], n, True, "dsa", {"top_k": self.top_k})
+                target = sparse_attention_target(q.detach(), k.detach(), indices)
+                selected = scores.gather(-1, indices.clamp(min=0))
+                aux.indexer_loss = kl_to_indexer(target, selected, indices >= 0)
+            else:
+                aux.selection = self.select(x, q, k)
+            out = sparse_attention(q, k, v, aux.selection.indices, causal=True, backend=c.backend)
+        else:
+            out = dense_attention(q, k, v, causal=True)
+            if mode == "warmup":
+                target = dense_attention_target(q.detach(), k.detach())
+                aux.indexer_loss = kl_to_indexer(target, scores, visible_mask(n, n, x.device).expand(b, n, n))
+        if collect:
+            aux.stats = self._stats(q.detach(), k.detach(), scores, aux.selection)
+        if keep_scores and scores is not None:
+            aux.indexer_scores = scores.detach()
+        y = self.o_proj(out.transpose(1, 2).reshape(b, n, c.n_heads * c.head_dim))
+        return y, aux
+
+    @torch.no_grad()
+    def _stats(self, q: Tensor, k: Tensor, scores: Tensor | None, selection: Selection | None) -> dict:
+        """Sparsity, dense-mass recall, KL, coverage and distance of the selection this layer
+        uses (``sparse`` mode) or would use (the indexer's top-k in the other modes)."""
+        n = q.shape[2]
+        stats: dict = {}
+        if scores is not None:
+            target = dense_attention_target(q, k)
+            stats["indexer_kl"] = kl_to_indexer(target, scores, visible_mask(n, n, q.device).expand_as(scores)).item()
+            if selection is None:
+                indices = _topk_from_scores(scores, self.top_k)
+                selection = Selection(indices[:, None], n, True, "dsa", {"top_k": self.top_k})
+        if selection is None:
+            return stats
+        summary = selection_stats(selection)
+        stats["sparsity"] = summary.causal_sparsity
+        stats["mean_distance"] = summary.mean_distance
+        stats["coverage"] = _coverage(selection.indices, n)
+        stats["recall"] = float(attention_recall(selection, q, k))
+        return stats

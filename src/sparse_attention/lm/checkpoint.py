@@ -1,0 +1,82 @@
+"""Atomic checkpoints: safetensors weights + optimizer, scheduler, RNG and position.
+
+Layout of ``RUN_DIR/checkpoint/``: ``model.safetensors`` (weights), ``state.pt`` (optimizer,
+scheduler, RNG states, stage index and step, elapsed time), ``config.json``. A checkpoint is
+written to ``checkpoint.tmp/`` and then swapped in with renames, so an interruption leaves
+either the old or the new checkpoint, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Weights as safetensors (tied embeddings are stored once), written atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    model.load_state_dict(load_file(str(path)), strict=True)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, state: dict[str, Any], config: dict) -> None:
+    """Write ``run_dir/checkpoint`` atomically. ``state`` holds optimizer/scheduler state dicts,
+    the position (``stage``, ``step``) and anything else the trainer needs to continue."""
+    final = run_dir / CHECKPOINT_DIR
+    tmp = run_dir / (CHECKPOINT_DIR + ".tmp")
+    old = run_dir / (CHECKPOINT_DIR + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(model, tmp / "model.safetensors")
+    torch.save({**state, "rng": rng_state()}, tmp / "state.pt")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint folder to resume from (a finished swap's leftover ``.old`` counts when the
+    new one is missing), or None."""
+    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
+        path = run_dir / name
+        if (path / "state.pt").exists() and (path / "model.safetensors").exists():
+            return path
+    return None
+
+
+def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
+    """Load weights into ``model`` and return the saved state (RNG restored)."""
+    load_weights(model, path / "model.safetensors")
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    set_rng_state(state.pop("rng"))
+    return state
