@@ -80,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.set_defaults(func=_cmd_demo)
 
-    from . import bench, experiments
+    from . import bench, experiments, lm, lm_analysis
 
     experiments.add_parsers(sub)
     bench.add_parsers(sub)
+    lm.add_parsers(sub)
+    lm_analysis.add_parsers(sub)
     return parser
 
 
