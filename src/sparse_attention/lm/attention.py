@@ -22,7 +22,6 @@ from ..layers.attention import AttentionConfig, SparseSelfAttention
 from ..ops.dense import dense_attention
 from ..ops.sparse_attention import sparse_attention
 from ..selection.base import Selection
-from ..selection.dsa import indexer_scores
 from ..selection.stats import attention_recall, selection_stats
 from .config import ATTENTION_MODES, ModelConfig
 from .indexer_loss import dense_attention_target, kl_to_indexer, sparse_attention_target, visible_mask
@@ -44,6 +43,23 @@ class AttentionAux:
     selection: Selection | None = None
     stats: dict = field(default_factory=dict)
     indexer_scores: Tensor | None = None
+
+
+def indexer_scores_for_training(index_q: Tensor, index_k: Tensor, weights: Tensor) -> Tensor:
+    """Indexer scores ``I [B, N_q, N_k]`` with a cheap backward.
+
+    Same values as :func:`~sparse_attention.selection.dsa.indexer_scores`, laid out for
+    autograd: ``relu(q_I . k_I)`` as ``[B * N_q, H_I, N_k]`` and the weighted head sum as one
+    batched matmul ``w [B * N_q, 1, H_I] @ relu``. (The in-place per-head loop of the
+    inference path makes autograd zero-fill a full ``[B, H_I, N, N]`` gradient per head.)
+
+    Args: ``index_q [B, H_I, N_q, D_I]``, ``index_k [B, N_k, D_I]``, ``weights [B, N_q, H_I]``.
+    """
+    b, h_i, n_q, d_i = index_q.shape
+    n_k = index_k.shape[1]
+    q = index_q.transpose(1, 2).reshape(b, n_q * h_i, d_i)  # [B, N_q * H_I, D_I]
+    relu = torch.relu(q @ index_k.transpose(-1, -2)).view(b * n_q, h_i, n_k)  # [B * N_q, H_I, N_k]
+    return (weights.reshape(b * n_q, 1, h_i) @ relu).view(b, n_q, n_k)
 
 
 def _topk_from_scores(scores: Tensor, top_k: int) -> Tensor:
@@ -95,7 +111,7 @@ class LMAttention(SparseSelfAttention):
         scores = None
         if self.indexer is not None and (mode != "dense" or collect or keep_scores):
             index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
-            scores = indexer_scores(index_q, index_k, weights).float()  # [B, N, N]
+            scores = indexer_scores_for_training(index_q, index_k, weights).float()  # [B, N, N]
             scores = scores.masked_fill(~visible_mask(n, n, x.device), float("-inf"))
         if mode == "sparse":
             if scores is not None:

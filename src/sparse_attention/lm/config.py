@@ -139,13 +139,16 @@ class StageConfig:
 
 @dataclass
 class TrainConfig:
-    """Training of one run. DSA runs do ``warmup`` (indexer only, dense attention, KL to the
-    dense attention) then ``main`` (sparse attention, all parameters); every other run does
-    ``main`` only. Dense and sparse runs with one config see the same batches in the same
-    order.
+    """Training of one run. Every run may start with ``pretrain`` (dense attention, all
+    parameters: DeepSeek-V3.2 starts DSA from a trained dense checkpoint). DSA runs then do
+    ``warmup`` (indexer only, dense attention, KL to the dense attention) and ``main`` (sparse
+    attention, all parameters); every other run does ``main`` only. Dense and sparse runs with
+    one config see the same batches in the same order and start from the same weights, so
+    after ``pretrain`` they are identical except for the indexers.
 
     Attributes:
         batch_size, seq_len: sequences per step and tokens per sequence.
+        pretrain: dense pre-training of the whole model before anything else (0 steps = none).
         warmup: the DSA dense warm-up stage (DeepSeek-V3.2: lr 1e-3).
         main: the main stage (sparse training, or the dense baseline).
         indexer_lr: learning rate of the indexer during the main stage (its KL loss only).
@@ -160,6 +163,7 @@ class TrainConfig:
 
     batch_size: int = 16
     seq_len: int = 128
+    pretrain: StageConfig = field(default_factory=lambda: StageConfig(steps=0, lr=3e-3))
     warmup: StageConfig = field(default_factory=lambda: StageConfig(steps=200, lr=1e-3))
     main: StageConfig = field(default_factory=lambda: StageConfig(steps=3000, lr=3e-3, lr_warmup_steps=100))
     indexer_lr: float = 1e-3
@@ -176,6 +180,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         owner = "train"
+        if isinstance(self.pretrain, dict):
+            self.pretrain = StageConfig(**self.pretrain)
         if isinstance(self.warmup, dict):
             self.warmup = StageConfig(**self.warmup)
         if isinstance(self.main, dict):

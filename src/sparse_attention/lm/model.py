@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import zlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -76,9 +78,10 @@ class LMOutput:
 
 
 class SparseLM(nn.Module):
-    """The language model (see the module docstring). ``config.vocab_size`` must be set."""
+    """The language model (see the module docstring). ``config.vocab_size`` must be set;
+    ``seed`` seeds the initial weights (see :meth:`reset_parameters`)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, seed: int = 0):
         super().__init__()
         if config.vocab_size <= 0:
             raise ValueError("model.vocab_size must be set (> 0) before building the model")
@@ -86,14 +89,26 @@ class SparseLM(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.apply(self._init_weights)
+        self.reset_parameters(seed)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+    @torch.no_grad()
+    def reset_parameters(self, seed: int = 0) -> None:
+        """Initialise every weight from a generator seeded by ``(seed, parameter name)``.
+
+        A parameter's initial value then depends only on its name, not on which other
+        modules exist, so a dense model and a DSA model built with one seed start with
+        identical weights everywhere except the indexers they do not share.
+        """
+        for module_name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(module_name.encode()))
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * 0.02)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+            elif isinstance(module, (RMSNorm, nn.LayerNorm)):
+                module.weight.fill_(1.0)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
 
     @property
     def default_mode(self) -> str:

@@ -8,6 +8,8 @@ Stages (:func:`plan_stages`):
   selection for the indexers, whose input is detached; ``train.main``, indexer lr
   ``train.indexer_lr``).
 * ``attention=dense``: ``dense`` (``train.main``). Any other method: ``sparse`` (``train.main``).
+* Before those, every run may pre-train densely (``pretrain``, all parameters), the way
+  DeepSeek-V3.2 starts DSA from a trained dense model.
 
 The main stage of every run draws batch ``s`` at its step ``s``, so a dense baseline and a
 sparse run with one config see identical data in identical order. Evaluation every
@@ -38,8 +40,9 @@ from .config import RunConfig, StageConfig
 from .distributed import DistContext, init_distributed, shutdown_distributed
 from .model import SparseLM
 
-#: Warm-up batches are drawn from steps offset by this much, so they never reuse main-stage batches.
-WARMUP_STEP_OFFSET = 1 << 30
+#: Each stage draws its batches from its own range of steps, so stages never reuse each other's
+#: batches while every run's stage of one name sees the same ones.
+STAGE_STEP_OFFSET = {"pretrain": 2 << 30, "warmup": 1 << 30}
 STAT_KEYS = ("sparsity", "recall", "indexer_kl", "coverage", "mean_distance", "expert_load_max")
 
 
@@ -55,12 +58,13 @@ class Stage:
 def plan_stages(config: RunConfig) -> list[Stage]:
     """The stages a run goes through (see the module docstring); stages with 0 steps are dropped."""
     attention, train = config.model.attention, config.train
+    stages = [Stage("pretrain", train.pretrain, "dense")]
     if attention == "dense":
-        stages = [Stage("dense", train.main, "dense")]
+        stages.append(Stage("dense", train.main, "dense"))
     elif config.model.uses_indexer:
-        stages = [Stage("warmup", train.warmup, "warmup"), Stage("sparse", train.main, "sparse")]
+        stages += [Stage("warmup", train.warmup, "warmup"), Stage("sparse", train.main, "sparse")]
     else:
-        stages = [Stage("sparse", train.main, "sparse")]
+        stages.append(Stage("sparse", train.main, "sparse"))
     return [s for s in stages if s.config.steps > 0]
 
 
@@ -204,7 +208,7 @@ class Trainer:
         if not self.stages:
             raise ValueError("nothing to train: every stage has 0 steps")
         torch.manual_seed(config.train.seed)
-        self.model = SparseLM(config.model).to(self.ctx.device)
+        self.model = SparseLM(config.model, seed=config.train.seed).to(self.ctx.device)
         self.val = self.data.val_batches(config.train.eval_batches, config.train.batch_size)
         self.stage_index, self.step, self.train_time = 0, 0, 0.0
         self.optimizer: torch.optim.Optimizer | None = None
@@ -228,8 +232,8 @@ class Trainer:
         path = find_checkpoint(self.run_dir)
         if path is None:
             raise ValueError(f"--resume: no checkpoint in {self.run_dir}")
-        saved = json.loads((path / "config.json").read_text())
-        if saved != self.config.to_dict():
+        saved = RunConfig.from_dict(json.loads((path / "config.json").read_text()))
+        if saved.to_dict() != self.config.to_dict():
             raise ValueError(f"--resume: the config differs from the checkpoint's ({path / 'config.json'});"
                              " resume with the same preset and --set values")
         state = load_checkpoint(path, self.model)
@@ -247,7 +251,7 @@ class Trainer:
         self.ctx.barrier()
 
     def _batch(self, stage: Stage, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        offset = WARMUP_STEP_OFFSET if stage.name == "warmup" else 0
+        offset = STAGE_STEP_OFFSET.get(stage.name, 0)
         inputs, targets = self.data.train_batch(offset + step, self.config.train.batch_size, rank=self.ctx.rank,
                                                 world_size=self.ctx.world_size)
         return inputs.to(self.ctx.device), targets.to(self.ctx.device)
