@@ -92,6 +92,7 @@ def test_comparison_metrics_are_the_runs_own_numbers(experiment):
         assert metrics[f"{key}_dense"] == d[key] and metrics[f"{key}_sparse"] == s[key]
     assert metrics["relative_val_loss_gap"] == pytest.approx((s["val_loss"] - d["val_loss"]) / d["val_loss"])
     assert metrics["recall_after_warmup"] == w["recall"] and metrics["recall_final"] == s["recall"]
+    assert metrics["oracle_recall_final"] == s["oracle_recall"]
     assert metrics["indexer_kl_after_warmup"] == w["indexer_kl"] and metrics["indexer_kl_final"] == s["indexer_kl"]
     for key in ("sparsity", "coverage", "mean_distance"):
         assert metrics[key] == s[key]

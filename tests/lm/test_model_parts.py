@@ -87,7 +87,8 @@ def test_attention_modes_and_their_errors():
     y, aux = layer(x, "sparse", collect=True, keep_scores=True)
     assert y.shape == x.shape and aux.selection.indices.shape == (2, 1, 12, config.top_k)
     assert aux.indexer_scores.shape == (2, 12, 12)
-    assert {"sparsity", "recall", "indexer_kl", "coverage", "mean_distance"} <= aux.stats.keys()
+    assert {"sparsity", "recall", "oracle_recall", "indexer_kl", "coverage", "mean_distance"} <= aux.stats.keys()
+    assert aux.stats["recall"] <= aux.stats["oracle_recall"] + 1e-6  # the oracle is the exact upper bound
     _, warm = layer(x, "warmup")
     assert warm.indexer_loss is not None and warm.selection is None
     with pytest.raises(ValueError, match="mode"):

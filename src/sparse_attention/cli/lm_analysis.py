@@ -39,6 +39,18 @@ def _cmd_experiment_dsa(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment_table(args: argparse.Namespace) -> int:
+    from ..lm.readme_table import LM_BEGIN, LM_END, lm_tables
+    from ..report.readme import update_readme
+
+    text = lm_tables(args.paths)
+    print(text)
+    if args.readme:
+        update_readme(args.readme, text, ".", begin=LM_BEGIN, end=LM_END)
+        print(f"updated the LM block of {args.readme}")
+    return 0
+
+
 def _cmd_visualize(args: argparse.Namespace) -> int:
     from ..lm.visualize import visualize_run
 
@@ -108,6 +120,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or eval lines")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     p.set_defaults(func=_cmd_experiment_dsa)
+    p = experiments.add_parser(
+        "table", help="Markdown tables from experiment dsa comparisons and profile JSON (optionally into the README)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="an experiment dsa output folder (or its comparison_metrics.json) or a profile.json")
+    p.add_argument("--readme", help="README whose LM block is replaced by the tables")
+    p.set_defaults(func=_cmd_experiment_table)
 
     p = sub.add_parser("visualize", help="draw a DSA run's indexer scores, top-k selection and sparse attention",
                        description="Loads RUN_DIR's model, runs one validation sequence in sparse mode and writes"

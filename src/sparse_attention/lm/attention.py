@@ -35,7 +35,8 @@ class AttentionAux:
         indexer_loss: the KL loss of this layer's indexer (scalar) or None.
         selection: the selection used (``sparse`` mode) or None.
         stats: measured statistics (``collect=True`` only): sparsity, recall, kl, coverage,
-            mean distance.
+            mean distance, and ``oracle_recall``: the recall of the top-k of the head-summed
+            dense attention itself, the best any selection shared by all heads can reach.
         indexer_scores: ``[B, N, N]`` causal-masked indexer scores (``keep_scores=True`` only).
     """
 
@@ -143,7 +144,12 @@ class LMAttention(SparseSelfAttention):
         stats: dict = {}
         if scores is not None:
             target = dense_attention_target(q, k)
-            stats["indexer_kl"] = kl_to_indexer(target, scores, visible_mask(n, n, q.device).expand_as(scores)).item()
+            visible = visible_mask(n, n, q.device).expand_as(scores)
+            stats["indexer_kl"] = kl_to_indexer(target, scores, visible).item()
+            # The best any selection shared by all heads can do: top-k of the head-summed attention.
+            oracle = _topk_from_scores(target.masked_fill(~visible, float("-inf")), self.top_k)
+            stats["oracle_recall"] = float(attention_recall(
+                Selection(oracle[:, None], n, True, "oracle", {"top_k": self.top_k}), q, k))
             if selection is None:
                 indices = _topk_from_scores(scores, self.top_k)
                 selection = Selection(indices[:, None], n, True, "dsa", {"top_k": self.top_k})

@@ -41,7 +41,7 @@ QUICK_OVERRIDES = (
 )
 
 #: Selection statistics copied from a run's final evaluation when present.
-STAT_KEYS = ("sparsity", "recall", "indexer_kl", "coverage", "mean_distance", "expert_load_max")
+STAT_KEYS = ("sparsity", "recall", "oracle_recall", "indexer_kl", "coverage", "mean_distance", "expert_load_max")
 
 #: Every key of :func:`comparison_metrics` besides ``dense``/``sparse``, with its meaning.
 COMPARISON_DEFINITIONS = {
@@ -63,6 +63,9 @@ COMPARISON_DEFINITIONS = {
     "sparsity": "causal sparsity of the indexer's top-k at the end (1 - selected pairs / causal pairs)",
     "recall_after_warmup": "dense attention mass on the indexer's top-k after the warm-up stage",
     "recall_final": "dense attention mass on the indexer's top-k at the end of the sparse stage",
+    "oracle_recall_after_warmup": "dense attention mass on the top-k of the head-summed dense attention itself"
+                                  " (the best a shared selection can reach) after the warm-up stage",
+    "oracle_recall_final": "the same at the end of the sparse stage",
     "indexer_kl_after_warmup": "KL(dense attention || indexer distribution) after the warm-up stage",
     "indexer_kl_final": "the same KL at the end of the sparse stage",
     "coverage": "share of key positions selected by at least one query, at the end",
@@ -125,6 +128,7 @@ def comparison_metrics(dense_results: dict, sparse_results: dict) -> dict:
         "peak_memory_ratio": _ratio(d["peak_memory_mb"], s["peak_memory_mb"]),
         "sparsity": s.get("sparsity"),
         "recall_after_warmup": warmup.get("recall"), "recall_final": s.get("recall"),
+        "oracle_recall_after_warmup": warmup.get("oracle_recall"), "oracle_recall_final": s.get("oracle_recall"),
         "indexer_kl_after_warmup": warmup.get("indexer_kl"), "indexer_kl_final": s.get("indexer_kl"),
         "coverage": s.get("coverage"), "mean_distance": s.get("mean_distance"),
     }
@@ -240,7 +244,8 @@ def format_comparison(metrics: dict) -> str:
         (f"peak memory   dense {f('peak_memory_dense_mb', '.1f')} MB  dsa {f('peak_memory_sparse_mb', '.1f')} MB"
          f"  ratio {f('peak_memory_ratio', '.3f')}"),
         (f"indexer       sparsity {f('sparsity', '.3f')}  recall after warm-up {f('recall_after_warmup', '.3f')}"
-         f"  final {f('recall_final', '.3f')}  KL {f('indexer_kl_after_warmup', '.4g')} ->"
+         f"  final {f('recall_final', '.3f')}  (oracle {f('oracle_recall_after_warmup', '.3f')} /"
+         f" {f('oracle_recall_final', '.3f')})  KL {f('indexer_kl_after_warmup', '.4g')} ->"
          f" {f('indexer_kl_final', '.4g')}  coverage {f('coverage', '.3f')}"
          f"  mean distance {f('mean_distance', '.1f')}"),
     ])

@@ -126,8 +126,12 @@ def plot_training_curves(results: dict, path: str | Path) -> Path:
 
         ax = axes[4]
         xs, ys = _series(evals, "recall")
-        ax.plot(xs, ys, color=color, marker="o", markersize=4)
-        ax.set_title("indexer recall (dense attention mass on the top-k)")
+        ax.plot(xs, ys, color=color, marker="o", markersize=4, label="indexer top-k")
+        xs, ys = _series(evals, "oracle_recall")
+        if xs:
+            ax.plot(xs, ys, color="0.4", linestyle="--", label="oracle: top-k of the dense attention")
+        ax.legend(fontsize=8)
+        ax.set_title("recall (dense attention mass on the top-k)")
         ax.set_ylim(0, 1.02)
 
         ax = axes[5]

@@ -43,7 +43,7 @@ from .model import SparseLM
 #: Each stage draws its batches from its own range of steps, so stages never reuse each other's
 #: batches while every run's stage of one name sees the same ones.
 STAGE_STEP_OFFSET = {"pretrain": 2 << 30, "warmup": 1 << 30}
-STAT_KEYS = ("sparsity", "recall", "indexer_kl", "coverage", "mean_distance", "expert_load_max")
+STAT_KEYS = ("sparsity", "recall", "oracle_recall", "indexer_kl", "coverage", "mean_distance", "expert_load_max")
 
 
 @dataclass(frozen=True)
