@@ -8,7 +8,11 @@ import torch
 from sparse_attention.lm.attention import LMAttention, indexer_scores_for_training
 from sparse_attention.lm.config import PRESETS, RunConfig, apply_overrides, preset
 from sparse_attention.lm.indexer_loss import (
-    dense_attention_target, kl_to_indexer, sparse_attention_target, visible_mask)
+    dense_attention_target,
+    kl_to_indexer,
+    sparse_attention_target,
+    visible_mask,
+)
 from sparse_attention.lm.moe import MoEFeedForward
 from sparse_attention.selection.dsa import indexer_scores
 

@@ -24,7 +24,12 @@ from ..ops.sparse_attention import sparse_attention
 from ..selection.base import Selection
 from ..selection.stats import attention_recall, selection_stats
 from .config import ATTENTION_MODES, ModelConfig
-from .indexer_loss import dense_attention_target, kl_to_indexer, sparse_attention_target, visible_mask
+from .indexer_loss import (
+    dense_attention_target,
+    kl_to_indexer,
+    sparse_attention_target,
+    visible_mask,
+)
 
 
 @dataclass

@@ -275,7 +275,7 @@ def _read_hf(source: str, max_chars: int) -> str:
         return _join_limited(_text_column(rows, source), max_chars)
     except _NoTextColumn:
         raise
-    except Exception as exc:  # noqa: BLE001 (network, missing dataset, bad config: all mean "cannot load")
+    except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
     raise ValueError(f"data.source {source!r}: could not load the Hugging Face dataset {name!r}"
                      f"{f' (config {config!r})' if config else ''}: {reason}. Check the name and the network, or"

@@ -7,9 +7,8 @@ any selection method). Feed-forward: :class:`MoEFeedForward` (routed + shared ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import zlib
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
