@@ -270,8 +270,7 @@ class Trainer:
         record = {"kind": "eval", "stage": stage.name, "step": step, "position": self._position(self.stage_index, step),
                   "time_per_step": time_per_step, "tokens_per_s": tokens / time_per_step if window else float("nan"),
                   "peak_memory_mb": None if peak is None else peak / 2**20}
-        mode = "warmup" if stage.name == "warmup" else stage.mode
-        record.update(evaluate(self.model, self.val, mode, self.ctx.device, self.config.train.dtype))
+        record.update(evaluate(self.model, self.val, stage.mode, self.ctx.device, self.config.train.dtype))
         return record
 
     def run(self, stop_after: int | None = None) -> dict | None:
