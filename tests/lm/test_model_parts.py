@@ -11,9 +11,9 @@ from sparse_attention.lm.indexer_loss import (
     dense_attention_target,
     kl_to_indexer,
     sparse_attention_target,
-    visible_mask,
 )
 from sparse_attention.lm.moe import MoEFeedForward
+from sparse_attention.ops.dense import causal_mask
 from sparse_attention.selection.dsa import indexer_scores
 
 
@@ -48,7 +48,7 @@ def test_kl_targets_are_distributions_over_visible_or_selected_keys():
     q, k = torch.randn(2, 4, 9, 8), torch.randn(2, 2, 9, 8)
     p = dense_attention_target(q, k)
     torch.testing.assert_close(p.sum(-1), torch.ones(2, 9))
-    assert not p.masked_select(~visible_mask(9, 9, p.device)).any()
+    assert not p.masked_select(~causal_mask(9, 9, p.device)).any()
     indices = torch.randint(0, 9, (2, 9, 3))
     indices = torch.where(indices <= torch.arange(9)[:, None], indices, -1)
     indices[:, :, 0] = torch.arange(9)  # every row selects itself...

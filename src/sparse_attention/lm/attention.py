@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..layers.attention import AttentionConfig, SparseSelfAttention
-from ..ops.dense import dense_attention
+from ..ops.dense import causal_mask, dense_attention
 from ..ops.sparse_attention import sparse_attention
 from ..selection.base import Selection
 from ..selection.stats import attention_recall, selection_stats
@@ -28,7 +28,6 @@ from .indexer_loss import (
     dense_attention_target,
     kl_to_indexer,
     sparse_attention_target,
-    visible_mask,
 )
 
 
@@ -118,7 +117,7 @@ class LMAttention(SparseSelfAttention):
         if self.indexer is not None and (mode != "dense" or collect or keep_scores):
             index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
             scores = indexer_scores_for_training(index_q, index_k, weights).float()  # [B, N, N]
-            scores = scores.masked_fill(~visible_mask(n, n, x.device), float("-inf"))
+            scores = scores.masked_fill(~causal_mask(n, n, x.device), float("-inf"))
         if mode == "sparse":
             if scores is not None:
                 indices = _topk_from_scores(scores.detach(), self.top_k)  # [B, N, K]
@@ -133,7 +132,7 @@ class LMAttention(SparseSelfAttention):
             out = dense_attention(q, k, v, causal=True)
             if mode == "warmup":
                 target = dense_attention_target(q.detach(), k.detach())
-                aux.indexer_loss = kl_to_indexer(target, scores, visible_mask(n, n, x.device).expand(b, n, n))
+                aux.indexer_loss = kl_to_indexer(target, scores, causal_mask(n, n, x.device).expand(b, n, n))
         if collect:
             aux.stats = self._stats(q.detach(), k.detach(), scores, aux.selection)
         if keep_scores and scores is not None:
@@ -149,7 +148,7 @@ class LMAttention(SparseSelfAttention):
         stats: dict = {}
         if scores is not None:
             target = dense_attention_target(q, k)
-            visible = visible_mask(n, n, q.device).expand_as(scores)
+            visible = causal_mask(n, n, q.device).expand_as(scores)
             stats["indexer_kl"] = kl_to_indexer(target, scores, visible).item()
             # The best any selection shared by all heads can do: top-k of the head-summed attention.
             oracle = _topk_from_scores(target.masked_fill(~visible, float("-inf")), self.top_k)

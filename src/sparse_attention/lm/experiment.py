@@ -27,6 +27,9 @@ from typing import Any
 from ..experiments.machine import machine_info
 from ..experiments.results_io import write_json
 from .config import RunConfig, apply_overrides
+from .train import (
+    STAT_KEYS,  # selection statistics copied from a final evaluation when present
+)
 
 #: ``--quick``: applied after the preset (``small``) and before the user's ``--set`` values.
 #: With ``--preset small``: about a minute for both runs on 2 idle CPU cores.
@@ -40,8 +43,6 @@ QUICK_OVERRIDES = (
     "train.eval_batches=2",
 )
 
-#: Selection statistics copied from a run's final evaluation when present.
-STAT_KEYS = ("sparsity", "recall", "oracle_recall", "indexer_kl", "coverage", "mean_distance", "expert_load_max")
 
 #: Every key of :func:`comparison_metrics` besides ``dense``/``sparse``, with its meaning.
 COMPARISON_DEFINITIONS = {

@@ -17,14 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..ops.dense import _repeat_kv
-from ..ops.validation import causal_offset
-
-
-def visible_mask(n_q: int, n_k: int, device: torch.device) -> Tensor:
-    """``[N_q, N_k]`` bool: key ``s`` is causally visible from query ``t`` (end-aligned)."""
-    rows = torch.arange(n_q, device=device)[:, None] + causal_offset(n_q, n_k)
-    return torch.arange(n_k, device=device)[None, :] <= rows
+from ..ops.dense import _repeat_kv, dense_probabilities
 
 
 @torch.no_grad()
@@ -36,11 +29,8 @@ def dense_attention_target(q: Tensor, k: Tensor, *, scale: float | None = None) 
     Returns:
         ``p [B, N, N]`` float32, rows sum to 1, zero above the diagonal.
     """
-    b, h, n, d = q.shape
-    scale = d**-0.5 if scale is None else scale
-    logits = (q.float() @ _repeat_kv(k, h).float().transpose(-1, -2)) * scale  # [B, H, N, N]
-    logits.masked_fill_(~visible_mask(n, k.shape[2], q.device), float("-inf"))
-    p = torch.softmax(logits, dim=-1).sum(dim=1)  # [B, N, N]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    p = dense_probabilities(q, k, causal=True, scale=scale).sum(dim=1)  # [B, N, N]
     return p / p.sum(dim=-1, keepdim=True)
 
 
@@ -58,7 +48,8 @@ def sparse_attention_target(q: Tensor, k: Tensor, indices: Tensor, *, scale: flo
     scale = d**-0.5 if scale is None else scale
     valid = indices >= 0  # [B, N, K]
     safe = indices.clamp(min=0)
-    # Logits of every head at the selected keys: gather rows of the dense logits per query.
+    # Logits of every head at the selected keys, gathered from the dense logits: at top-k = N/4
+    # the [B, H, N, N] logits take less memory than gathering [B, H_kv, N, K, D] key rows.
     logits = (q.float() @ _repeat_kv(k, h).float().transpose(-1, -2)) * scale  # [B, H, N, N]
     logits = logits.gather(-1, safe[:, None].expand(b, h, n, safe.shape[-1]))  # [B, H, N, K]
     logits = logits.masked_fill(~valid[:, None], float("-inf"))

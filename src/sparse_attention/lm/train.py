@@ -39,6 +39,7 @@ from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_
 from .config import RunConfig, StageConfig
 from .distributed import DistContext, init_distributed, shutdown_distributed
 from .model import SparseLM
+from .plots import plot_training_curves
 
 #: Each stage draws its batches from its own range of steps, so stages never reuse each other's
 #: batches while every run's stage of one name sees the same ones.
@@ -376,12 +377,7 @@ class Trainer:
         }
         save_weights(self.model, self.run_dir / "model.safetensors")
         write_json(self.run_dir / "training_results.json", results)
-        try:
-            from .plots import plot_training_curves
-
-            plot_training_curves(results, self.run_dir / "training_curves.png")
-        except ImportError:
-            pass
+        plot_training_curves(results, self.run_dir / "training_curves.png")
         return results
 
     def close(self) -> None:
