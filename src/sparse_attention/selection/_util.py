@@ -107,3 +107,28 @@ def chunked_topk(score_fn, n_q: int, n_k: int, top_k: int, *, causal: bool, devi
             idx = torch.nn.functional.pad(idx, (0, k_eff - idx.shape[-1]), value=-1)
         parts.append(idx)
     return torch.cat(parts, dim=-2)
+
+
+#: how top-k selections score keys: ``fused`` = the C++ kernel that scores and selects in one
+#: pass (CPU; memory O(N_q * K)), ``chunked`` = torch GEMMs over query chunks + ``torch.topk``
+#: (any device; memory O(chunk * N_k)), ``auto`` = fused wherever it runs.
+SCORING_MODES = ("auto", "fused", "chunked")
+
+
+def use_fused_scoring(scoring: str, *tensors: Tensor) -> bool:
+    """Whether a top-k selection should run the fused kernel on ``tensors``.
+
+    ``auto`` picks it when it can run them (CPU, float32/bf16/fp16, extension built);
+    ``fused`` raises ``ValueError`` with the reason when it cannot; ``chunked`` never uses it.
+    """
+    if scoring not in SCORING_MODES:
+        raise ValueError(f"scoring must be one of {SCORING_MODES}, got {scoring!r}")
+    if scoring == "chunked":
+        return False
+    from ..ops.kernels.topk_cpu import unsupported_reason
+
+    reason = unsupported_reason(*tensors)
+    if reason is not None and scoring == "fused":
+        raise ValueError(f"scoring='fused' cannot run these inputs: {reason}")
+    return reason is None
+

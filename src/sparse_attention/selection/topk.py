@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from ._util import check_positive_int, chunked_topk
+from ..ops.kernels.topk_cpu import fused_topk
+from ._util import check_positive_int, chunked_topk, use_fused_scoring
 from .base import Param, Selection, register_method
 
 
 @register_method(
     "topk",
     params=[Param("top_k", 64, "keys per query (K = min(top_k, N_k)); rows with fewer causal keys pad with -1",
-                  "upper bound for DSA/NSA/MoBA-style top-k selection")],
+                  "upper bound for DSA/NSA/MoBA-style top-k selection"),
+            Param("scoring", "auto", "fused (C++ scoring + top-k in one pass, CPU), chunked (torch GEMM + topk) or auto",
+                  "")],
     summary="exact top-k of q.k per head (oracle upper bound for top-k methods)",
     reference="Gupta et al. 2021 (top-k attention)",
 )
-def select_topk(q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64) -> Selection:
+def select_topk(q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64, scoring: str = "auto") -> Selection:
     """Per query head, the ``top_k`` keys with the largest ``q . k`` (``H_sel = H``).
 
-    Scores are computed in query chunks, so memory is O(chunk * N_k), not O(N^2).
+    ``scoring="fused"`` scores and selects in one C++ pass (memory O(N_q * K)); ``"chunked"``
+    computes scores in query chunks (memory O(chunk * N_k)); ``"auto"`` fused where it runs.
     """
     check_positive_int("top_k", top_k)
     b, h, n_q, d = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
     g = h // h_kv
+    if use_fused_scoring(scoring, q, k):
+        with torch.no_grad():  # [B * H, 1 head, N_q, D] rows against [B * H_kv, N_k, D] keys
+            idx = fused_topk(q.reshape(b * h, 1, n_q, d), k.reshape(b * h_kv, n_k, d), None, top_k=top_k,
+                             causal=causal, relu=False, group=g)
+        return Selection(idx.view(b, h, n_q, -1), n_k, causal, "topk", {"top_k": top_k, "scoring": "fused"})
     q_grouped = q.reshape(b, h_kv, g, n_q, d)
 
     def scores(start: int, stop: int, key_stop: int) -> Tensor:
@@ -32,4 +42,4 @@ def select_topk(q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64) -
         return s.reshape(b, h, stop - start, key_stop)
 
     idx = chunked_topk(scores, n_q, n_k, top_k, causal=causal, device=q.device, rows_per_query=b * h)
-    return Selection(idx, n_k, causal, "topk", {"top_k": top_k})
+    return Selection(idx, n_k, causal, "topk", {"top_k": top_k, "scoring": "chunked"})

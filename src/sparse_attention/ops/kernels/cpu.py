@@ -1,6 +1,7 @@
 """Fast CPU sparse attention: a C++ extension compiled on first use and cached.
 
-The extension (``csrc/sparse_attention_cpu.cpp``) computes, per query token and KV group,
+The extension (every ``csrc/*.cpp``; ``indexer_topk_cpu.cpp`` adds the fused selection of
+:mod:`.topk_cpu`) computes, per query token and KV group,
 the small GEMMs ``Q_g K_sel^T`` and ``P V_sel`` over the gathered keys (one gather serves
 every query head that shares the selection), with a fused softmax; the backward pass
 recomputes the probabilities from the saved log-sum-exp. It is built with
@@ -23,7 +24,6 @@ import torch
 from torch import Tensor
 
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCE = _CSRC / "sparse_attention_cpu.cpp"
 _lock = threading.Lock()
 _module = None
 _error: str | None = None
@@ -44,7 +44,8 @@ def _build():
     from torch.utils.cpp_extension import load
 
     flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-std=c++17"]
-    return load(name=_extension_name(), sources=[str(_SOURCE)], extra_cflags=flags,
+    sources = [str(path) for path in sorted(_CSRC.glob("*.cpp"))]
+    return load(name=_extension_name(), sources=sources, extra_cflags=flags,
                 extra_ldflags=["-fopenmp"], verbose=os.environ.get("SPARSE_ATTENTION_VERBOSE_BUILD") == "1")
 
 

@@ -36,10 +36,12 @@ inline __m512 exp512(__m512 x) {
 
 // Ask for the cache lines of rows[j .. j + count) ahead of use: selected rows are scattered
 // over the whole K/V matrix (often beyond L2), and the hardware prefetcher cannot guess them.
+template <int Hint = _MM_HINT_T0>
 inline void prefetch_rows(const float* const* rows, int64_t j, int64_t count, int64_t n, int64_t width) {
   const int64_t stop = std::min(j + count, n);
   for (int64_t r = j; r < stop; ++r)
-    for (int64_t off = 0; off < width; off += 16) _mm_prefetch(reinterpret_cast<const char*>(rows[r] + off), _MM_HINT_T0);
+    for (int64_t off = 0; off < width; off += 16)
+      _mm_prefetch(reinterpret_cast<const char*>(rows[r] + off), static_cast<_mm_hint>(Hint));
 }
 
 // ST[j0 + b][:] = sum_d AT[d][:] * rows[j0 + b][d] for b < KB: KB independent accumulators
@@ -67,29 +69,37 @@ inline void scores_block(const float* AT, const float* const* rows, int64_t j0, 
 }
 
 // ST[j][:] = sum_d AT[d][:] * rows[j][d]  for j < n.  AT: [D][16], ST: [n][16].
-// Returns the lane-wise max over keys; NaN lanes are flagged in ``nan``.
-inline __m512 scores(const float* AT, const float* const* rows, int64_t n, int64_t D, float* ST, __mmask16& nan) {
+// Returns the lane-wise max over keys; NaN lanes are flagged in ``nan``. ``next_rows`` (width
+// ``next_width``), when given, are the rows the caller reads next (values after keys): they
+// are prefetched into L2 alongside, so that the next pass does not wait on memory.
+inline __m512 scores(const float* AT, const float* const* rows, int64_t n, int64_t D, float* ST, __mmask16& nan,
+                     const float* const* next_rows = nullptr, int64_t next_width = 0) {
   constexpr int kBlock = 12;
   __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   nan = 0;
+  constexpr int kAhead = 3;  // blocks of rows in flight: selected rows mostly come from L3 or DRAM
   int64_t j = 0;
+  prefetch_rows(rows, 0, kAhead * kBlock, n, D);
   for (; j + kBlock <= n; j += kBlock) {
-    prefetch_rows(rows, j + kBlock, kBlock, n, D);
+    prefetch_rows(rows, j + kAhead * kBlock, kBlock, n, D);
+    if (next_rows) prefetch_rows<_MM_HINT_T1>(next_rows, j, kBlock, n, next_width);
     scores_block<kBlock>(AT, rows, j, D, ST, mx, nan);
   }
   for (; j < n; ++j) scores_block<1>(AT, rows, j, D, ST, mx, nan);
   return mx;
 }
 
-// O[i][c0:c0+16*NC] = sum_j WT[j][i] * rows[j][c0:...] for heads i in [i0, i0+4).
+// O[i][c0:c0+16*NC] (+)= sum_{j in [j0, j1)} WT[j][i] * rows[j][c0:...] for heads i in [i0, i0+4):
+// the first key chunk (j0 == 0) starts from zero, later chunks continue from O.
 template <int NC>
-inline void weighted_rows_block(const float* WT, int64_t i0, int64_t hb, const float* const* rows, int64_t n,
-                                int64_t c0, int64_t Dv, float* O) {
+inline void weighted_rows_block(const float* WT, int64_t i0, int64_t hb, const float* const* rows, int64_t j0,
+                                int64_t j1, int64_t n, int64_t c0, int64_t Dv, float* O) {
   __m512 acc[4][NC];
   for (int h = 0; h < 4; ++h)
-    for (int c = 0; c < NC; ++c) acc[h][c] = _mm512_setzero_ps();
-  for (int64_t j = 0; j < n; ++j) {
-    if (c0 == 0 && i0 == 0) prefetch_rows(rows, j + 4, 1, n, Dv);
+    for (int c = 0; c < NC; ++c)
+      acc[h][c] = (j0 == 0 || h >= hb) ? _mm512_setzero_ps() : _mm512_loadu_ps(O + (i0 + h) * Dv + c0 + 16 * c);
+  for (int64_t j = j0; j < j1; ++j) {
+    if (i0 == 0) prefetch_rows(rows, j + 8, 1, n, Dv);
     const float* r = rows[j] + c0;
     __m512 v[NC];
     for (int c = 0; c < NC; ++c) v[c] = _mm512_loadu_ps(r + 16 * c);
@@ -104,16 +114,22 @@ inline void weighted_rows_block(const float* WT, int64_t i0, int64_t hb, const f
 }
 
 // O[i][:] = sum_j WT[j][i] * rows[j][:] for i < nh; O: [nh][Dv], Dv % 16 == 0.
+// Keys go in chunks small enough to stay in L1 while every block of 4 heads reads them
+// (one pass over all keys per head block would stream the rows from L2 four times).
 inline void weighted_rows(const float* WT, int64_t nh, const float* const* rows, int64_t n, int64_t Dv, float* O) {
+  constexpr int64_t kKeyChunk = 32;
   for (int64_t c0 = 0; c0 < Dv; c0 += 64) {
     const int64_t nc = std::min<int64_t>(4, (Dv - c0) / 16);
-    for (int64_t i0 = 0; i0 < nh; i0 += 4) {
-      const int64_t hb = std::min<int64_t>(4, nh - i0);
-      switch (nc) {
-        case 4: weighted_rows_block<4>(WT, i0, hb, rows, n, c0, Dv, O); break;
-        case 3: weighted_rows_block<3>(WT, i0, hb, rows, n, c0, Dv, O); break;
-        case 2: weighted_rows_block<2>(WT, i0, hb, rows, n, c0, Dv, O); break;
-        default: weighted_rows_block<1>(WT, i0, hb, rows, n, c0, Dv, O); break;
+    for (int64_t j0 = 0; j0 < n; j0 += kKeyChunk) {
+      const int64_t j1 = std::min(n, j0 + kKeyChunk);
+      for (int64_t i0 = 0; i0 < nh; i0 += 4) {
+        const int64_t hb = std::min<int64_t>(4, nh - i0);
+        switch (nc) {
+          case 4: weighted_rows_block<4>(WT, i0, hb, rows, j0, j1, n, c0, Dv, O); break;
+          case 3: weighted_rows_block<3>(WT, i0, hb, rows, j0, j1, n, c0, Dv, O); break;
+          case 2: weighted_rows_block<2>(WT, i0, hb, rows, j0, j1, n, c0, Dv, O); break;
+          default: weighted_rows_block<1>(WT, i0, hb, rows, j0, j1, n, c0, Dv, O); break;
+        }
       }
     }
   }

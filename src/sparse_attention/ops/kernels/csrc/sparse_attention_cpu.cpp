@@ -22,11 +22,53 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace {
+
+// A copy of a large key or value matrix on 2 MiB pages. Selected rows are read in random
+// order, so with 4 KiB pages nearly every row costs a TLB miss and a page walk; Linux only
+// backs memory with huge pages where asked (transparent_hugepage=madvise is common). The
+// copy costs one sequential pass, small next to the gathers. Below kMinBytes, or when the
+// request fails, the original memory is used.
+template <typename T>
+class HugePageCopy {
+ public:
+  static constexpr int64_t kMinBytes = int64_t{4} << 20;
+  static constexpr int64_t kHuge = int64_t{2} << 20;
+
+  HugePageCopy(const T* src, int64_t numel) : data_(src) {
+#if defined(__linux__)
+    const int64_t bytes = numel * static_cast<int64_t>(sizeof(T));
+    if (bytes < kMinBytes) return;
+    const int64_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* p = nullptr;
+    if (posix_memalign(&p, kHuge, rounded) != 0) return;
+    madvise(p, rounded, MADV_HUGEPAGE);
+    T* dst = static_cast<T*>(p);
+    at::parallel_for(0, numel, int64_t{1} << 16, [&](int64_t begin, int64_t end) {
+      std::memcpy(dst + begin, src + begin, (end - begin) * sizeof(T));
+    });
+    owned_ = p;
+    data_ = dst;
+#endif
+  }
+  ~HugePageCopy() { std::free(owned_); }
+  HugePageCopy(const HugePageCopy&) = delete;
+  HugePageCopy& operator=(const HugePageCopy&) = delete;
+  const T* data() const { return data_; }
+
+ private:
+  const T* data_;
+  void* owned_ = nullptr;
+};
 
 constexpr int kTile = 16;   // keys per tile (one AVX-512 register of floats)
 constexpr int kHeads = 4;   // heads per register block
@@ -252,7 +294,7 @@ void forward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, int
   }
   float* st = w.st.data();
   __mmask16 nan = 0;
-  const __m512 m = lanes::scores(w.at.data(), w.krows.data(), n, s.D, st, nan);
+  const __m512 m = lanes::scores(w.at.data(), w.krows.data(), n, s.D, st, nan, w.vrows.data(), s.Dv);
   __m512 l = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; ++j) {
     const __m512 p = lanes::exp512(_mm512_sub_ps(_mm512_loadu_ps(st + j * lanes::kLanes), m));
@@ -331,8 +373,11 @@ void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, in
 #endif  // __AVX512F__
 
 template <typename T>
-void forward_impl(const Shapes& s, const T* q, const T* k, const T* v, const int64_t* idx, double scale, T* out,
+void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, const int64_t* idx, double scale, T* out,
                   float* lse) {
+  const HugePageCopy<T> k_copy(k_in, s.B * s.Hkv * s.Nk * s.D), v_copy(v_in, s.B * s.Hkv * s.Nk * s.Dv);
+  const T* k = k_copy.data();
+  const T* v = v_copy.data();
   const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, s.G));
   at::parallel_for(0, s.items(), grain, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> ids(s.K);
@@ -526,7 +571,14 @@ std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::T
   return {dq.to(q.scalar_type()), dk.to(q.scalar_type()), dv.to(q.scalar_type())};
 }
 
+// indexer_topk_cpu.cpp
+at::Tensor fused_topk(at::Tensor q, at::Tensor k, at::Tensor w, int64_t top_k, bool causal, bool relu,
+                      int64_t group, bool bf16);
+bool fused_topk_has_bf16();
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "sparse attention forward (CPU)");
   m.def("backward", &backward, "sparse attention backward (CPU)");
+  m.def("fused_topk", &fused_topk, "fused scoring + top-k selection (CPU)");
+  m.def("fused_topk_has_bf16", &fused_topk_has_bf16, "whether bf16 scoring was compiled in");
 }

@@ -1,0 +1,109 @@
+"""The fused scoring + top-k kernel against torch scores + ``torch.topk``.
+
+Two correct top-k selections may differ where scores tie, so the checks compare the selected
+*scores* (float64, recomputed from the inputs) with the reference's top-k values, and check
+the index rows themselves: distinct, causally visible, ``-1`` only where keys run out.
+"""
+
+import pytest
+import torch
+
+from sparse_attention.ops.kernels import cpu
+from sparse_attention.selection import dsa_select, select
+from sparse_attention.selection.dsa import indexer_scores
+
+pytestmark = pytest.mark.skipif(cpu.load_error() is not None, reason=f"CPU extension unavailable: {cpu.load_error()}")
+
+
+def visible(n_q, n_k, causal):
+    limit = torch.arange(n_q) + (n_k - n_q) if causal else torch.full((n_q,), n_k - 1)
+    return torch.arange(n_k)[None, :] <= limit[:, None]  # [N_q, N_k]
+
+
+def check_rows(idx, scores, top_k, mask):
+    """idx [R, N_q, K] against float64 scores [R, N_q, N_k] and the visibility mask [N_q, N_k]."""
+    n_q, n_k = mask.shape
+    k_eff = min(top_k, n_k)
+    assert idx.shape == (scores.shape[0], n_q, k_eff) and idx.dtype == torch.int64
+    masked = scores.masked_fill(~mask, float("-inf"))
+    want = masked.topk(k_eff, dim=-1).values  # descending
+    got = torch.where(idx >= 0, masked.gather(-1, idx.clamp(min=0)), torch.tensor(float("-inf"), dtype=scores.dtype))
+    got = got.sort(dim=-1, descending=True).values
+    finite = torch.isfinite(want)
+    assert torch.equal(finite, torch.isfinite(got)), "a slot is filled where no key is visible, or left empty"
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-5)
+    valid = idx[idx >= 0]
+    assert (valid < n_k).all()
+    assert ((idx >= 0).sum(-1) == mask.sum(-1).clamp(max=k_eff)).all()
+    for row in idx.reshape(-1, k_eff)[:200]:  # distinct keys per row
+        kept = row[row >= 0]
+        assert kept.unique().numel() == kept.numel()
+
+
+def indexer_inputs(b, h_i, n_q, n_k, d, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, h_i, n_q, d, generator=gen), torch.randn(b, n_k, d, generator=gen),
+            torch.rand(b, n_q, h_i, generator=gen))
+
+
+@pytest.mark.parametrize("n, top_k", [(1, 1), (63, 1), (63, 5), (63, 63), (63, 100), (1000, 37), (1000, 1000),
+                                      (4096, 256)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_dsa_fused_matches_chunked_scores(n, top_k, causal):
+    index_q, index_k, weights = indexer_inputs(2 if n < 4096 else 1, 4, n, n, 32, seed=n + top_k)
+    sel = dsa_select(index_q, index_k, weights, top_k=top_k, causal=causal, scoring="fused")
+    assert sel.info["scoring"] == "fused" and sel.indices.shape[1] == 1
+    scores = indexer_scores(index_q.double(), index_k.double(), weights.double())
+    check_rows(sel.indices[:, 0], scores, top_k, visible(n, n, causal))
+
+
+@pytest.mark.parametrize("h_i, d", [(1, 64), (3, 17), (5, 24), (8, 128)])
+def test_dsa_fused_head_counts_dims_and_cross_lengths(h_i, d):
+    index_q, index_k, weights = indexer_inputs(1, h_i, 70, 150, d)  # N_q < N_k: end-aligned causal
+    for causal in (True, False):
+        sel = dsa_select(index_q, index_k, weights, top_k=40, causal=causal, scoring="fused")
+        scores = indexer_scores(index_q.double(), index_k.double(), weights.double())
+        check_rows(sel.indices[:, 0], scores, 40, visible(70, 150, causal))
+
+
+@pytest.mark.parametrize("h, h_kv", [(4, 4), (4, 2), (6, 1)])
+@pytest.mark.parametrize("n, top_k", [(63, 9), (300, 64), (257, 300)])
+def test_exact_topk_fused_per_head(h, h_kv, n, top_k):
+    gen = torch.Generator().manual_seed(n)
+    q = torch.randn(2, h, n, 20, generator=gen)
+    k = torch.randn(2, h_kv, n, 20, generator=gen)
+    sel = select(q, k, "topk", top_k=top_k, scoring="fused")
+    assert sel.info["scoring"] == "fused" and sel.indices.shape[:3] == (2, h, n)
+    scores = q.double() @ k.double().repeat_interleave(h // h_kv, dim=1).transpose(-1, -2)  # [B, H, N, N]
+    check_rows(sel.indices.reshape(2 * h, n, -1), scores.reshape(2 * h, n, n), top_k, visible(n, n, True))
+
+
+def test_auto_uses_fused_on_cpu_and_chunked_for_float64():
+    index_q, index_k, weights = indexer_inputs(1, 2, 50, 50, 8)
+    assert dsa_select(index_q, index_k, weights, top_k=8).info["scoring"] == "fused"
+    assert dsa_select(index_q.double(), index_k.double(), weights.double(), top_k=8).info["scoring"] == "chunked"
+    with pytest.raises(ValueError, match="scoring='fused' cannot run these inputs: .*float64"):
+        dsa_select(index_q.double(), index_k.double(), weights.double(), top_k=8, scoring="fused")
+    with pytest.raises(ValueError, match="scoring must be one of"):
+        dsa_select(index_q, index_k, weights, top_k=8, scoring="fast")
+
+
+def test_ties_and_nan():
+    index_q, index_k, weights = indexer_inputs(1, 4, 40, 40, 8)
+    # All scores zero (ReLU of negative products): any K distinct visible keys are a top-k.
+    sel = dsa_select(-index_q.abs(), index_k.abs(), weights, top_k=7, scoring="fused")
+    idx = sel.indices[0, 0]
+    assert ((idx >= 0).sum(-1) == torch.arange(1, 41).clamp(max=7)).all()
+    assert all(row[row >= 0].unique().numel() == (row >= 0).sum() for row in idx)
+    # A NaN score is never selected; the row still fills from the other keys.
+    index_k = index_k.clone()
+    index_k[0, 3] = float("nan")
+    idx = dsa_select(index_q, index_k, weights, top_k=7, causal=False, scoring="fused").indices[0, 0]
+    assert not (idx == 3).any() and (idx >= 0).all()
+
+
+def test_bfloat16_inputs_are_scored_exactly():
+    index_q, index_k, weights = (t.bfloat16() for t in indexer_inputs(1, 4, 200, 200, 32))
+    sel = dsa_select(index_q, index_k, weights, top_k=20, scoring="fused")
+    scores = indexer_scores(index_q.double(), index_k.double(), weights.double())
+    check_rows(sel.indices[:, 0], scores, 20, visible(200, 200, True))
