@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from sparse_attention.bench.kernels import KernelBenchConfig, causal_random_indices
+from sparse_attention.bench.kernels import KernelBenchConfig, causal_random_indices, selection_overlap
 from sparse_attention.cli.main import main
 
 
@@ -32,9 +32,18 @@ def test_bench_dsa_end_to_end(tmp_path):
                  "--backends", "reference", "--no-backward", "--indexer-heads", "2", "--indexer-dim", "16",
                  "--json", str(path)]) == 0
     rows = json.loads(path.read_text())["rows"]
-    e2e = [r for r in rows if r["backend"].startswith("dsa end to end")]
-    assert len(e2e) == 1 and e2e[0]["forward_ms"] > 0 and e2e[0]["selection_ms"] > 0
-    assert e2e[0]["forward_speedup"] > 0
+    e2e = {r["indexer_precision"]: r for r in rows if r["backend"].startswith("dsa end to end")}
+    assert set(e2e) == {"float32", "bfloat16"}
+    for row in e2e.values():
+        assert row["forward_ms"] > 0 and row["selection_ms"] > 0 and row["forward_speedup"] > 0
+    assert 0.5 < e2e["bfloat16"]["overlap_with_float32_selection"] <= 1.0
+
+
+def test_selection_overlap_counts_shared_valid_slots():
+    ref = torch.tensor([[[0, 1, 2, -1], [3, 1, -1, -1]]])
+    idx = torch.tensor([[[2, 1, 5, -1], [-1, -1, -1, 3]]])
+    assert selection_overlap(idx, ref) == pytest.approx(3 / 5)  # row 0: keys 1, 2; row 1: key 3
+    assert selection_overlap(ref, ref, chunk=1) == 1.0
 
 
 def test_random_causal_indices_are_valid():

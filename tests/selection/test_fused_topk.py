@@ -8,7 +8,7 @@ the index rows themselves: distinct, causally visible, ``-1`` only where keys ru
 import pytest
 import torch
 
-from sparse_attention.ops.kernels import cpu
+from sparse_attention.ops.kernels import cpu, topk_cpu
 from sparse_attention.selection import dsa_select, select
 from sparse_attention.selection.dsa import indexer_scores
 
@@ -107,3 +107,30 @@ def test_bfloat16_inputs_are_scored_exactly():
     sel = dsa_select(index_q, index_k, weights, top_k=20, scoring="fused")
     scores = indexer_scores(index_q.double(), index_k.double(), weights.double())
     check_rows(sel.indices[:, 0], scores, 20, visible(200, 200, True))
+
+
+def rounded(*tensors):
+    return tuple(t.bfloat16().double() for t in tensors)
+
+
+@pytest.mark.skipif(cpu.load_error() is None and not topk_cpu.bf16_path(), reason="no bf16 scoring on this CPU")
+@pytest.mark.parametrize("avoid_amx", [False, True])
+@pytest.mark.parametrize("h_i, n, d, top_k", [(4, 300, 64, 32), (3, 130, 40, 130), (1, 70, 17, 9), (40, 65, 32, 8)])
+def test_bfloat16_precision_scores_rounded_inputs(avoid_amx, h_i, n, d, top_k):
+    index_q, index_k, weights = indexer_inputs(2, h_i, n, n, d, seed=h_i)
+    for causal in (True, False):
+        idx = topk_cpu.fused_topk(index_q, index_k, weights, top_k=top_k, causal=causal, relu=True,
+                                  precision="bfloat16", _avoid_amx=avoid_amx)
+        q64, k64 = rounded(index_q, index_k)  # the products are exact in fp32; only the sums round
+        check_rows(idx, indexer_scores(q64, k64, weights.double()), top_k, visible(n, n, causal))
+
+
+def test_dsa_select_precision_fused_and_chunked_agree():
+    index_q, index_k, weights = indexer_inputs(1, 4, 257, 257, 64)
+    q64, k64 = rounded(index_q, index_k)
+    for scoring in ("fused", "chunked"):
+        sel = dsa_select(index_q, index_k, weights, top_k=50, scoring=scoring, precision="bfloat16")
+        assert sel.info["precision"] == "bfloat16" and sel.info["scoring"] == scoring
+        check_rows(sel.indices[:, 0], indexer_scores(q64, k64, weights.double()), 50, visible(257, 257, True))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        dsa_select(index_q, index_k, weights, top_k=5, precision="fp8")

@@ -188,13 +188,31 @@ def measure_point(cfg: KernelBenchConfig, n: int, k: int, h: int, h_kv: int) -> 
     for name in cfg.peers:
         rows.append(measure_peer(name, qg, kg, vg, k, timed, dense, base, cfg.backward))
     if cfg.indexer_heads:
-        rows.append(_dsa_end_to_end(cfg, n, k, q, kk, v, dense, base))
+        rows.extend(_dsa_end_to_end(cfg, n, k, q, kk, v, dense, base))
     synchronize(cfg.device)
     return rows
 
 
-def _dsa_end_to_end(cfg: KernelBenchConfig, n: int, k: int, q, kk, v, dense: dict, base: dict) -> dict[str, Any]:
-    """Forward time of lightning-indexer scoring + top-k + sparse attention (backend auto)."""
+def selection_overlap(indices: torch.Tensor, reference: torch.Tensor, chunk: int = 1024) -> float:
+    """Fraction of the reference's valid slots whose key ``indices`` also selects (rows of
+    ``[..., N_q, K]``, ``-1`` = empty), computed in query chunks (no N x N mask at once)."""
+    idx, ref = indices.reshape(-1, indices.shape[-1]), reference.reshape(-1, reference.shape[-1])
+    n_k = int(max(idx.max(), ref.max())) + 2
+    hits = total = 0
+    for start in range(0, idx.shape[0], chunk):
+        a, r = idx[start:start + chunk], ref[start:start + chunk]
+        chosen = torch.zeros(a.shape[0], n_k, dtype=torch.bool).scatter_(1, a.clamp(min=-1) + 1, True)
+        chosen[:, 0] = False  # column 0 collects the empty slots
+        valid = r >= 0
+        hits += int((chosen.gather(1, r.clamp(min=-1) + 1) & valid).sum())
+        total += int(valid.sum())
+    return hits / max(total, 1)
+
+
+def _dsa_end_to_end(cfg: KernelBenchConfig, n: int, k: int, q, kk, v, dense: dict, base: dict) -> list[dict[str, Any]]:
+    """Forward time of lightning-indexer scoring + top-k + sparse attention (backend auto), once
+    per indexer precision; the bf16 row also reports how much of the fp32 selection it keeps."""
+    from ..ops.kernels.topk_cpu import bf16_path
     from ..selection.dsa import dsa_select
 
     gen = torch.Generator().manual_seed(cfg.seed + 11)
@@ -202,16 +220,27 @@ def _dsa_end_to_end(cfg: KernelBenchConfig, n: int, k: int, q, kk, v, dense: dic
     index_q = torch.randn(1, h_i, n, d_i, generator=gen).to(cfg.device)
     index_k = torch.randn(1, n, d_i, generator=gen).to(cfg.device)
     weights = torch.rand(1, n, h_i, generator=gen).to(cfg.device)
+    rows, reference = [], None
+    for precision in ("float32", "bfloat16"):
+        def select():
+            return dsa_select(index_q, index_k, weights, top_k=k, causal=True, precision=precision)
 
-    def run() -> torch.Tensor:
-        return sparse_attention(q, kk, v, dsa_select(index_q, index_k, weights, top_k=k, causal=True).indices)
-
-    with torch.no_grad():
-        total = time_call(run, cfg.device, repeats=cfg.repeats)["min_ms"]
-        select_ms = time_call(lambda: dsa_select(index_q, index_k, weights, top_k=k), cfg.device,
+        with torch.no_grad():
+            total = time_call(lambda: sparse_attention(q, kk, v, select().indices), cfg.device,
                               repeats=cfg.repeats)["min_ms"]
-    return {**base, "backend": f"dsa end to end ({h_i}x{d_i} indexer + top-k + auto)", "status": "ok",
-            "forward_ms": total, "selection_ms": select_ms, "forward_speedup": dense["forward_ms"] / total}
+            select_ms = time_call(select, cfg.device, repeats=cfg.repeats)["min_ms"]
+            selection = select()
+        indices = selection.indices
+        row = {**base, "backend": f"dsa end to end ({h_i}x{d_i} {precision} indexer + top-k + auto)",
+               "status": "ok", "forward_ms": total, "selection_ms": select_ms,
+               "forward_speedup": dense["forward_ms"] / total, "indexer_precision": precision,
+               "selection_scoring": selection.info["scoring"]}
+        if precision == "bfloat16":
+            row["bf16_path"] = bf16_path() if selection.info["scoring"] == "fused" else "torch"
+            row["overlap_with_float32_selection"] = selection_overlap(indices, reference)
+        reference = indices
+        rows.append(row)
+    return rows
 
 
 def run_kernel_bench(cfg: KernelBenchConfig, progress: Callable[[Iterable, str], Iterable] = lambda x, d: x) -> dict:
@@ -256,6 +285,12 @@ def markdown_table(results: dict) -> str:
             note = f"- `{r['backend']}` ({r['library']} {r.get('version') or 'not installed'}): {r.get('settings', '-')}"
             if note not in notes:
                 notes.append(note)
+        if r.get("selection_ms") is not None:
+            status += f" (selection {r['selection_ms']:.0f} ms, {r.get('selection_scoring', 'chunked')}"
+            if r.get("overlap_with_float32_selection") is not None:
+                status += (f", {r.get('bf16_path')}; keeps {100 * r['overlap_with_float32_selection']:.1f}% of the"
+                           " float32 selection")
+            status += ")"
         lines.append(f"| {r['n']} | {r['top_k']} | {r['heads']} | {r['dtype']} | {r['backend']} | "
                      f"{f(_keys_per_query(r), 0)} | "
                      f"{f(r.get('forward_ms'))} | {f(r.get('forward_backward_ms'))} | {f(r.get('forward_gflops'))} | "

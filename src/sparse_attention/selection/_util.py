@@ -115,7 +115,7 @@ def chunked_topk(score_fn, n_q: int, n_k: int, top_k: int, *, causal: bool, devi
 SCORING_MODES = ("auto", "fused", "chunked")
 
 
-def use_fused_scoring(scoring: str, *tensors: Tensor) -> bool:
+def use_fused_scoring(scoring: str, *tensors: Tensor, precision: str = "float32") -> bool:
     """Whether a top-k selection should run the fused kernel on ``tensors``.
 
     ``auto`` picks it when it can run them (CPU, float32/bf16/fp16, extension built);
@@ -127,7 +127,7 @@ def use_fused_scoring(scoring: str, *tensors: Tensor) -> bool:
         return False
     from ..ops.kernels.topk_cpu import unsupported_reason
 
-    reason = unsupported_reason(*tensors)
+    reason = unsupported_reason(*tensors, precision=precision)
     if reason is not None and scoring == "fused":
         raise ValueError(f"scoring='fused' cannot run these inputs: {reason}")
     return reason is None

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..ops.kernels.topk_cpu import fused_topk
+from ..ops.kernels.topk_cpu import PRECISIONS, fused_topk
 from ._util import check_positive_int, chunked_topk, make_generator, use_fused_scoring
 from .base import Param, Selection, register_method
 
@@ -72,31 +72,37 @@ def indexer_scores(index_q: Tensor, index_k: Tensor, weights: Tensor, query_slic
 
 
 def dsa_select(index_q: Tensor, index_k: Tensor, weights: Tensor, *, top_k: int, causal: bool = True,
-               scoring: str = "auto") -> Selection:
+               scoring: str = "auto", precision: str = "float32") -> Selection:
     """Top-k keys per query by lightning-indexer score, shared by all heads.
 
     Args: as :func:`indexer_scores`; ``top_k`` keys per query (``K = min(top_k, N_k)``);
     ``scoring``: ``"fused"`` scores and selects in one C++ pass (CPU, memory O(N_q * K)),
     ``"chunked"`` uses torch GEMMs + ``torch.topk`` per query chunk (any device), ``"auto"``
     the fused kernel where it runs. Both return a valid top-k; they may break exact ties
-    differently.
+    differently. ``precision``: ``"float32"`` or ``"bfloat16"`` (indexer inputs rounded to
+    bf16, products summed in fp32; the fused kernel then uses AMX tiles where the CPU has
+    them. DeepSeek-V3.2 computes its indexer in FP8).
     Returns: a :class:`Selection` with ``indices [B, 1, N_q, K]`` (slots in no particular order).
     """
     _check_indexer_inputs(index_q, index_k, weights)
     check_positive_int("top_k", top_k)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     b, h_i, n_q, _ = index_q.shape
     n_k = index_k.shape[1]
-    if use_fused_scoring(scoring, index_q, index_k, weights):
+    info = {"top_k": top_k, "indexer_heads": h_i, "precision": precision}
+    if use_fused_scoring(scoring, index_q, index_k, weights, precision=precision):
         with torch.no_grad():  # a selection is discrete: no gradient flows through it
-            idx = fused_topk(index_q, index_k, weights, top_k=top_k, causal=causal, relu=True)  # [B, N_q, K]
-        return Selection(idx.unsqueeze(1), n_k, causal, "dsa", {"top_k": top_k, "indexer_heads": h_i,
-                                                                 "scoring": "fused"})
+            idx = fused_topk(index_q, index_k, weights, top_k=top_k, causal=causal, relu=True,
+                             precision=precision)  # [B, N_q, K]
+        return Selection(idx.unsqueeze(1), n_k, causal, "dsa", {**info, "scoring": "fused"})
+    if precision == "bfloat16":  # same arithmetic as the kernel: bf16-rounded inputs, fp32 sums
+        index_q, index_k = (t.to(torch.bfloat16).float() for t in (index_q, index_k))
     idx = chunked_topk(
         lambda start, stop, key_stop: indexer_scores(index_q, index_k, weights, slice(start, stop), key_stop),
         n_q, n_k, top_k, causal=causal, device=index_q.device, rows_per_query=b * h_i,
     )  # [B, N_q, K]
-    return Selection(idx.unsqueeze(1), n_k, causal, "dsa", {"top_k": top_k, "indexer_heads": h_i,
-                                                             "scoring": "chunked"})
+    return Selection(idx.unsqueeze(1), n_k, causal, "dsa", {**info, "scoring": "chunked"})
 
 
 def random_indexer(q: Tensor, k: Tensor, n_heads: int, head_dim: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -134,6 +140,8 @@ def random_indexer(q: Tensor, k: Tensor, n_heads: int, head_dim: int, seed: int)
         Param("index_weights", None, "trained indexer weights [B, N_q, H_I]", "LightningIndexer"),
         Param("scoring", "auto", "fused (C++ scoring + top-k in one pass, CPU), chunked (torch GEMM + topk) or auto",
               ""),
+        Param("precision", "float32", "indexer arithmetic: float32, or bfloat16 (rounded inputs, fp32 sums; AMX)",
+              "DeepSeek-V3.2 runs the indexer in FP8"),
     ],
     summary="DeepSeek lightning indexer + top-k, one selection shared by all heads",
     reference="DeepSeek-AI 2025, DeepSeek-V3.2-Exp (DSA)",
@@ -141,7 +149,7 @@ def random_indexer(q: Tensor, k: Tensor, n_heads: int, head_dim: int, seed: int)
 def select_dsa(
     q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64, n_heads: int = 4, head_dim: int = 64,
     seed: int = 0, index_q: Tensor | None = None, index_k: Tensor | None = None, index_weights: Tensor | None = None,
-    scoring: str = "auto",
+    scoring: str = "auto", precision: str = "float32",
 ) -> Selection:
     """DSA selection from given indexer tensors, or from an untrained random-projection indexer.
 
@@ -157,6 +165,7 @@ def select_dsa(
         index_q, index_k, index_weights = random_indexer(q, k, n_heads, head_dim, seed)
     elif index_q.shape[2] != q.shape[2] or index_k.shape[1] != k.shape[2]:
         raise ValueError("indexer tensors must cover the same queries and keys as q and k")
-    selection = dsa_select(index_q, index_k, index_weights, top_k=top_k, causal=causal, scoring=scoring)
+    selection = dsa_select(index_q, index_k, index_weights, top_k=top_k, causal=causal, scoring=scoring,
+                           precision=precision)
     selection.info["indexer"] = "random projection" if not any(given) else "given"
     return selection

@@ -21,6 +21,10 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -316,9 +320,9 @@ std::vector<float> float_panels(const TopKShapes& s, const float* k, int64_t Rk)
   return out;
 }
 
-// [Rk][panels][ceil(D/2)][kPanel][2] bf16 (round to nearest even), zero padded.
-std::vector<at::BFloat16> bf16_panels(const TopKShapes& s, const float* k, int64_t Rk) {
-  const int64_t pairs = (s.D + 1) / 2;
+// [Rk][panels][pairs][kPanel][2] bf16 (round to nearest even), zero padded (pairs >= D / 2).
+// One pair row of 16 keys is also the row of an AMX B tile (16 keys x 2 features).
+std::vector<at::BFloat16> bf16_panels(const TopKShapes& s, const float* k, int64_t Rk, int64_t pairs) {
   std::vector<at::BFloat16> out(Rk * s.panels * pairs * kPanel * 2, at::BFloat16(0.0f));
   at::parallel_for(0, Rk * s.panels, 16, [&](int64_t begin, int64_t end) {
     for (int64_t rp = begin; rp < end; ++rp) {
@@ -333,14 +337,28 @@ std::vector<at::BFloat16> bf16_panels(const TopKShapes& s, const float* k, int64
   return out;
 }
 
-// ----- driver -----------------------------------------------------------------------------------
+// ----- drivers --------------------------------------------------------------------------------------
+
+// Work item u of ``blocks`` -> query block: first, last, second, second-to-last, ... so that a
+// contiguous range of items mixes long and short causal rows and the static thread split of
+// at::parallel_for is balanced.
+inline int64_t interleaved_block(int64_t u, int64_t blocks) {
+  return (u % 2 == 0) ? u / 2 : blocks - 1 - u / 2;
+}
+
+// Cut the candidates to K and write them, -1 padded, to dst[0 .. K).
+inline void write_selection(Candidates& c, int64_t K, SelectScratch& scratch, int64_t* dst) {
+  if (c.count > K) c.shrink(K, scratch);
+  for (int64_t i = 0; i < c.count; ++i) dst[i] = c.key[i];
+  for (int64_t i = c.count; i < K; ++i) dst[i] = -1;
+}
 
 template <typename P>
 void select_rows(const TopKShapes& s, const std::vector<P>& panels, const P* q, int64_t q_len, const float* w,
                  int64_t* out) {
   const int64_t QB = s.J == 1 ? 64 : 32;  // queries per work item
   const int64_t blocks = (s.Nq + QB - 1) / QB;
-  const int64_t panel_elems = (std::is_same<P, float>::value ? s.D : 2 * ((s.D + 1) / 2)) * kPanel;
+  const int64_t panel_elems = (std::is_same<P, float>::value ? s.D : q_len) * kPanel;
   const int64_t capacity = kGrow * s.K + kPanel;
   at::parallel_for(0, s.R * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<Candidates> cand(QB);
@@ -351,9 +369,7 @@ void select_rows(const TopKShapes& s, const std::vector<P>& panels, const P* q, 
     (void)scores;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t r = item / blocks, u = item % blocks;
-      // First, last, second, second-to-last, ...: a contiguous range of items mixes long and
-      // short causal rows, so the static split of parallel_for is balanced.
-      const int64_t blk = (u % 2 == 0) ? u / 2 : blocks - 1 - u / 2;
+      const int64_t blk = interleaved_block(u, blocks);
       const int64_t t0 = blk * QB, t1 = std::min(s.Nq, t0 + QB);
       const int64_t rk = r / s.group;
       const P* rk_panels = panels.data() + rk * s.panels * panel_elems;
@@ -400,24 +416,139 @@ void select_rows(const TopKShapes& s, const std::vector<P>& panels, const P* q, 
           t += qn;
         }
       }
-      for (int64_t t = t0; t < t1; ++t) {
-        Candidates& c = cand[t - t0];
-        if (c.count > s.K) c.shrink(s.K, select_scratch);
-        int64_t* dst = out + (r * s.Nq + t) * s.K;
-        for (int64_t i = 0; i < c.count; ++i) dst[i] = c.key[i];
-        for (int64_t i = c.count; i < s.K; ++i) dst[i] = -1;
-      }
+      for (int64_t t = t0; t < t1; ++t) write_selection(cand[t - t0], s.K, select_scratch, out + (r * s.Nq + t) * s.K);
     }
   });
 }
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+// ----- AMX (bf16 tiles) -------------------------------------------------------------------------
+//
+// The per-head logits of a block of queries against one 64-key panel are one small GEMM,
+// [QB * J rows, D] x [D, 64], computed on the AMX tile unit (16 x 16 fp32 results per
+// instruction, products of bf16 inputs accumulated in fp32), stored to an L1 buffer, then
+// reduced over heads (ReLU, weights) and offered to the candidates with AVX-512.
+
+// Linux hands out the AMX tile state only on request, once per process.
+bool amx_permitted() {
+  static const bool ok = [] {
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureTileData = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureTileData) == 0;
+  }();
+  return ok;
+}
+
+struct TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Eight tiles of 16 rows x 64 bytes: 0-3 results (2 row groups x 2 key groups), 4-5 A, 6-7 B.
+void configure_tiles() {
+  TileConfig cfg;
+  for (int i = 0; i < 8; ++i) {
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// S[row][0 .. 64) = A[row] . panel keys for row < rows (a multiple of 32).
+// A: [rows][Dp] bf16, Dp a multiple of 32; panel: [Dp / 2][64][2] bf16; S: [rows][64] fp32.
+inline void amx_panel_logits(const at::BFloat16* A, int64_t rows, int64_t Dp, const at::BFloat16* panel, float* S) {
+  const int64_t ksteps = Dp / 32;
+  for (int64_t half = 0; half < 2; ++half) {  // keys [32 half, 32 half + 32)
+    for (int64_t g = 0; g < rows; g += 32) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t ks = 0; ks < ksteps; ++ks) {
+        _tile_loadd(4, A + g * Dp + ks * 32, Dp * 2);
+        _tile_loadd(5, A + (g + 16) * Dp + ks * 32, Dp * 2);
+        const at::BFloat16* b = panel + ks * 16 * kPanel * 2 + half * 64;  // pair rows 16 ks .. 16 ks + 15
+        _tile_loadd(6, b, kPanel * 4);
+        _tile_loadd(7, b + 32, kPanel * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      float* o = S + g * kPanel + half * 32;
+      _tile_stored(0, o, kPanel * 4);
+      _tile_stored(1, o + 16, kPanel * 4);
+      _tile_stored(2, o + 16 * kPanel, kPanel * 4);
+      _tile_stored(3, o + 16 * kPanel + 16, kPanel * 4);
+    }
+  }
+}
+
+// q: [R, J, N_q, Dp] bf16 (zero padded); panels: bf16_panels with Dp / 2 pairs.
+void select_rows_amx(const TopKShapes& s, const std::vector<at::BFloat16>& panels, const at::BFloat16* q,
+                     int64_t Dp, const float* w, int64_t* out) {
+  const int64_t QB = std::max<int64_t>(1, 128 / s.J);  // ~128 logit rows per block: S stays in L1
+  const int64_t rows = (QB * s.J + 31) / 32 * 32;
+  const int64_t blocks = (s.Nq + QB - 1) / QB;
+  const int64_t panel_elems = Dp * kPanel;
+  const int64_t capacity = kGrow * s.K + kPanel;
+  at::parallel_for(0, s.R * blocks, 1, [&](int64_t begin, int64_t end) {
+    configure_tiles();
+    std::vector<Candidates> cand(QB);
+    SelectScratch select_scratch(capacity);
+    std::vector<at::BFloat16> A(rows * Dp);
+    std::vector<float> S(rows * kPanel);
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r = item / blocks;
+      const int64_t t0 = interleaved_block(item % blocks, blocks) * QB, t1 = std::min(s.Nq, t0 + QB);
+      const at::BFloat16* rk_panels = panels.data() + (r / s.group) * s.panels * panel_elems;
+      std::fill(A.begin(), A.end(), at::BFloat16(0.0f));
+      for (int64_t t = t0; t < t1; ++t) {
+        cand[t - t0].reset(capacity);
+        for (int64_t j = 0; j < s.J; ++j)
+          std::memcpy(A.data() + ((t - t0) * s.J + j) * Dp, q + ((r * s.J + j) * s.Nq + t) * Dp,
+                      Dp * sizeof(at::BFloat16));
+      }
+      const int64_t last_key = std::min(s.Nk - 1, s.limit(t1 - 1));
+      const int64_t n_panels = last_key < 0 ? 0 : last_key / kPanel + 1;
+      for (int64_t p = 0; p < n_panels; ++p) {
+        const int64_t key0 = p * kPanel;
+        amx_panel_logits(A.data(), rows, Dp, rk_panels + p * panel_elems, S.data());
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t valid = std::min({kPanel, s.limit(t) - key0 + 1, s.Nk - key0});
+          if (valid <= 0) continue;
+          __m512 sc[4] = {zero, zero, zero, zero};
+          for (int64_t j = 0; j < s.J; ++j) {
+            const float* row = S.data() + ((t - t0) * s.J + j) * kPanel;
+            const __m512 wv = _mm512_set1_ps(s.has_weights ? w[(r * s.Nq + t) * s.J + j] : 1.0f);
+            for (int c = 0; c < 4; ++c) {
+              const __m512 x = _mm512_loadu_ps(row + 16 * c);
+              sc[c] = _mm512_fmadd_ps(wv, s.relu ? _mm512_max_ps(x, zero) : x, sc[c]);
+            }
+          }
+          Candidates& c = cand[t - t0];
+          c.offer(sc, key0, valid);
+          if (c.count > kGrow * s.K) c.shrink(s.K, select_scratch);
+        }
+      }
+      for (int64_t t = t0; t < t1; ++t) write_selection(cand[t - t0], s.K, select_scratch, out + (r * s.Nq + t) * s.K);
+    }
+    _tile_release();
+  });
+}
+#endif  // AMX
+
 }  // namespace
 
 // q: [R, J, N_q, D] float32; k: [R / group, N_k, D] float32; w: [R, N_q, J] float32 or an
-// empty tensor (all weights 1). Returns [R, N_q, min(top_k, N_k)] int64 key positions in no
+// empty tensor (all weights 1). bf16: 0 = fp32 products, 1 = bf16 inputs (AMX when permitted),
+// 2 = bf16 inputs on AVX512-BF16 even where AMX is available (for tests). Returns [R, N_q, min(top_k, N_k)] int64 key positions in no
 // particular order, -1 where fewer keys are visible (causal prefix).
 at::Tensor fused_topk(at::Tensor q, at::Tensor k, at::Tensor w, int64_t top_k, bool causal, bool relu,
-                      int64_t group, bool bf16) {
+                      int64_t group, int64_t bf16) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 3, "fused_topk: q must be [R, J, N_q, D] and k [R_k, N_k, D]");
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat, "fused_topk: q, k must be float32");
   TORCH_CHECK(group >= 1 && q.size(0) == k.size(0) * group, "fused_topk: R must equal R_k * group");
@@ -438,14 +569,23 @@ at::Tensor fused_topk(at::Tensor q, at::Tensor k, at::Tensor w, int64_t top_k, b
   auto out = at::empty({s.R, s.Nq, s.K}, q.options().dtype(at::kLong));
   const float* wp = s.has_weights ? w.data_ptr<float>() : nullptr;
   if (bf16) {
-#if defined(__AVX512BF16__)
-    const int64_t d_even = 2 * ((s.D + 1) / 2);
-    auto qb = at::zeros({s.R, s.J, s.Nq, d_even}, q.options().dtype(at::kBFloat16));
+    // Products of bf16-rounded inputs, accumulated in fp32: AMX tiles when the CPU and the
+    // kernel allow them, else AVX512-BF16 dot products.
+    const int64_t Dp = (s.D + 31) / 32 * 32;
+    auto qb = at::zeros({s.R, s.J, s.Nq, Dp}, q.options().dtype(at::kBFloat16));
     qb.narrow(3, 0, s.D).copy_(q);
-    auto panels = bf16_panels(s, k.data_ptr<float>(), k.size(0));
-    select_rows<at::BFloat16>(s, panels, qb.data_ptr<at::BFloat16>(), d_even, wp, out.data_ptr<int64_t>());
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+    if (bf16 == 1 && amx_permitted()) {
+      auto panels = bf16_panels(s, k.data_ptr<float>(), k.size(0), Dp / 2);
+      select_rows_amx(s, panels, qb.data_ptr<at::BFloat16>(), Dp, wp, out.data_ptr<int64_t>());
+      return out;
+    }
+#endif
+#if defined(__AVX512BF16__)
+    auto panels = bf16_panels(s, k.data_ptr<float>(), k.size(0), Dp / 2);
+    select_rows<at::BFloat16>(s, panels, qb.data_ptr<at::BFloat16>(), Dp, wp, out.data_ptr<int64_t>());
 #else
-    TORCH_CHECK(false, "fused_topk: bfloat16 scoring needs a CPU with AVX512-BF16");
+    TORCH_CHECK(false, "fused_topk: bfloat16 scoring needs a CPU with AMX-BF16 or AVX512-BF16");
 #endif
   } else {
     auto panels = float_panels(s, k.data_ptr<float>(), k.size(0));
@@ -454,10 +594,14 @@ at::Tensor fused_topk(at::Tensor q, at::Tensor k, at::Tensor w, int64_t top_k, b
   return out;
 }
 
-bool fused_topk_has_bf16() {
+// Which bf16 scoring path fused_topk(bf16=true) takes: "amx", "avx512_bf16" or "" (none).
+std::string fused_topk_bf16_path() {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  if (amx_permitted()) return "amx";
+#endif
 #if defined(__AVX512BF16__)
-  return true;
+  return "avx512_bf16";
 #else
-  return false;
+  return "";
 #endif
 }

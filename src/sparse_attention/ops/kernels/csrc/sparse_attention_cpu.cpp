@@ -573,12 +573,12 @@ std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::T
 
 // indexer_topk_cpu.cpp
 at::Tensor fused_topk(at::Tensor q, at::Tensor k, at::Tensor w, int64_t top_k, bool causal, bool relu,
-                      int64_t group, bool bf16);
-bool fused_topk_has_bf16();
+                      int64_t group, int64_t bf16);
+std::string fused_topk_bf16_path();
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "sparse attention forward (CPU)");
   m.def("backward", &backward, "sparse attention backward (CPU)");
   m.def("fused_topk", &fused_topk, "fused scoring + top-k selection (CPU)");
-  m.def("fused_topk_has_bf16", &fused_topk_has_bf16, "whether bf16 scoring was compiled in");
+  m.def("fused_topk_bf16_path", &fused_topk_bf16_path, "bf16 scoring path: amx, avx512_bf16 or empty");
 }
