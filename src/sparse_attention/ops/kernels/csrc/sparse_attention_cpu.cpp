@@ -33,40 +33,72 @@
 
 namespace {
 
-// A copy of a large key or value matrix on 2 MiB pages. Selected rows are read in random
-// order, so with 4 KiB pages nearly every row costs a TLB miss and a page walk; Linux only
-// backs memory with huge pages where asked (transparent_hugepage=madvise is common). The
-// copy costs one sequential pass, small next to the gathers. Below kMinBytes, or when the
-// request fails, the original memory is used.
-template <typename T>
-class HugePageCopy {
+// Large matrices read or scatter-added in random row order (the gathered keys and values, the
+// per-thread dK/dV accumulators) are kept on 2 MiB pages: with 4 KiB pages nearly every
+// selected row costs a TLB miss and a page walk, and Linux backs memory with huge pages only
+// where asked (transparent_hugepage=madvise is common). Filling the array costs one
+// sequential pass, small next to the gathers. Below kMinBytes, or when the request fails,
+// the array is an ordinary allocation (or, for a copy, the source itself).
+class HugePageArray {
  public:
   static constexpr int64_t kMinBytes = int64_t{4} << 20;
   static constexpr int64_t kHuge = int64_t{2} << 20;
 
-  HugePageCopy(const T* src, int64_t numel) : data_(src) {
+  // A copy of src[0 .. numel).
+  template <typename T>
+  static HugePageArray copy_of(const T* src, int64_t numel) {
+    HugePageArray a(numel * static_cast<int64_t>(sizeof(T)));
+    if (a.owned_ == nullptr) {
+      a.data_ = const_cast<T*>(src);
+      return a;
+    }
+    T* dst = static_cast<T*>(a.owned_);
+    at::parallel_for(0, numel, int64_t{1} << 16, [&](int64_t begin, int64_t end) {
+      std::memcpy(dst + begin, src + begin, (end - begin) * sizeof(T));
+    });
+    return a;
+  }
+
+  // numel zero floats.
+  static HugePageArray zeros(int64_t numel) {
+    const int64_t bytes = numel * static_cast<int64_t>(sizeof(float));
+    HugePageArray a(bytes);
+    if (a.owned_ == nullptr) {
+      a.owned_ = std::malloc(std::max<int64_t>(bytes, 1));
+      TORCH_CHECK(a.owned_ != nullptr, "sparse_attention_cpu: out of memory");
+    }
+    a.data_ = a.owned_;
+    float* p = static_cast<float*>(a.owned_);
+    at::parallel_for(0, numel, int64_t{1} << 16, [&](int64_t begin, int64_t end) {
+      std::memset(p + begin, 0, (end - begin) * sizeof(float));
+    });
+    return a;
+  }
+
+  HugePageArray(HugePageArray&& other) noexcept : data_(other.data_), owned_(other.owned_) { other.owned_ = nullptr; }
+  HugePageArray(const HugePageArray&) = delete;
+  HugePageArray& operator=(const HugePageArray&) = delete;
+  ~HugePageArray() { std::free(owned_); }
+
+  template <typename T>
+  T* data() const { return static_cast<T*>(data_); }
+
+ private:
+  explicit HugePageArray(int64_t bytes) {
 #if defined(__linux__)
-    const int64_t bytes = numel * static_cast<int64_t>(sizeof(T));
     if (bytes < kMinBytes) return;
     const int64_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
     void* p = nullptr;
     if (posix_memalign(&p, kHuge, rounded) != 0) return;
     madvise(p, rounded, MADV_HUGEPAGE);
-    T* dst = static_cast<T*>(p);
-    at::parallel_for(0, numel, int64_t{1} << 16, [&](int64_t begin, int64_t end) {
-      std::memcpy(dst + begin, src + begin, (end - begin) * sizeof(T));
-    });
     owned_ = p;
-    data_ = dst;
+    data_ = p;
+#else
+    (void)bytes;
 #endif
   }
-  ~HugePageCopy() { std::free(owned_); }
-  HugePageCopy(const HugePageCopy&) = delete;
-  HugePageCopy& operator=(const HugePageCopy&) = delete;
-  const T* data() const { return data_; }
 
- private:
-  const T* data_;
+  void* data_ = nullptr;
   void* owned_ = nullptr;
 };
 
@@ -375,9 +407,10 @@ void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, in
 template <typename T>
 void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, const int64_t* idx, double scale, T* out,
                   float* lse) {
-  const HugePageCopy<T> k_copy(k_in, s.B * s.Hkv * s.Nk * s.D), v_copy(v_in, s.B * s.Hkv * s.Nk * s.Dv);
-  const T* k = k_copy.data();
-  const T* v = v_copy.data();
+  const auto k_copy = HugePageArray::copy_of(k_in, s.B * s.Hkv * s.Nk * s.D);
+  const auto v_copy = HugePageArray::copy_of(v_in, s.B * s.Hkv * s.Nk * s.Dv);
+  const T* k = k_copy.template data<T>();
+  const T* v = v_copy.template data<T>();
   const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, s.G));
   at::parallel_for(0, s.items(), grain, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> ids(s.K);
@@ -439,9 +472,13 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
 }
 
 template <typename T>
-void backward_impl(const Shapes& s, const T* q, const T* k, const T* v, const int64_t* idx, double scale,
+void backward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, const int64_t* idx, double scale,
                    const T* out, const float* lse, const T* dout, float* dq, float* dk_all, float* dv_all,
                    int64_t kv_numel_k, int64_t kv_numel_v) {
+  const auto k_copy = HugePageArray::copy_of(k_in, kv_numel_k);
+  const auto v_copy = HugePageArray::copy_of(v_in, kv_numel_v);
+  const T* k = k_copy.template data<T>();
+  const T* v = v_copy.template data<T>();
   const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, s.G));
   at::parallel_for(0, s.items(), grain, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
@@ -550,24 +587,25 @@ std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::T
   const int64_t threads = at::get_num_threads();
   auto fopt = q.options().dtype(at::kFloat);
   auto dq = at::zeros({s.B, s.H, s.Nq, s.D}, fopt);
-  auto dk_all = at::zeros({threads, s.B, s.Hkv, s.Nk, s.D}, fopt);
-  auto dv_all = at::zeros({threads, s.B, s.Hkv, s.Nk, s.Dv}, fopt);
   const int64_t nk = s.B * s.Hkv * s.Nk * s.D, nv = s.B * s.Hkv * s.Nk * s.Dv;
+  // One dK/dV accumulator per thread (scatter-adds need no atomics; the sum is deterministic).
+  const auto dk_acc = HugePageArray::zeros(threads * nk), dv_acc = HugePageArray::zeros(threads * nv);
+  float* dk_all = dk_acc.data<float>();
+  float* dv_all = dv_acc.data<float>();
   if (q.scalar_type() == at::kFloat) {
     backward_impl<float>(s, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), idx.data_ptr<int64_t>(),
                          scale, out.data_ptr<float>(), lse.data_ptr<float>(), dout.data_ptr<float>(),
-                         dq.data_ptr<float>(), dk_all.data_ptr<float>(), dv_all.data_ptr<float>(), nk, nv);
+                         dq.data_ptr<float>(), dk_all, dv_all, nk, nv);
   } else if (q.scalar_type() == at::kBFloat16) {
     backward_impl<at::BFloat16>(s, q.data_ptr<at::BFloat16>(), k.data_ptr<at::BFloat16>(),
                                 v.data_ptr<at::BFloat16>(), idx.data_ptr<int64_t>(), scale,
                                 out.data_ptr<at::BFloat16>(), lse.data_ptr<float>(),
-                                dout.data_ptr<at::BFloat16>(), dq.data_ptr<float>(), dk_all.data_ptr<float>(),
-                                dv_all.data_ptr<float>(), nk, nv);
+                                dout.data_ptr<at::BFloat16>(), dq.data_ptr<float>(), dk_all, dv_all, nk, nv);
   } else {
     TORCH_CHECK(false, "sparse_attention_cpu: dtype must be float32 or bfloat16");
   }
-  auto dk = dk_all.sum(0);
-  auto dv = dv_all.sum(0);
+  auto dk = at::from_blob(dk_all, {threads, s.B, s.Hkv, s.Nk, s.D}, fopt).sum(0);
+  auto dv = at::from_blob(dv_all, {threads, s.B, s.Hkv, s.Nk, s.Dv}, fopt).sum(0);
   return {dq.to(q.scalar_type()), dk.to(q.scalar_type()), dv.to(q.scalar_type())};
 }
 
