@@ -229,11 +229,12 @@ def _dsa_end_to_end(cfg: KernelBenchConfig, n: int, k: int, q, kk, v, dense: dic
             total = time_call(lambda: sparse_attention(q, kk, v, select().indices), cfg.device,
                               repeats=cfg.repeats)["min_ms"]
             select_ms = time_call(select, cfg.device, repeats=cfg.repeats)["min_ms"]
-            selection = select()
+            selection, select_peak = peak_memory_bytes(select, cfg.device)
         indices = selection.indices
         row = {**base, "backend": f"dsa end to end ({h_i}x{d_i} {precision} indexer + top-k + auto)",
                "status": "ok", "forward_ms": total, "selection_ms": select_ms,
                "forward_speedup": dense["forward_ms"] / total, "indexer_precision": precision,
+               "selection_peak_mib": None if select_peak is None else select_peak / 2**20,
                "selection_scoring": selection.info["scoring"]}
         if precision == "bfloat16":
             row["bf16_path"] = bf16_path() if selection.info["scoring"] == "fused" else "torch"
@@ -287,6 +288,8 @@ def markdown_table(results: dict) -> str:
                 notes.append(note)
         if r.get("selection_ms") is not None:
             status += f" (selection {r['selection_ms']:.0f} ms, {r.get('selection_scoring', 'chunked')}"
+            if r.get("selection_peak_mib") is not None:
+                status += f", peak {r['selection_peak_mib']:.0f} MiB"
             if r.get("overlap_with_float32_selection") is not None:
                 status += (f", {r.get('bf16_path')}; keeps {100 * r['overlap_with_float32_selection']:.1f}% of the"
                            " float32 selection")
