@@ -201,6 +201,21 @@ void panel_scores_generic(const TopKShapes& s, const float* panel, const float* 
 #if defined(__AVX512F__)
 // ----- AVX-512 scorers: HB heads x QN queries per pass over a panel -----------------------------
 
+// s[qn][c] += sum_{h < HB} w[qn][j0 + h] * f(acc[qn * HB + h][c]), f = ReLU or identity.
+template <int HB, int QN>
+inline void add_weighted_heads(const TopKShapes& sh, const __m512 (*acc)[4], int64_t j0, const float* const* w,
+                               __m512 (*s)[4]) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int qn = 0; qn < QN; ++qn)
+    for (int h = 0; h < HB; ++h) {
+      const __m512 wv = _mm512_set1_ps(w ? w[qn][j0 + h] : 1.0f);
+      for (int c = 0; c < 4; ++c) {
+        const __m512 a = sh.relu ? _mm512_max_ps(acc[qn * HB + h][c], zero) : acc[qn * HB + h][c];
+        s[qn][c] = _mm512_fmadd_ps(wv, a, s[qn][c]);
+      }
+    }
+}
+
 // s[qn][c] += sum_{h < HB} w[qn][j0 + h] * f(q[j0 + h, qn] . panel[:, 16c : 16c + 16]).
 template <int HB, int QN>
 inline void panel_block_f32(const TopKShapes& sh, const float* panel, const float* const* q_rows, int64_t j0,
@@ -223,15 +238,7 @@ inline void panel_block_f32(const TopKShapes& sh, const float* panel, const floa
       acc[r][3] = _mm512_fmadd_ps(b, k3, acc[r][3]);
     }
   }
-  const __m512 zero = _mm512_setzero_ps();
-  for (int qn = 0; qn < QN; ++qn)
-    for (int h = 0; h < HB; ++h) {
-      const __m512 wv = _mm512_set1_ps(w ? w[qn][j0 + h] : 1.0f);
-      for (int c = 0; c < 4; ++c) {
-        const __m512 a = sh.relu ? _mm512_max_ps(acc[qn * HB + h][c], zero) : acc[qn * HB + h][c];
-        s[qn][c] = _mm512_fmadd_ps(wv, a, s[qn][c]);
-      }
-    }
+  add_weighted_heads<HB, QN>(sh, acc, j0, w, s);
 }
 
 #if defined(__AVX512BF16__)
@@ -259,15 +266,7 @@ inline void panel_block_bf16(const TopKShapes& sh, const at::BFloat16* panel, co
       acc[r][3] = _mm512_dpbf16_ps(acc[r][3], b, k3);
     }
   }
-  const __m512 zero = _mm512_setzero_ps();
-  for (int qn = 0; qn < QN; ++qn)
-    for (int h = 0; h < HB; ++h) {
-      const __m512 wv = _mm512_set1_ps(w ? w[qn][j0 + h] : 1.0f);
-      for (int c = 0; c < 4; ++c) {
-        const __m512 a = sh.relu ? _mm512_max_ps(acc[qn * HB + h][c], zero) : acc[qn * HB + h][c];
-        s[qn][c] = _mm512_fmadd_ps(wv, a, s[qn][c]);
-      }
-    }
+  add_weighted_heads<HB, QN>(sh, acc, j0, w, s);
 }
 #endif  // __AVX512BF16__
 
