@@ -4,7 +4,10 @@ The extension (every ``csrc/*.cpp``; ``indexer_topk_cpu.cpp`` adds the fused sel
 :mod:`.topk_cpu`) computes, per query token and KV group,
 the small GEMMs ``Q_g K_sel^T`` and ``P V_sel`` over the gathered keys (one gather serves
 every query head that shares the selection), with a fused softmax; the backward pass
-recomputes the probabilities from the saved log-sum-exp. It is built with
+recomputes the probabilities from the saved log-sum-exp. bf16 forward passes of groups of up
+to 16 heads with D and D_v multiples of 32 run on the AMX tile unit where the CPU has one
+(``amx_attention.h``: products of bf16 values accumulated in fp32, the probabilities rounded
+to bf16 for ``P V``, as SDPA's bf16 CPU kernel does); everything else computes in fp32. It is built with
 ``torch.utils.cpp_extension.load`` (``-O3 -march=native``) into PyTorch's extension cache,
 so the first call on a machine takes tens of seconds and later processes load it at once.
 If the build fails (no compiler), :func:`load_error` says why and dispatch falls back to
@@ -74,6 +77,12 @@ def extension():
                     warnings.warn(f"sparse-attention: {_error}; CPU tensors fall back to the slower reference backend",
                                   RuntimeWarning, stacklevel=3)
     return _module
+
+
+def amx_attention_available() -> bool:
+    """Whether bf16 attention runs on AMX tiles here (a CPU with AMX-BF16 that the OS lets use)."""
+    ext = extension()
+    return bool(ext is not None and ext.amx_attention_available())
 
 
 def load_error() -> str | None:

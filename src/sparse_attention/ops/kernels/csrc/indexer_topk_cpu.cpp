@@ -21,10 +21,7 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
+#include "amx_tiles.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -428,33 +425,6 @@ void select_rows(const TopKShapes& s, const std::vector<P>& panels, const P* q, 
 // instruction, products of bf16 inputs accumulated in fp32), stored to an L1 buffer, then
 // reduced over heads (ReLU, weights) and offered to the candidates with AVX-512.
 
-// Linux hands out the AMX tile state only on request, once per process.
-bool amx_permitted() {
-  static const bool ok = [] {
-    constexpr long kReqXcompPerm = 0x1023, kXfeatureTileData = 18;
-    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureTileData) == 0;
-  }();
-  return ok;
-}
-
-struct TileConfig {
-  uint8_t palette_id = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// Eight tiles of 16 rows x 64 bytes: 0-3 results (2 row groups x 2 key groups), 4-5 A, 6-7 B.
-void configure_tiles() {
-  TileConfig cfg;
-  for (int i = 0; i < 8; ++i) {
-    cfg.rows[i] = 16;
-    cfg.colsb[i] = 64;
-  }
-  _tile_loadconfig(&cfg);
-}
-
 // S[row][0 .. 64) = A[row] . panel keys for row < rows (a multiple of 32).
 // A: [rows][Dp] bf16, Dp a multiple of 32; panel: [Dp / 2][64][2] bf16; S: [rows][64] fp32.
 inline void amx_panel_logits(const at::BFloat16* A, int64_t rows, int64_t Dp, const at::BFloat16* panel, float* S) {
@@ -494,7 +464,7 @@ void select_rows_amx(const TopKShapes& s, const std::vector<at::BFloat16>& panel
   const int64_t panel_elems = Dp * kPanel;
   const int64_t capacity = kGrow * s.K + kPanel;
   at::parallel_for(0, s.R * blocks, 1, [&](int64_t begin, int64_t end) {
-    configure_tiles();
+    amx::configure_full_tiles();
     std::vector<Candidates> cand(QB);
     SelectScratch select_scratch(capacity);
     std::vector<at::BFloat16> A(rows * Dp);
@@ -574,7 +544,7 @@ at::Tensor fused_topk(at::Tensor q, at::Tensor k, at::Tensor w, int64_t top_k, b
     auto qb = at::zeros({s.R, s.J, s.Nq, Dp}, q.options().dtype(at::kBFloat16));
     qb.narrow(3, 0, s.D).copy_(q);
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-    if (bf16 == 1 && amx_permitted()) {
+    if (bf16 == 1 && amx::permitted()) {
       auto panels = bf16_panels(s, k.data_ptr<float>(), k.size(0), Dp / 2);
       select_rows_amx(s, panels, qb.data_ptr<at::BFloat16>(), Dp, wp, out.data_ptr<int64_t>());
       return out;
@@ -596,7 +566,7 @@ at::Tensor fused_topk(at::Tensor q, at::Tensor k, at::Tensor w, int64_t top_k, b
 // Which bf16 scoring path fused_topk(bf16=true) takes: "amx", "avx512_bf16" or "" (none).
 std::string fused_topk_bf16_path() {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-  if (amx_permitted()) return "amx";
+  if (amx::permitted()) return "amx";
 #endif
 #if defined(__AVX512BF16__)
   return "avx512_bf16";

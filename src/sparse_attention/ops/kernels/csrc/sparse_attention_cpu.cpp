@@ -17,6 +17,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "amx_attention.h"
 #include "lanes_avx512.h"
 
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #if defined(__linux__)
@@ -404,14 +406,29 @@ void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, in
 }
 #endif  // __AVX512F__
 
+// Whether bf16 items run on the AMX tile unit (see amx_attention.h): the CPU and OS allow it,
+// the caller did not opt out, an item's heads fit one tile (<= 16) and D, D_v are multiples of 32.
+template <typename T>
+bool use_amx(const Shapes& s, bool allow_amx) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  return std::is_same<T, at::BFloat16>::value && allow_amx && (s.per_head || s.G <= 16) &&
+         amx::attention_fits(s.D, s.Dv) && amx::permitted();
+#else
+  (void)s;
+  (void)allow_amx;
+  return false;
+#endif
+}
+
 template <typename T>
 void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, const int64_t* idx, double scale, T* out,
-                  float* lse) {
+                  float* lse, bool allow_amx) {
   const auto k_copy = HugePageArray::copy_of(k_in, s.B * s.Hkv * s.Nk * s.D);
   const auto v_copy = HugePageArray::copy_of(v_in, s.B * s.Hkv * s.Nk * s.Dv);
   const T* k = k_copy.template data<T>();
   const T* v = v_copy.template data<T>();
   const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, s.G));
+  const bool amx_items = use_amx<T>(s, allow_amx);
   at::parallel_for(0, s.items(), grain, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> ids(s.K);
     std::vector<float> qf(s.G * s.D), scores(s.G * std::max<int64_t>(s.K, 1)), tile(s.D * kTile), o(s.G * s.Dv),
@@ -419,10 +436,28 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
 #if defined(__AVX512F__)
     LaneScratch lane_scratch(s);
 #endif
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+    std::unique_ptr<amx::AttentionScratch> amx_scratch;
+    if (amx_items) {
+      amx_scratch = std::make_unique<amx::AttentionScratch>(s.K, s.D, s.Dv);
+      amx::configure_full_tiles();
+    }
+#endif
     for (int64_t item = begin; item < end; ++item) {
       const Item it = decode(s, item);
       const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
       const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+      if (n > 0 && amx_items) {
+        const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;  // row of head i: row0 + i * Nq
+        const auto bits = [](const T* x) { return reinterpret_cast<const uint16_t*>(x); };
+        amx::forward_token(bits(q + row0 * s.D), s.Nq * s.D, it.nh, bits(k + kv_off * s.D), bits(v + kv_off * s.Dv),
+                           ids.data(), n, s.D, s.Dv, static_cast<float>(scale),
+                           reinterpret_cast<uint16_t*>(out + row0 * s.Dv), s.Nq * s.Dv, lse + row0, s.Nq,
+                           *amx_scratch);
+        continue;
+      }
+#endif
 #if defined(__AVX512F__)
       if (n > 0 && use_lanes(s, it.nh)) {
         forward_item_lanes(s, it, ids.data(), n, q, k, v, scale, out, lse, lane_scratch);
@@ -468,6 +503,9 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
         for (int64_t c = 0; c < s.Dv; ++c) orow[c] = from_float<T>(o[i * s.Dv + c]);
       }
     }
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+    if (amx_items) _tile_release();
+#endif
   });
 }
 
@@ -562,17 +600,19 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 }  // namespace
 
-std::vector<at::Tensor> forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor idx, bool causal, double scale) {
+std::vector<at::Tensor> forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor idx, bool causal, double scale,
+                                bool allow_amx) {
   check_inputs(q, k, v, idx);
   const Shapes s = make_shapes(q, k, v, idx, causal);
   auto out = at::empty({s.B, s.H, s.Nq, s.Dv}, q.options());
   auto lse = at::empty({s.B, s.H, s.Nq}, q.options().dtype(at::kFloat));
   if (q.scalar_type() == at::kFloat) {
     forward_impl<float>(s, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), idx.data_ptr<int64_t>(),
-                        scale, out.data_ptr<float>(), lse.data_ptr<float>());
+                        scale, out.data_ptr<float>(), lse.data_ptr<float>(), allow_amx);
   } else if (q.scalar_type() == at::kBFloat16) {
     forward_impl<at::BFloat16>(s, q.data_ptr<at::BFloat16>(), k.data_ptr<at::BFloat16>(), v.data_ptr<at::BFloat16>(),
-                               idx.data_ptr<int64_t>(), scale, out.data_ptr<at::BFloat16>(), lse.data_ptr<float>());
+                               idx.data_ptr<int64_t>(), scale, out.data_ptr<at::BFloat16>(), lse.data_ptr<float>(),
+                               allow_amx);
   } else {
     TORCH_CHECK(false, "sparse_attention_cpu: dtype must be float32 or bfloat16");
   }
@@ -615,7 +655,16 @@ at::Tensor fused_topk(at::Tensor q, at::Tensor k, at::Tensor w, int64_t top_k, b
 std::string fused_topk_bf16_path();
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "sparse attention forward (CPU)");
+  m.def("forward", &forward, "sparse attention forward (CPU); bf16 items use AMX tiles where allowed and possible",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("idx"), py::arg("causal"), py::arg("scale"),
+        py::arg("allow_amx") = true);
+  m.def("amx_attention_available", [] {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+    return amx::permitted();
+#else
+    return false;
+#endif
+  }, "whether bf16 attention can run on AMX tiles here");
   m.def("backward", &backward, "sparse attention backward (CPU)");
   m.def("fused_topk", &fused_topk, "fused scoring + top-k selection (CPU)");
   m.def("fused_topk_bf16_path", &fused_topk_bf16_path, "bf16 scoring path: amx, avx512_bf16 or empty");
