@@ -55,6 +55,19 @@ def test_amx_path_agrees_with_the_fma_path(slots):
         assert not torch.equal(o_amx, o_fma)  # the AMX path did run
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_keys_walked_in_several_ranges(causal):
+    # With D = D_v = 64 a key range holds 4096 keys (1 MiB of bf16 K and V): 10000 keys are 3
+    # ranges, merged per token by the online softmax; queries are the last 40 positions.
+    q, k, v = make_qkv(1, 16, 1, 40, n_k=10000, d=64, dtype=torch.float64)
+    idx = random_indices(1, 1, 40, 10000, 700, seed=3, empty_fraction=0.1)
+    idx[0, 0, :, :5] = torch.tensor([0, 4095, 4096, 8191, 9999])  # range edges
+    compare(q, k, v, idx, causal, BF16)
+    (o_amx, lse_amx), (o_fma, lse_fma) = forward_both(q, k, v, idx, causal)
+    torch.testing.assert_close(lse_amx, lse_fma, rtol=0, atol=1e-4)
+    assert_close(o_amx.float(), o_fma.float(), TOLERANCE[BF16])
+
+
 def test_rows_without_keys_are_zero_with_neg_inf_lse():
     q, k, v = make_qkv(1, 8, 1, 40, d=64, dtype=torch.float64)
     idx = random_indices(1, 1, 40, 40, 10, empty_fraction=0.0)

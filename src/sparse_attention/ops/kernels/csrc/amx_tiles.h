@@ -2,37 +2,16 @@
 // scorer and the bf16 attention forward). Only compiled where the compiler targets AMX-BF16.
 #pragma once
 
+#include "aligned_vector.h"
+
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <cstddef>
 #include <cstdint>
-#include <new>
-#include <vector>
 
 namespace amx {
-
-// Tile loads and stores are several times slower when their 64-byte rows straddle cache lines
-// (measured: ~44 vs ~6.5 cycles per 1 KiB tile load here), so every tile operand buffer is
-// 64-byte aligned.
-template <typename T>
-struct Aligned64 {
-  using value_type = T;
-  Aligned64() = default;
-  template <typename U>
-  Aligned64(const Aligned64<U>&) {}
-  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
-  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
-  template <typename U>
-  bool operator==(const Aligned64<U>&) const { return true; }
-  template <typename U>
-  bool operator!=(const Aligned64<U>&) const { return false; }
-};
-
-template <typename T>
-using AlignedVector = std::vector<T, Aligned64<T>>;
 
 // Linux hands out the AMX tile state only on request, once per process.
 inline bool permitted() {

@@ -21,6 +21,7 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#include "aligned_vector.h"
 #include "amx_tiles.h"
 
 #include <algorithm>
@@ -301,8 +302,8 @@ inline void panel_scores_avx512(const TopKShapes& sh, const P* panel, const P* c
 // ----- key panels -----------------------------------------------------------------------------
 
 // [Rk][panels][D][kPanel] floats, zero padded past N_k.
-std::vector<float> float_panels(const TopKShapes& s, const float* k, int64_t Rk) {
-  std::vector<float> out(Rk * s.panels * s.D * kPanel, 0.0f);
+AlignedVector<float> float_panels(const TopKShapes& s, const float* k, int64_t Rk) {
+  AlignedVector<float> out(Rk * s.panels * s.D * kPanel, 0.0f);
   at::parallel_for(0, Rk * s.panels, 16, [&](int64_t begin, int64_t end) {
     for (int64_t rp = begin; rp < end; ++rp) {
       const int64_t r = rp / s.panels, p = rp % s.panels;
@@ -318,8 +319,8 @@ std::vector<float> float_panels(const TopKShapes& s, const float* k, int64_t Rk)
 
 // [Rk][panels][pairs][kPanel][2] bf16 (round to nearest even), zero padded (pairs >= D / 2).
 // One pair row of 16 keys is also the row of an AMX B tile (16 keys x 2 features).
-std::vector<at::BFloat16> bf16_panels(const TopKShapes& s, const float* k, int64_t Rk, int64_t pairs) {
-  std::vector<at::BFloat16> out(Rk * s.panels * pairs * kPanel * 2, at::BFloat16(0.0f));
+AlignedVector<at::BFloat16> bf16_panels(const TopKShapes& s, const float* k, int64_t Rk, int64_t pairs) {
+  AlignedVector<at::BFloat16> out(Rk * s.panels * pairs * kPanel * 2, at::BFloat16(0.0f));
   at::parallel_for(0, Rk * s.panels, 16, [&](int64_t begin, int64_t end) {
     for (int64_t rp = begin; rp < end; ++rp) {
       const int64_t r = rp / s.panels, p = rp % s.panels;
@@ -350,7 +351,7 @@ inline void write_selection(Candidates& c, int64_t K, SelectScratch& scratch, in
 }
 
 template <typename P>
-void select_rows(const TopKShapes& s, const std::vector<P>& panels, const P* q, int64_t q_len, const float* w,
+void select_rows(const TopKShapes& s, const AlignedVector<P>& panels, const P* q, int64_t q_len, const float* w,
                  int64_t* out) {
   const int64_t QB = s.J == 1 ? 64 : 32;  // queries per work item
   const int64_t blocks = (s.Nq + QB - 1) / QB;
@@ -456,7 +457,7 @@ inline void amx_panel_logits(const at::BFloat16* A, int64_t rows, int64_t Dp, co
 }
 
 // q: [R, J, N_q, Dp] bf16 (zero padded); panels: bf16_panels with Dp / 2 pairs.
-void select_rows_amx(const TopKShapes& s, const std::vector<at::BFloat16>& panels, const at::BFloat16* q,
+void select_rows_amx(const TopKShapes& s, const AlignedVector<at::BFloat16>& panels, const at::BFloat16* q,
                      int64_t Dp, const float* w, int64_t* out) {
   const int64_t QB = std::max<int64_t>(1, 128 / s.J);  // ~128 logit rows per block: S stays in L1
   const int64_t rows = (QB * s.J + 31) / 32 * 32;
@@ -467,8 +468,8 @@ void select_rows_amx(const TopKShapes& s, const std::vector<at::BFloat16>& panel
     amx::configure_full_tiles();
     std::vector<Candidates> cand(QB);
     SelectScratch select_scratch(capacity);
-    std::vector<at::BFloat16> A(rows * Dp);
-    std::vector<float> S(rows * kPanel);
+    AlignedVector<at::BFloat16> A(rows * Dp);
+    AlignedVector<float> S(rows * kPanel);
     const __m512 zero = _mm512_setzero_ps();
     for (int64_t item = begin; item < end; ++item) {
       const int64_t r = item / blocks;

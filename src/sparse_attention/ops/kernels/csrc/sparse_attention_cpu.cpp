@@ -17,6 +17,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "aligned_vector.h"
 #include "amx_attention.h"
 #include "lanes_avx512.h"
 
@@ -43,7 +44,7 @@ namespace {
 // the array is an ordinary allocation (or, for a copy, the source itself).
 class HugePageArray {
  public:
-  static constexpr int64_t kMinBytes = int64_t{4} << 20;
+  static constexpr int64_t kMinBytes = int64_t{1} << 20;
   static constexpr int64_t kHuge = int64_t{2} << 20;
 
   // A copy of src[0 .. numel).
@@ -277,7 +278,7 @@ Shapes make_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 #if defined(__AVX512F__)
 // Scratch of the lane kernels, one per thread.
 struct LaneScratch {
-  std::vector<float> at, st, dst, o, rows_q, rows_do, kconv, vconv, delta;
+  AlignedVector<float> at, st, dst, o, rows_q, rows_do, kconv, vconv, delta;
   std::vector<const float*> krows, vrows;
   std::vector<float*> dkrows, dvrows;
   explicit LaneScratch(const Shapes& s)
@@ -420,6 +421,50 @@ bool use_amx(const Shapes& s, bool allow_amx) {
 #endif
 }
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+// bf16 forward on AMX tiles (amx_attention.h): work is a block of consecutive query tokens of
+// one selection group, so that the block can walk the keys range by range.
+void forward_amx(const Shapes& s, const uint16_t* q, const uint16_t* k, const uint16_t* v, const int64_t* idx,
+                 double scale, uint16_t* out, float* lse) {
+  const int64_t T = amx::kTokenBlock;
+  const int64_t blocks_per_group = (s.Nq + T - 1) / T;
+  const int64_t groups = s.items() / s.Nq;  // items are (group, token) with the token fastest
+  at::parallel_for(0, groups * blocks_per_group, 1, [&](int64_t begin, int64_t end) {
+    amx::configure_full_tiles();
+    amx::AttentionScratch w(s.K, s.D, s.Dv, s.Nk);
+    std::vector<int64_t> ids(s.K);
+    std::vector<Item> staged(T);
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t g = block / blocks_per_group, t0 = (block % blocks_per_group) * T;
+      const int64_t t1 = std::min(s.Nq, t0 + T);
+      int64_t tokens = 0;
+      for (int64_t t = t0; t < t1; ++t) {
+        const Item it = decode(s, g * s.Nq + t);
+        const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;  // row of head i: row0 + i * Nq
+        const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
+        if (n == 0) {  // no visible key: zero output, log-sum-exp -inf
+          for (int64_t i = 0; i < it.nh; ++i) {
+            std::fill(out + (row0 + i * s.Nq) * s.Dv, out + (row0 + i * s.Nq + 1) * s.Dv, uint16_t{0});
+            lse[row0 + i * s.Nq] = -std::numeric_limits<float>::infinity();
+          }
+          continue;
+        }
+        amx::stage_token(w, tokens, q + row0 * s.D, s.Nq * s.D, it.nh, ids.data(), n);
+        staged[tokens++] = it;
+      }
+      const int64_t kv_off = (decode(s, g * s.Nq).b * s.Hkv + decode(s, g * s.Nq).kvh) * s.Nk;
+      amx::attend_block(w, tokens, k + kv_off * s.D, v + kv_off * s.Dv, static_cast<float>(scale));
+      for (int64_t slot = 0; slot < tokens; ++slot) {
+        const Item& it = staged[slot];
+        const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;
+        amx::finish_token(w, slot, it.nh, static_cast<float>(scale), out + row0 * s.Dv, s.Nq * s.Dv, lse + row0, s.Nq);
+      }
+    }
+    _tile_release();
+  });
+}
+#endif
+
 template <typename T>
 void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, const int64_t* idx, double scale, T* out,
                   float* lse, bool allow_amx) {
@@ -427,8 +472,14 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
   const auto v_copy = HugePageArray::copy_of(v_in, s.B * s.Hkv * s.Nk * s.Dv);
   const T* k = k_copy.template data<T>();
   const T* v = v_copy.template data<T>();
+  if (use_amx<T>(s, allow_amx)) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+    forward_amx(s, reinterpret_cast<const uint16_t*>(q), reinterpret_cast<const uint16_t*>(k),
+                reinterpret_cast<const uint16_t*>(v), idx, scale, reinterpret_cast<uint16_t*>(out), lse);
+    return;
+#endif
+  }
   const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, s.G));
-  const bool amx_items = use_amx<T>(s, allow_amx);
   at::parallel_for(0, s.items(), grain, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> ids(s.K);
     std::vector<float> qf(s.G * s.D), scores(s.G * std::max<int64_t>(s.K, 1)), tile(s.D * kTile), o(s.G * s.Dv),
@@ -436,28 +487,10 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
 #if defined(__AVX512F__)
     LaneScratch lane_scratch(s);
 #endif
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-    std::unique_ptr<amx::AttentionScratch> amx_scratch;
-    if (amx_items) {
-      amx_scratch = std::make_unique<amx::AttentionScratch>(s.K, s.D, s.Dv);
-      amx::configure_full_tiles();
-    }
-#endif
     for (int64_t item = begin; item < end; ++item) {
       const Item it = decode(s, item);
       const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
       const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-      if (n > 0 && amx_items) {
-        const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;  // row of head i: row0 + i * Nq
-        const auto bits = [](const T* x) { return reinterpret_cast<const uint16_t*>(x); };
-        amx::forward_token(bits(q + row0 * s.D), s.Nq * s.D, it.nh, bits(k + kv_off * s.D), bits(v + kv_off * s.Dv),
-                           ids.data(), n, s.D, s.Dv, static_cast<float>(scale),
-                           reinterpret_cast<uint16_t*>(out + row0 * s.Dv), s.Nq * s.Dv, lse + row0, s.Nq,
-                           *amx_scratch);
-        continue;
-      }
-#endif
 #if defined(__AVX512F__)
       if (n > 0 && use_lanes(s, it.nh)) {
         forward_item_lanes(s, it, ids.data(), n, q, k, v, scale, out, lse, lane_scratch);
@@ -503,9 +536,6 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
         for (int64_t c = 0; c < s.Dv; ++c) orow[c] = from_float<T>(o[i * s.Dv + c]);
       }
     }
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-    if (amx_items) _tile_release();
-#endif
   });
 }
 
