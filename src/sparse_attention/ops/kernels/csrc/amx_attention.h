@@ -1,10 +1,10 @@
-// bf16 sparse attention forward on the AMX tile unit, for one query token of a KV group whose
-// heads (up to 16) share a selection.
+// bf16 sparse attention forward on the AMX tile unit, for blocks of query tokens of a KV group
+// whose heads (up to 16) share a selection (per-head selections: groups of one head).
 //
 // The selected keys are copied row by row into a buffer that is directly the A operand of
 //   S^T = K_sel Q^T        [n x 16]   (A: 16 keys x 32 features, B: Q^T as feature pairs)
 // so the keys are never transposed; S^T has the heads in the lanes of one register per key,
-// and the softmax runs lane-wise over keys as in lanes_avx512.h. The probabilities are rounded
+// and the softmax runs lane-wise over keys (as in lanes_avx512.h). The probabilities are rounded
 // to bf16 two keys at a time (the pair layout the tile unit multiplies) and one 16 x 16
 // transpose of 32-bit pairs per 32 keys turns them head-major, the A operand of
 //   O = P V_sel            [16 x D_v] (B: V_sel with key pairs interleaved, built while gathering).
@@ -15,7 +15,7 @@
 #include "amx_tiles.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-#include "lanes_avx512.h"
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>

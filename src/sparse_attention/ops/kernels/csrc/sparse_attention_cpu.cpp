@@ -1,4 +1,5 @@
-// Sparse attention on CPU: forward and backward, fp32 compute, fp32 or bf16 storage.
+// Sparse attention on CPU: forward and backward, fp32 compute, fp32 or bf16 storage (bf16
+// forward passes on CPUs with AMX-BF16 multiply bf16 tiles instead: amx_attention.h).
 //
 // One work item is one query token of one selection group: the G query heads that share a
 // KV head and one index row (shared or per-KV-head selections), or a single head (per-head
@@ -27,7 +28,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <vector>
 
 #if defined(__linux__)
@@ -452,7 +452,8 @@ void forward_amx(const Shapes& s, const uint16_t* q, const uint16_t* k, const ui
         amx::stage_token(w, tokens, q + row0 * s.D, s.Nq * s.D, it.nh, ids.data(), n);
         staged[tokens++] = it;
       }
-      const int64_t kv_off = (decode(s, g * s.Nq).b * s.Hkv + decode(s, g * s.Nq).kvh) * s.Nk;
+      const Item first = decode(s, g * s.Nq);
+      const int64_t kv_off = (first.b * s.Hkv + first.kvh) * s.Nk;
       amx::attend_block(w, tokens, k + kv_off * s.D, v + kv_off * s.Dv, static_cast<float>(scale));
       for (int64_t slot = 0; slot < tokens; ++slot) {
         const Item& it = staged[slot];
