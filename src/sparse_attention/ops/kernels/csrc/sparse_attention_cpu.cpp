@@ -407,6 +407,17 @@ void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, in
 }
 #endif  // __AVX512F__
 
+// An item without a visible key: zero output rows (all-zero bits, also for bf16 stored as
+// uint16_t), log-sum-exp -inf.
+template <typename T>
+void write_no_keys(const Shapes& s, const Item& it, T* out, float* lse) {
+  for (int64_t i = 0; i < it.nh; ++i) {
+    const int64_t row = (it.b * s.H + it.h0 + i) * s.Nq + it.t;
+    std::fill(out + row * s.Dv, out + (row + 1) * s.Dv, T(0));
+    lse[row] = -std::numeric_limits<float>::infinity();
+  }
+}
+
 // Whether bf16 items run on the AMX tile unit (see amx_attention.h): the CPU and OS allow it,
 // the caller did not opt out, an item's heads fit one tile (<= 16) and D, D_v are multiples of 32.
 template <typename T>
@@ -442,11 +453,8 @@ void forward_amx(const Shapes& s, const uint16_t* q, const uint16_t* k, const ui
         const Item it = decode(s, g * s.Nq + t);
         const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;  // row of head i: row0 + i * Nq
         const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
-        if (n == 0) {  // no visible key: zero output, log-sum-exp -inf
-          for (int64_t i = 0; i < it.nh; ++i) {
-            std::fill(out + (row0 + i * s.Nq) * s.Dv, out + (row0 + i * s.Nq + 1) * s.Dv, uint16_t{0});
-            lse[row0 + i * s.Nq] = -std::numeric_limits<float>::infinity();
-          }
+        if (n == 0) {
+          write_no_keys(s, it, out, lse);
           continue;
         }
         amx::stage_token(w, tokens, q + row0 * s.D, s.Nq * s.D, it.nh, ids.data(), n);
@@ -499,11 +507,7 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
       }
 #endif
       if (n == 0) {
-        for (int64_t i = 0; i < it.nh; ++i) {
-          const int64_t row = ((it.b * s.H + it.h0 + i) * s.Nq + it.t);
-          for (int64_t c = 0; c < s.Dv; ++c) out[row * s.Dv + c] = from_float<T>(0.0f);
-          lse[row] = -std::numeric_limits<float>::infinity();
-        }
+        write_no_keys(s, it, out, lse);
         continue;
       }
       for (int64_t i = 0; i < it.nh; ++i) {
