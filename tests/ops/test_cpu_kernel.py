@@ -33,6 +33,18 @@ def test_long_sequence_mqa():
     compare(q, k, v, random_indices(1, 1, 4096, 4096, 64, empty_fraction=0.05), True, torch.float32)
 
 
+@pytest.mark.parametrize("h, h_kv, layout", [(16, 1, "shared"), (4, 2, "per_head")])
+@pytest.mark.parametrize("causal", [True, False])
+def test_keys_walked_in_several_ranges(h, h_kv, layout, causal):
+    # fp32 with D = D_v = 64: a key range holds 8192 keys (4 MiB of K and V), so 20000 keys are
+    # 3 ranges merged per token by the online softmax; queries are the last 40 positions.
+    q, k, v = make_qkv(1, h, h_kv, 40, n_k=20000, d=64, dtype=torch.float64)
+    h_sel = {"shared": 1, "per_head": h}[layout]
+    idx = random_indices(1, h_sel, 40, 20000, 300, seed=5, empty_fraction=0.1)
+    idx[..., :5] = torch.tensor([0, 8191, 8192, 16384, 19999])  # range edges
+    compare(q, k, v, idx, causal, torch.float32)
+
+
 @pytest.mark.parametrize("h, h_kv", [(8, 2), (16, 1)])
 def test_bfloat16(h, h_kv):
     q, k, v = make_qkv(1, h, h_kv, 200, d=64, dtype=torch.float64)

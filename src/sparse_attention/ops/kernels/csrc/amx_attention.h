@@ -13,6 +13,7 @@
 #pragma once
 
 #include "amx_tiles.h"
+#include "key_ranges.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #include <immintrin.h>
@@ -32,26 +33,14 @@ inline int64_t padded_keys(int64_t n) { return (n + kKeyBlock - 1) / kKeyBlock *
 
 inline bool attention_fits(int64_t D, int64_t Dv) { return D % 32 == 0 && Dv % 32 == 0; }
 
-// Keys are visited one range of positions at a time, every token of a block taking its keys in
-// that range before the next range starts: a range's K and V rows (kRangeBytes) then stay in
-// L2 while the block gathers from them, instead of every gather going to L3 or DRAM (measured
-// ~12 vs ~22 ns per key and token for random selections from a 16384-key bf16 K/V). Each
-// token keeps a running (max, sum, unnormalised output) merged over ranges, as in flash
-// attention's online softmax.
+// K and V bytes per key range (key_ranges.h): the range walk measured ~12 vs ~22 ns per key and
+// token for random selections from 16384 bf16 keys with 1 MiB ranges.
 constexpr int64_t kRangeBytes = int64_t{1} << 20;
-constexpr int64_t kTokenBlock = 32;  // tokens per block: their ids and states stay in L2 too
 
-// log2 of the keys per range: a power of two (a shift splits ids by range), at least 256.
-inline int range_shift(int64_t D, int64_t Dv) {
-  int shift = 8;
-  while ((int64_t{2} << shift) * (D + Dv) * 2 <= kRangeBytes) ++shift;
-  return shift;
-}
-
-// Per-thread buffers for blocks of kTokenBlock tokens with at most K keys each.
+// Per-thread buffers for blocks of ranges::kTokenBlock tokens with at most K keys each, which
+// walk their keys range by range (key_ranges.h).
 struct AttentionScratch {
-  int64_t K, D, Dv, ranges;
-  int shift;
+  int64_t K, D, Dv;
   AlignedVector<uint16_t> qt;  // [T][D/2][16][2]     Q^T as feature pairs (B of S^T), per token
   AlignedVector<uint16_t> kc;  // [32][D]             one chunk of gathered keys (A of S^T)
   AlignedVector<uint16_t> vc;  // [16][64][2]         one chunk of gathered values, key pairs interleaved (B of O)
@@ -62,16 +51,12 @@ struct AttentionScratch {
   AlignedVector<float> o_acc;  // [T][16][Dv]         running unnormalised outputs (unpack feature order)
   AlignedVector<float> m_acc;  // [T][16]             running max of the raw scores
   AlignedVector<float> l_acc;  // [T][16]             running sum of exp relative to it
-  std::vector<int32_t> ids;    // [T][K]              each token's valid keys, grouped by range
-  std::vector<int64_t> start;  // [T][ranges + 1]     where each range's keys begin in ids
+  ranges::BlockKeys keys;      //                     each token's valid keys, grouped by range
   AttentionScratch(int64_t K_, int64_t D_, int64_t Dv_, int64_t Nk)
-      : K(std::max<int64_t>(K_, 1)), D(D_), Dv(Dv_), shift(range_shift(D_, Dv_)),
-        qt(kTokenBlock * D_ * 16), kc(kKeyBlock * D_), vc(kKeyBlock * 64), p(padded_keys(K) * 16),
-        zero_row(std::max(D_, Dv_)), st(padded_keys(K) * 16), o(16 * Dv_), o_acc(kTokenBlock * 16 * Dv_),
-        m_acc(kTokenBlock * 16), l_acc(kTokenBlock * 16), ids(kTokenBlock * K) {
-    ranges = std::max<int64_t>(1, ((Nk - 1) >> shift) + 1);
-    start.resize(kTokenBlock * (ranges + 1));
-  }
+      : K(std::max<int64_t>(K_, 1)), D(D_), Dv(Dv_), qt(ranges::kTokenBlock * D_ * 16), kc(kKeyBlock * D_),
+        vc(kKeyBlock * 64), p(padded_keys(K) * 16), zero_row(std::max(D_, Dv_)), st(padded_keys(K) * 16),
+        o(16 * Dv_), o_acc(ranges::kTokenBlock * 16 * Dv_), m_acc(ranges::kTokenBlock * 16),
+        l_acc(ranges::kTokenBlock * 16), keys(K_, Nk, (D_ + Dv_) * 2, kRangeBytes) {}
 };
 
 // 16 x 16 transpose of 32-bit elements held in 16 registers.
@@ -245,43 +230,6 @@ inline void unpermute_features(__m512 lo, __m512 hi, __m512& first, __m512& seco
   second = _mm512_permutex2var_ps(lo, b, hi);
 }
 
-// Copies ids[0 .. n) (valid key positions) to out as int32, grouped by range (id >> shift) in
-// their original order within a range; range r's ids are out[start[r] .. start[r + 1]).
-// Vectorised (8 ids per step: a count pass, then a compress pass per range): a scalar counting
-// sort serialises on one counter when neighbouring ids share a range (the common case).
-inline void group_by_range(const int64_t* ids, int64_t n, int shift, int64_t ranges, int64_t* start, int32_t* out) {
-  start[0] = 0;
-  if (ranges == 1) {
-    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<int32_t>(ids[j]);
-    start[1] = n;
-    return;
-  }
-  const __m512i sh = _mm512_set1_epi64(shift);
-  for (int64_t r = 0; r < ranges; ++r) {
-    const __m512i rv = _mm512_set1_epi64(r);
-    int64_t count = 0;
-    for (int64_t j = 0; j < n; j += 8) {
-      const __mmask8 live = n - j >= 8 ? __mmask8(0xff) : __mmask8((1u << (n - j)) - 1);
-      const __m512i x = _mm512_maskz_loadu_epi64(live, ids + j);
-      count += __builtin_popcount(_mm512_mask_cmpeq_epi64_mask(live, _mm512_srlv_epi64(x, sh), rv));
-    }
-    start[r + 1] = start[r] + count;
-  }
-  for (int64_t r = 0; r < ranges; ++r) {
-    if (start[r + 1] == start[r]) continue;
-    const __m512i rv = _mm512_set1_epi64(r);
-    int32_t* dst = out + start[r];
-    for (int64_t j = 0; j < n; j += 8) {
-      const __mmask8 live = n - j >= 8 ? __mmask8(0xff) : __mmask8((1u << (n - j)) - 1);
-      const __m512i x = _mm512_maskz_loadu_epi64(live, ids + j);
-      const __mmask8 m = _mm512_mask_cmpeq_epi64_mask(live, _mm512_srlv_epi64(x, sh), rv);
-      const __m256i packed = _mm256_maskz_compress_epi32(m, _mm512_cvtepi64_epi32(x));
-      _mm256_mask_storeu_epi32(dst, __mmask8((1u << __builtin_popcount(m)) - 1), packed);
-      dst += __builtin_popcount(m);
-    }
-  }
-}
-
 // Stages token `slot` of a block: Q^T pairs of its nh <= 16 heads (q: head 0's row, heads
 // q_stride apart; padding heads zero), its n > 0 valid keys grouped by range, an empty state.
 inline void stage_token(AttentionScratch& w, int64_t slot, const uint16_t* q, int64_t q_stride, int64_t nh,
@@ -294,9 +242,7 @@ inline void stage_token(AttentionScratch& w, int64_t slot, const uint16_t* q, in
     const uint32_t* qh = reinterpret_cast<const uint32_t*>(q + h * q_stride);
     for (int64_t p = 0; p < D / 2; ++p) qt32[p * 16 + h] = qh[p];
   }
-  int64_t* start = w.start.data() + slot * (w.ranges + 1);
-  int32_t* out = w.ids.data() + slot * w.K;
-  group_by_range(ids, n, w.shift, w.ranges, start, out);
+  w.keys.stage(slot, ids, n);
   std::fill(w.m_acc.begin() + slot * 16, w.m_acc.begin() + slot * 16 + 16, -std::numeric_limits<float>::infinity());
   std::fill(w.l_acc.begin() + slot * 16, w.l_acc.begin() + slot * 16 + 16, 0.0f);
   std::fill(w.o_acc.begin() + slot * 16 * w.Dv, w.o_acc.begin() + (slot + 1) * 16 * w.Dv, 0.0f);
@@ -349,11 +295,11 @@ inline void attend_range(AttentionScratch& w, int64_t slot, const uint16_t* k, c
 // Runs every staged token of a block (slots [0, tokens)) over every key range.
 inline void attend_block(AttentionScratch& w, int64_t tokens, const uint16_t* k, const uint16_t* v, float scale) {
   const __m512 c = _mm512_set1_ps(scale * 1.44269504088896341f);
-  for (int64_t r = 0; r < w.ranges; ++r) {
+  for (int64_t r = 0; r < w.keys.ranges(); ++r) {
     for (int64_t slot = 0; slot < tokens; ++slot) {
-      const int64_t* start = w.start.data() + slot * (w.ranges + 1);
-      const int64_t n = start[r + 1] - start[r];
-      if (n > 0) attend_range(w, slot, k, v, w.ids.data() + slot * w.K + start[r], n, c);
+      int64_t n;
+      const int32_t* ids = w.keys.in_range(slot, r, &n);
+      if (n > 0) attend_range(w, slot, k, v, ids, n, c);
     }
   }
 }
@@ -377,6 +323,32 @@ inline void finish_token(const AttentionScratch& w, int64_t slot, int64_t nh, fl
     }
   }
 }
+
+// The block forward of this header behind the interface of lanes::BlockForward: one per thread
+// (it configures the tiles of the thread it is made on and releases them when destroyed).
+class BlockForward {
+ public:
+  BlockForward(int64_t K, int64_t Nk, int64_t D, int64_t Dv, float scale) : w_(K, D, Dv, Nk), scale_(scale) {
+    configure_full_tiles();
+  }
+  ~BlockForward() { _tile_release(); }
+  BlockForward(const BlockForward&) = delete;
+  BlockForward& operator=(const BlockForward&) = delete;
+
+  void stage(int64_t slot, const uint16_t* q, int64_t q_stride, int64_t nh, const int64_t* ids, int64_t n) {
+    stage_token(w_, slot, q, q_stride, nh, ids, n);
+  }
+  void attend(int64_t tokens, int64_t /*nh*/, const uint16_t* k, const uint16_t* v) {
+    attend_block(w_, tokens, k, v, scale_);
+  }
+  void finish(int64_t slot, int64_t nh, uint16_t* out, int64_t out_stride, float* lse, int64_t lse_stride) const {
+    finish_token(w_, slot, nh, scale_, out, out_stride, lse, lse_stride);
+  }
+
+ private:
+  AttentionScratch w_;
+  float scale_;
+};
 
 }  // namespace amx
 #endif  // AMX

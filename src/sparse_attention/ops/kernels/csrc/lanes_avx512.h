@@ -44,10 +44,19 @@ inline void prefetch_rows(const float* const* rows, int64_t j, int64_t count, in
       _mm_prefetch(reinterpret_cast<const char*>(rows[r] + off), static_cast<_mm_hint>(Hint));
 }
 
+// Folds the scores acc[0 .. KB) of keys j0 .. into ST, the running lane-wise max ``mx`` and NaN
+// mask ``nan`` (softmax needs both; doing it here saves a pass over the scores).
+template <int KB>
+inline void store_scores(const __m512* acc, int64_t j0, float* ST, __m512& mx, __mmask16& nan) {
+  for (int b = 0; b < KB; ++b) {
+    _mm512_storeu_ps(ST + (j0 + b) * kLanes, acc[b]);
+    nan |= _mm512_cmp_ps_mask(acc[b], acc[b], _CMP_UNORD_Q);
+    mx = _mm512_max_ps(acc[b], mx);  // a NaN lane keeps the previous max (flagged in nan)
+  }
+}
+
 // ST[j0 + b][:] = sum_d AT[d][:] * rows[j0 + b][d] for b < KB: KB independent accumulators
 // hide the FMA latency; the key values are broadcast straight from the gathered rows.
-// Also folds the block into the running lane-wise max ``mx`` and NaN mask ``nan`` (softmax
-// needs both; doing it here saves a pass over the scores).
 template <int KB>
 inline void scores_block(const float* AT, const float* const* rows, int64_t j0, int64_t D, float* ST, __m512& mx,
                          __mmask16& nan) {
@@ -61,11 +70,60 @@ inline void scores_block(const float* AT, const float* const* rows, int64_t j0, 
     const __m512 at = _mm512_loadu_ps(AT + d * kLanes);
     for (int b = 0; b < KB; ++b) acc[b] = _mm512_fmadd_ps(at, _mm512_set1_ps(r[b][d]), acc[b]);
   }
-  for (int b = 0; b < KB; ++b) {
-    _mm512_storeu_ps(ST + (j0 + b) * kLanes, acc[b]);
-    nan |= _mm512_cmp_ps_mask(acc[b], acc[b], _CMP_UNORD_Q);
-    mx = _mm512_max_ps(acc[b], mx);  // a NaN lane keeps the previous max (flagged in nan)
+  store_scores<KB>(acc, j0, ST, mx, nan);
+}
+
+// scores_block for a width D known at compile time: the KB rows are first copied into one
+// contiguous block, so that every broadcast addresses it at a constant offset from a single
+// register. (KB separate row pointers do not fit the general registers: GCC reloaded them from
+// the stack for every feature, and the loop ran ~20% slower.)
+template <int KB, int D>
+inline void scores_block_copied(const float* AT, const float* const* rows, int64_t j0, float* ST, __m512& mx,
+                                __mmask16& nan) {
+  alignas(64) float block[KB * D];
+  for (int b = 0; b < KB; ++b)
+    for (int f = 0; f < D; f += kLanes) _mm512_store_ps(block + b * D + f, _mm512_loadu_ps(rows[j0 + b] + f));
+  __m512 acc[KB];
+  for (int b = 0; b < KB; ++b) acc[b] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int d = 0; d < D; ++d) {
+    const __m512 at = _mm512_loadu_ps(AT + d * kLanes);
+    for (int b = 0; b < KB; ++b) acc[b] = _mm512_fmadd_ps(at, _mm512_set1_ps(block[b * D + d]), acc[b]);
   }
+  store_scores<KB>(acc, j0, ST, mx, nan);
+}
+
+// scores() for blocks of KB keys; FixedD > 0: the width D, known at compile time.
+template <int KB, int FixedD>
+inline __m512 scores_blocks(const float* AT, const float* const* rows, int64_t n, int64_t D, float* ST,
+                            __mmask16& nan, const float* const* next_rows, int64_t next_width) {
+  __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  nan = 0;
+  constexpr int kAhead = 3;  // blocks of rows in flight: selected rows mostly come from L3 or DRAM
+  int64_t j = 0;
+  prefetch_rows(rows, 0, kAhead * KB, n, D);
+  for (; j + KB <= n; j += KB) {
+    prefetch_rows(rows, j + kAhead * KB, KB, n, D);
+    if (next_rows) prefetch_rows<_MM_HINT_T1>(next_rows, j, KB, n, next_width);
+    if constexpr (FixedD > 0)
+      scores_block_copied<KB, FixedD>(AT, rows, j, ST, mx, nan);
+    else
+      scores_block<KB>(AT, rows, j, D, ST, mx, nan);
+  }
+  if (j < n) {
+    // The last n - j < KB keys run as a full block whose missing rows repeat the last key (the
+    // max and NaN mask do not change): one key at a time would wait on each FMA's latency (a
+    // tail of ~8 keys per range and token then cost as much as ~60 keys in blocks).
+    const float* tail[KB];
+    for (int b = 0; b < KB; ++b) tail[b] = rows[std::min<int64_t>(j + b, n - 1)];
+    alignas(64) float tail_st[KB * kLanes];
+    if constexpr (FixedD > 0)
+      scores_block_copied<KB, FixedD>(AT, tail, 0, tail_st, mx, nan);
+    else
+      scores_block<KB>(AT, tail, 0, D, tail_st, mx, nan);
+    std::copy(tail_st, tail_st + (n - j) * kLanes, ST + j * kLanes);
+  }
+  return mx;
 }
 
 // ST[j][:] = sum_d AT[d][:] * rows[j][d]  for j < n.  AT: [D][16], ST: [n][16].
@@ -74,30 +132,23 @@ inline void scores_block(const float* AT, const float* const* rows, int64_t j0, 
 // are prefetched into L2 alongside, so that the next pass does not wait on memory.
 inline __m512 scores(const float* AT, const float* const* rows, int64_t n, int64_t D, float* ST, __mmask16& nan,
                      const float* const* next_rows = nullptr, int64_t next_width = 0) {
-  constexpr int kBlock = 12;
-  __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  nan = 0;
-  constexpr int kAhead = 3;  // blocks of rows in flight: selected rows mostly come from L3 or DRAM
-  int64_t j = 0;
-  prefetch_rows(rows, 0, kAhead * kBlock, n, D);
-  for (; j + kBlock <= n; j += kBlock) {
-    prefetch_rows(rows, j + kAhead * kBlock, kBlock, n, D);
-    if (next_rows) prefetch_rows<_MM_HINT_T1>(next_rows, j, kBlock, n, next_width);
-    scores_block<kBlock>(AT, rows, j, D, ST, mx, nan);
+  switch (D) {  // the common head widths get the copied-block loop
+    case 64: return scores_blocks<16, 64>(AT, rows, n, D, ST, nan, next_rows, next_width);
+    case 128: return scores_blocks<16, 128>(AT, rows, n, D, ST, nan, next_rows, next_width);
+    default: return scores_blocks<12, 0>(AT, rows, n, D, ST, nan, next_rows, next_width);
   }
-  for (; j < n; ++j) scores_block<1>(AT, rows, j, D, ST, mx, nan);
-  return mx;
 }
 
 // O[i][c0:c0+16*NC] (+)= sum_{j in [j0, j1)} WT[j][i] * rows[j][c0:...] for heads i in [i0, i0+4):
-// the first key chunk (j0 == 0) starts from zero, later chunks continue from O.
+// the first key chunk (j0 == 0) starts from zero unless ``accumulate``, later chunks continue from O.
 template <int NC>
 inline void weighted_rows_block(const float* WT, int64_t i0, int64_t hb, const float* const* rows, int64_t j0,
-                                int64_t j1, int64_t n, int64_t c0, int64_t Dv, float* O) {
+                                int64_t j1, int64_t n, int64_t c0, int64_t Dv, float* O, bool accumulate) {
   __m512 acc[4][NC];
   for (int h = 0; h < 4; ++h)
     for (int c = 0; c < NC; ++c)
-      acc[h][c] = (j0 == 0 || h >= hb) ? _mm512_setzero_ps() : _mm512_loadu_ps(O + (i0 + h) * Dv + c0 + 16 * c);
+      acc[h][c] = ((j0 == 0 && !accumulate) || h >= hb) ? _mm512_setzero_ps()
+                                                         : _mm512_loadu_ps(O + (i0 + h) * Dv + c0 + 16 * c);
   for (int64_t j = j0; j < j1; ++j) {
     if (i0 == 0) prefetch_rows(rows, j + 8, 1, n, Dv);
     const float* r = rows[j] + c0;
@@ -109,15 +160,20 @@ inline void weighted_rows_block(const float* WT, int64_t i0, int64_t hb, const f
       for (int c = 0; c < NC; ++c) acc[h][c] = _mm512_fmadd_ps(wb, v[c], acc[h][c]);
     }
   }
-  for (int h = 0; h < hb; ++h)
-    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(O + (i0 + h) * Dv + c0 + 16 * c, acc[h][c]);
+  // A constant trip count with the bound as a condition: a loop to hb would index acc at run
+  // time and keep the accumulators in memory (GCC then spilled all 16 on every key).
+  for (int h = 0; h < 4; ++h)
+    if (h < hb)
+      for (int c = 0; c < NC; ++c) _mm512_storeu_ps(O + (i0 + h) * Dv + c0 + 16 * c, acc[h][c]);
 }
 
-// O[i][:] = sum_j WT[j][i] * rows[j][:] for i < nh; O: [nh][Dv], Dv % 16 == 0.
+// O[i][:] (+)= sum_j WT[j][i] * rows[j][:] for i < nh; O: [nh][Dv], Dv % 16 == 0; adds to O when
+// ``accumulate``, else overwrites it.
 // Keys go in chunks small enough to stay in L1 while every block of 4 heads reads them
 // (one pass over all keys per head block would stream the rows from L2 four times).
-inline void weighted_rows(const float* WT, int64_t nh, const float* const* rows, int64_t n, int64_t Dv, float* O) {
-  constexpr int64_t kKeyChunk = 32;
+inline void weighted_rows(const float* WT, int64_t nh, const float* const* rows, int64_t n, int64_t Dv, float* O,
+                          bool accumulate = false) {
+  constexpr int64_t kKeyChunk = 64;
   for (int64_t c0 = 0; c0 < Dv; c0 += 64) {
     const int64_t nc = std::min<int64_t>(4, (Dv - c0) / 16);
     for (int64_t j0 = 0; j0 < n; j0 += kKeyChunk) {
@@ -125,10 +181,10 @@ inline void weighted_rows(const float* WT, int64_t nh, const float* const* rows,
       for (int64_t i0 = 0; i0 < nh; i0 += 4) {
         const int64_t hb = std::min<int64_t>(4, nh - i0);
         switch (nc) {
-          case 4: weighted_rows_block<4>(WT, i0, hb, rows, j0, j1, n, c0, Dv, O); break;
-          case 3: weighted_rows_block<3>(WT, i0, hb, rows, j0, j1, n, c0, Dv, O); break;
-          case 2: weighted_rows_block<2>(WT, i0, hb, rows, j0, j1, n, c0, Dv, O); break;
-          default: weighted_rows_block<1>(WT, i0, hb, rows, j0, j1, n, c0, Dv, O); break;
+          case 4: weighted_rows_block<4>(WT, i0, hb, rows, j0, j1, n, c0, Dv, O, accumulate); break;
+          case 3: weighted_rows_block<3>(WT, i0, hb, rows, j0, j1, n, c0, Dv, O, accumulate); break;
+          case 2: weighted_rows_block<2>(WT, i0, hb, rows, j0, j1, n, c0, Dv, O, accumulate); break;
+          default: weighted_rows_block<1>(WT, i0, hb, rows, j0, j1, n, c0, Dv, O, accumulate); break;
         }
       }
     }

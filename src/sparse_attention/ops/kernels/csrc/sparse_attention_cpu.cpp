@@ -13,7 +13,9 @@
 // dK and dV are scatter-added into per-thread buffers that are summed at the end, so the
 // result does not depend on thread timing. When compiled with AVX-512 (and D, D_v multiples of
 // 16) an item of up to 16 heads runs the lane kernels of lanes_avx512.h (one register = all
-// heads; measured faster than the tiled path even for 1-2 heads).
+// heads; measured faster than the tiled path even for 1-2 heads); the fp32 forward then runs
+// blocks of 32 query tokens that walk their keys range by range (lanes_blocks.h, key_ranges.h),
+// as the AMX bf16 forward does.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -21,6 +23,7 @@
 #include "aligned_vector.h"
 #include "amx_attention.h"
 #include "lanes_avx512.h"
+#include "lanes_blocks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -432,17 +435,19 @@ bool use_amx(const Shapes& s, bool allow_amx) {
 #endif
 }
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-// bf16 forward on AMX tiles (amx_attention.h): work is a block of consecutive query tokens of
-// one selection group, so that the block can walk the keys range by range.
-void forward_amx(const Shapes& s, const uint16_t* q, const uint16_t* k, const uint16_t* v, const int64_t* idx,
-                 double scale, uint16_t* out, float* lse) {
-  const int64_t T = amx::kTokenBlock;
+#if defined(__AVX512F__)
+// The forward pass in blocks of ranges::kTokenBlock consecutive query tokens of one selection
+// group, so that a block can walk its keys range by range (key_ranges.h). Engine (one per
+// thread, made from (K, Nk, D, Dv, scale)): lanes::BlockForward (fp32) or amx::BlockForward
+// (bf16 as uint16_t).
+template <typename Engine, typename E>
+void forward_token_blocks(const Shapes& s, const E* q, const E* k, const E* v, const int64_t* idx, double scale,
+                          E* out, float* lse) {
+  const int64_t T = ranges::kTokenBlock;
   const int64_t blocks_per_group = (s.Nq + T - 1) / T;
   const int64_t groups = s.items() / s.Nq;  // items are (group, token) with the token fastest
   at::parallel_for(0, groups * blocks_per_group, 1, [&](int64_t begin, int64_t end) {
-    amx::configure_full_tiles();
-    amx::AttentionScratch w(s.K, s.D, s.Dv, s.Nk);
+    Engine engine(s.K, s.Nk, s.D, s.Dv, static_cast<float>(scale));
     std::vector<int64_t> ids(s.K);
     std::vector<Item> staged(T);
     for (int64_t block = begin; block < end; ++block) {
@@ -457,19 +462,18 @@ void forward_amx(const Shapes& s, const uint16_t* q, const uint16_t* k, const ui
           write_no_keys(s, it, out, lse);
           continue;
         }
-        amx::stage_token(w, tokens, q + row0 * s.D, s.Nq * s.D, it.nh, ids.data(), n);
+        engine.stage(tokens, q + row0 * s.D, s.Nq * s.D, it.nh, ids.data(), n);
         staged[tokens++] = it;
       }
       const Item first = decode(s, g * s.Nq);
       const int64_t kv_off = (first.b * s.Hkv + first.kvh) * s.Nk;
-      amx::attend_block(w, tokens, k + kv_off * s.D, v + kv_off * s.Dv, static_cast<float>(scale));
+      engine.attend(tokens, first.nh, k + kv_off * s.D, v + kv_off * s.Dv);
       for (int64_t slot = 0; slot < tokens; ++slot) {
         const Item& it = staged[slot];
         const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;
-        amx::finish_token(w, slot, it.nh, static_cast<float>(scale), out + row0 * s.Dv, s.Nq * s.Dv, lse + row0, s.Nq);
+        engine.finish(slot, it.nh, out + row0 * s.Dv, s.Nq * s.Dv, lse + row0, s.Nq);
       }
     }
-    _tile_release();
   });
 }
 #endif
@@ -483,11 +487,20 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
   const T* v = v_copy.template data<T>();
   if (use_amx<T>(s, allow_amx)) {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-    forward_amx(s, reinterpret_cast<const uint16_t*>(q), reinterpret_cast<const uint16_t*>(k),
-                reinterpret_cast<const uint16_t*>(v), idx, scale, reinterpret_cast<uint16_t*>(out), lse);
+    forward_token_blocks<amx::BlockForward>(s, reinterpret_cast<const uint16_t*>(q),
+                                            reinterpret_cast<const uint16_t*>(k), reinterpret_cast<const uint16_t*>(v),
+                                            idx, scale, reinterpret_cast<uint16_t*>(out), lse);
     return;
 #endif
   }
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value) {
+    if (use_lanes(s, s.per_head ? 1 : s.G)) {
+      forward_token_blocks<lanes::BlockForward>(s, q, k, v, idx, scale, out, lse);
+      return;
+    }
+  }
+#endif
   const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, s.G));
   at::parallel_for(0, s.items(), grain, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> ids(s.K);

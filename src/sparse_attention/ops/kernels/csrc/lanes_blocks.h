@@ -1,0 +1,126 @@
+// fp32 sparse attention forward for blocks of query tokens of a KV group whose heads (up to
+// 16) share a selection (per-head selections: groups of one head), on the lane kernels of
+// lanes_avx512.h (one register holds all heads of a key's scores).
+//
+// A block walks its keys range by range (key_ranges.h) so that the gathered K and V rows
+// mostly come from L2; each token keeps a running max, sum and unnormalised output per head,
+// rescaled when a later range raises the max (online softmax). Needs D, D_v multiples of 16.
+#pragma once
+
+#include "aligned_vector.h"
+#include "key_ranges.h"
+#include "lanes_avx512.h"
+
+#if defined(__AVX512F__)
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace lanes {
+
+// K and V bytes per key range (key_ranges.h). Larger than the bf16 path's: here the FMA loops,
+// not the gathers, bound the time, and fewer ranges mean fewer partial blocks and merges
+// (N = 32768, K = 2048: 1547 ms with 4 MiB ranges, 1659 ms with 1 MiB, 1686 ms with one range).
+constexpr int64_t kRangeBytes = int64_t{4} << 20;
+
+class BlockForward {
+ public:
+  // K: most keys per token; Nk: key positions; D, Dv: key and value widths; scale: of the scores.
+  BlockForward(int64_t K, int64_t Nk, int64_t D, int64_t Dv, float scale)
+      : D_(D), Dv_(Dv), scale_(scale), qt_(ranges::kTokenBlock * D * kLanes), st_(std::max<int64_t>(K, 1) * kLanes),
+        o_acc_(ranges::kTokenBlock * kLanes * Dv), m_acc_(ranges::kTokenBlock * kLanes),
+        l_acc_(ranges::kTokenBlock * kLanes), nan_(ranges::kTokenBlock), krows_(std::max<int64_t>(K, 1)),
+        vrows_(std::max<int64_t>(K, 1)), keys_(K, Nk, (D + Dv) * int64_t{sizeof(float)}, kRangeBytes) {}
+
+  // Token `slot` of the block: the scaled Q^T of its nh <= 16 heads (q: head 0's row, heads
+  // q_stride apart; padding lanes zero), its n > 0 valid keys ids, an empty softmax state.
+  void stage(int64_t slot, const float* q, int64_t q_stride, int64_t nh, const int64_t* ids, int64_t n) {
+    float* qt = qt_.data() + slot * D_ * kLanes;
+    std::fill(qt, qt + D_ * kLanes, 0.0f);
+    for (int64_t h = 0; h < nh; ++h)
+      for (int64_t d = 0; d < D_; ++d) qt[d * kLanes + h] = q[h * q_stride + d] * scale_;
+    keys_.stage(slot, ids, n);
+    std::fill(m_acc_.begin() + slot * kLanes, m_acc_.begin() + (slot + 1) * kLanes,
+              -std::numeric_limits<float>::infinity());
+    std::fill(l_acc_.begin() + slot * kLanes, l_acc_.begin() + (slot + 1) * kLanes, 0.0f);
+    std::fill(o_acc_.begin() + slot * kLanes * Dv_, o_acc_.begin() + (slot + 1) * kLanes * Dv_, 0.0f);
+    nan_[slot] = 0;
+  }
+
+  // Runs tokens [0, tokens) of nh heads over every range of the group's keys k [Nk][D] and
+  // values v [Nk][Dv].
+  void attend(int64_t tokens, int64_t nh, const float* k, const float* v) {
+    for (int64_t r = 0; r < keys_.ranges(); ++r) {
+      for (int64_t slot = 0; slot < tokens; ++slot) {
+        int64_t n;
+        const int32_t* ids = keys_.in_range(slot, r, &n);
+        if (n > 0) attend_range(slot, nh, k, v, ids, n);
+      }
+    }
+  }
+
+  // Writes token `slot`'s normalised output (out: head 0's row, heads out_stride apart) and
+  // log-sum-exp (head 0's, heads lse_stride apart) for its nh heads; NaN for a head that met one.
+  void finish(int64_t slot, int64_t nh, float* out, int64_t out_stride, float* lse, int64_t lse_stride) const {
+    const float* m = m_acc_.data() + slot * kLanes;
+    const float* l = l_acc_.data() + slot * kLanes;
+    const float* o = o_acc_.data() + slot * kLanes * Dv_;
+    for (int64_t h = 0; h < nh; ++h) {
+      const bool is_nan = (nan_[slot] >> h) & 1;
+      lse[h * lse_stride] = is_nan ? std::numeric_limits<float>::quiet_NaN() : m[h] + std::log(l[h]);
+      const __m512 inv = _mm512_set1_ps(is_nan ? std::numeric_limits<float>::quiet_NaN() : 1.0f / l[h]);
+      for (int64_t c = 0; c < Dv_; c += kLanes)
+        _mm512_storeu_ps(out + h * out_stride + c, _mm512_mul_ps(_mm512_load_ps(o + h * Dv_ + c), inv));
+    }
+  }
+
+ private:
+  // Token `slot` over its n keys ids of one range, merged into its state.
+  void attend_range(int64_t slot, int64_t nh, const float* k, const float* v, const int32_t* ids, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+      krows_[j] = k + int64_t{ids[j]} * D_;
+      vrows_[j] = v + int64_t{ids[j]} * Dv_;
+    }
+    float* st = st_.data();
+    __mmask16 nan = 0;
+    const __m512 mx = scores(qt_.data() + slot * D_ * kLanes, krows_.data(), n, D_, st, nan, vrows_.data(), Dv_);
+    nan_[slot] |= nan;
+    float* m_acc = m_acc_.data() + slot * kLanes;
+    float* l_acc = l_acc_.data() + slot * kLanes;
+    const __m512 m_old = _mm512_load_ps(m_acc);
+    const __m512 m_new = _mm512_max_ps(mx, m_old);
+    const __m512 keep = exp512(_mm512_sub_ps(m_old, m_new));  // ~0 for the first range
+    __m512 l = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const __m512 p = exp512(_mm512_sub_ps(_mm512_load_ps(st + j * kLanes), m_new));
+      _mm512_store_ps(st + j * kLanes, p);
+      l = _mm512_add_ps(l, p);
+    }
+    _mm512_store_ps(m_acc, m_new);
+    _mm512_store_ps(l_acc, _mm512_fmadd_ps(_mm512_load_ps(l_acc), keep, l));
+    alignas(64) float kk[kLanes];
+    _mm512_store_ps(kk, keep);
+    float* o = o_acc_.data() + slot * kLanes * Dv_;
+    for (int64_t h = 0; h < nh; ++h) {
+      const __m512 f = _mm512_set1_ps(kk[h]);
+      for (int64_t c = h * Dv_; c < (h + 1) * Dv_; c += kLanes)
+        _mm512_store_ps(o + c, _mm512_mul_ps(_mm512_load_ps(o + c), f));
+    }
+    weighted_rows(st, nh, vrows_.data(), n, Dv_, o, /*accumulate=*/true);
+  }
+
+  int64_t D_, Dv_;
+  float scale_;
+  AlignedVector<float> qt_;     // [T][D][16]   scaled Q^T per token
+  AlignedVector<float> st_;     // [K][16]      S^T, then P^T, of one token and range
+  AlignedVector<float> o_acc_;  // [T][16][Dv]  running unnormalised outputs
+  AlignedVector<float> m_acc_;  // [T][16]      running max of the scaled scores
+  AlignedVector<float> l_acc_;  // [T][16]      running sum of exp relative to it
+  std::vector<__mmask16> nan_;  // [T]          heads that met a NaN score
+  std::vector<const float*> krows_, vrows_;  // [K] gathered rows of one range
+  ranges::BlockKeys keys_;
+};
+
+}  // namespace lanes
+#endif  // __AVX512F__
