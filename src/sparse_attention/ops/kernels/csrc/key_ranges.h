@@ -30,15 +30,31 @@ inline int range_shift(int64_t bytes_per_key, int64_t range_bytes) {
   return shift;
 }
 
+// Whether ids[0 .. n) never decrease.
+inline bool is_ascending(const int64_t* ids, int64_t n) {
+  int64_t j = 0;
+  for (; j + 9 <= n; j += 8)
+    if (_mm512_cmpgt_epi64_mask(_mm512_loadu_si512(ids + j), _mm512_loadu_si512(ids + j + 1))) return false;
+  for (; j + 1 < n; ++j)
+    if (ids[j] > ids[j + 1]) return false;
+  return true;
+}
+
 // Copies ids[0 .. n) (valid key positions) to out as int32, grouped by range (id >> shift) in
 // their original order within a range; range r's ids are out[start[r] .. start[r + 1]).
 // Vectorised (8 ids per step: a count pass, then a compress pass per range): a scalar counting
 // sort serialises on one counter when neighbouring ids share a range (the common case).
+// Ascending ids (most selections sort their rows) skip the per-range passes: one check, one
+// copy and a binary search per range boundary.
 inline void group_by_range(const int64_t* ids, int64_t n, int shift, int64_t ranges, int64_t* start, int32_t* out) {
   start[0] = 0;
-  if (ranges == 1) {
-    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<int32_t>(ids[j]);
-    start[1] = n;
+  if (ranges == 1 || is_ascending(ids, n)) {
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm512_cvtepi64_epi32(_mm512_loadu_si512(ids + j)));
+    for (; j < n; ++j) out[j] = static_cast<int32_t>(ids[j]);
+    for (int64_t r = 1; r < ranges; ++r) start[r] = std::lower_bound(ids, ids + n, r << shift) - ids;
+    start[ranges] = n;
     return;
   }
   const __m512i sh = _mm512_set1_epi64(shift);

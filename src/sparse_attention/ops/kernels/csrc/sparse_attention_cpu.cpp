@@ -172,11 +172,22 @@ inline Item decode(const Shapes& s, int64_t item) {
   return it;
 }
 
-// Valid keys of one index row (>= 0 and causally visible), in slot order.
+// Valid keys of one index row (>= 0 and causally visible), in slot order. ids: room for K.
 inline int64_t collect(const Shapes& s, const int64_t* row, int64_t t, int64_t* ids) {
   const int64_t limit = s.causal ? t + s.offset : s.Nk - 1;
-  int64_t n = 0;
-  for (int64_t slot = 0; slot < s.K; ++slot) {  // branchless: selections are unpredictable
+  int64_t n = 0, slot = 0;
+#if defined(__AVX512F__)
+  // 8 slots per step: the valid ones packed to the front of a register stored whole (n <= slot,
+  // so the store stays within the K slots of ids).
+  const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi64(limit);
+  for (; slot + 8 <= s.K; slot += 8) {
+    const __m512i x = _mm512_loadu_si512(row + slot);
+    const __mmask8 valid = _mm512_cmpge_epi64_mask(x, lo) & _mm512_cmple_epi64_mask(x, hi);
+    _mm512_storeu_si512(ids + n, _mm512_maskz_compress_epi64(valid, x));
+    n += __builtin_popcount(valid);
+  }
+#endif
+  for (; slot < s.K; ++slot) {  // branchless: selections are unpredictable
     const int64_t j = row[slot];
     ids[n] = j;
     n += (j >= 0) & (j <= limit);
