@@ -73,7 +73,7 @@ def check_indices(indices: Tensor, q: Tensor, k: Tensor, *, check_range: bool = 
     if indices.shape[3] == 0:
         raise ValueError("indices must have at least one slot per query (use -1 for an empty slot)")
     if check_range and indices.numel() > 0:
-        lo, hi = int(indices.min()), int(indices.max())
+        lo, hi = (int(x) for x in torch.aminmax(indices))  # one pass over N_q * K entries
         if lo < -1 or hi >= n_k:
             raise ValueError(
                 f"indices out of range: found values in [{lo}, {hi}], expected -1 (empty) or 0..{n_k - 1}"
