@@ -295,13 +295,7 @@ inline void attend_range(AttentionScratch& w, int64_t slot, const uint16_t* k, c
 // Runs every staged token of a block (slots [0, tokens)) over every key range.
 inline void attend_block(AttentionScratch& w, int64_t tokens, const uint16_t* k, const uint16_t* v, float scale) {
   const __m512 c = _mm512_set1_ps(scale * 1.44269504088896341f);
-  for (int64_t r = 0; r < w.keys.ranges(); ++r) {
-    for (int64_t slot = 0; slot < tokens; ++slot) {
-      int64_t n;
-      const int32_t* ids = w.keys.in_range(slot, r, &n);
-      if (n > 0) attend_range(w, slot, k, v, ids, n, c);
-    }
-  }
+  w.keys.walk(tokens, [&](int64_t slot, const int32_t* ids, int64_t n) { attend_range(w, slot, k, v, ids, n, c); });
 }
 
 // Writes token `slot`'s normalised output (out: head 0's row, heads out_stride apart) and

@@ -93,18 +93,23 @@ class BlockKeys {
         ranges_(std::max<int64_t>(1, ((Nk - 1) >> shift_) + 1)), ids_(kTokenBlock * K_),
         start_(kTokenBlock * (ranges_ + 1)) {}
 
-  int64_t ranges() const { return ranges_; }
 
   // Token `slot` (< kTokenBlock) takes the keys ids[0 .. n).
   void stage(int64_t slot, const int64_t* ids, int64_t n) {
     group_by_range(ids, n, shift_, ranges_, start_.data() + slot * (ranges_ + 1), ids_.data() + slot * K_);
   }
 
-  // Token `slot`'s keys in range r: *n ids from the returned pointer.
-  const int32_t* in_range(int64_t slot, int64_t r, int64_t* n) const {
-    const int64_t* start = start_.data() + slot * (ranges_ + 1);
-    *n = start[r + 1] - start[r];
-    return ids_.data() + slot * K_ + start[r];
+  // Calls fn(slot, ids, n) for each of tokens [0, tokens) that has n > 0 keys ids in a range,
+  // range by range (every token's range 0, then every token's range 1, ...).
+  template <typename Fn>
+  void walk(int64_t tokens, Fn&& fn) const {
+    for (int64_t r = 0; r < ranges_; ++r) {
+      for (int64_t slot = 0; slot < tokens; ++slot) {
+        const int64_t* start = start_.data() + slot * (ranges_ + 1);
+        const int64_t n = start[r + 1] - start[r];
+        if (n > 0) fn(slot, ids_.data() + slot * K_ + start[r], n);
+      }
+    }
   }
 
  private:

@@ -51,13 +51,7 @@ class BlockForward {
   // Runs tokens [0, tokens) of nh heads over every range of the group's keys k [Nk][D] and
   // values v [Nk][Dv].
   void attend(int64_t tokens, int64_t nh, const float* k, const float* v) {
-    for (int64_t r = 0; r < keys_.ranges(); ++r) {
-      for (int64_t slot = 0; slot < tokens; ++slot) {
-        int64_t n;
-        const int32_t* ids = keys_.in_range(slot, r, &n);
-        if (n > 0) attend_range(slot, nh, k, v, ids, n);
-      }
-    }
+    keys_.walk(tokens, [&](int64_t slot, const int32_t* ids, int64_t n) { attend_range(slot, nh, k, v, ids, n); });
   }
 
   // Writes token `slot`'s normalised output (out: head 0's row, heads out_stride apart) and
