@@ -59,10 +59,11 @@ def test_amx_path_agrees_with_the_fma_path(slots):
 @pytest.mark.parametrize("ascending", [False, True])
 def test_keys_walked_in_several_ranges(causal, ascending):
     # With D = D_v = 64 a key range holds 4096 keys (1 MiB of bf16 K and V): 10000 keys are 3
-    # ranges, merged per token by the online softmax; queries are the last 40 positions.
-    # Ascending rows (with -1 slots first) take the grouping's sorted shortcut.
-    q, k, v = make_qkv(1, 16, 1, 40, n_k=10000, d=64, dtype=torch.float64)
-    idx = random_indices(1, 1, 40, 10000, 700, seed=3, empty_fraction=0.1)
+    # ranges, merged per token by the online softmax, and blocks are 128 tokens wide: the 150
+    # queries (the last 150 positions) are one full and one partial block. Ascending rows (with
+    # -1 slots first) take the grouping's sorted shortcut.
+    q, k, v = make_qkv(1, 16, 1, 150, n_k=10000, d=64, dtype=torch.float64)
+    idx = random_indices(1, 1, 150, 10000, 700, seed=3, empty_fraction=0.1)
     idx[0, 0, :, :5] = torch.tensor([0, 4095, 4096, 8191, 9999])  # range edges
     if ascending:
         idx = idx.sort(dim=-1).values

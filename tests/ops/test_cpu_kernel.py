@@ -37,13 +37,14 @@ def test_long_sequence_mqa():
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("ascending", [False, True])
 def test_keys_walked_in_several_ranges(h, h_kv, layout, causal, ascending):
-    # fp32 with D = D_v = 64: a key range holds 8192 keys (4 MiB of K and V), so 20000 keys are
-    # 3 ranges merged per token by the online softmax; queries are the last 40 positions.
-    # Ascending rows (with -1 slots first) take the grouping's sorted shortcut.
-    q, k, v = make_qkv(1, h, h_kv, 40, n_k=20000, d=64, dtype=torch.float64)
+    # fp32 with D = D_v = 64: a key range holds 4096 keys (2 MiB of K and V), so 20000 keys are
+    # 5 ranges merged per token by the online softmax, and blocks are 128 tokens wide: the 150
+    # queries (the last 150 positions) are one full and one partial block. Ascending rows (with
+    # -1 slots first) take the grouping's sorted shortcut.
+    q, k, v = make_qkv(1, h, h_kv, 150, n_k=20000, d=64, dtype=torch.float64)
     h_sel = {"shared": 1, "per_head": h}[layout]
-    idx = random_indices(1, h_sel, 40, 20000, 300, seed=5, empty_fraction=0.1)
-    idx[..., :5] = torch.tensor([0, 8191, 8192, 16384, 19999])  # range edges
+    idx = random_indices(1, h_sel, 150, 20000, 300, seed=5, empty_fraction=0.1)
+    idx[..., :5] = torch.tensor([0, 4095, 4096, 16384, 19999])  # range edges
     if ascending:
         idx = idx.sort(dim=-1).values
     compare(q, k, v, idx, causal, torch.float32)

@@ -37,10 +37,11 @@ inline bool attention_fits(int64_t D, int64_t Dv) { return D % 32 == 0 && Dv % 3
 // token for random selections from 16384 bf16 keys with 1 MiB ranges.
 constexpr int64_t kRangeBytes = int64_t{1} << 20;
 
-// Per-thread buffers for blocks of ranges::kTokenBlock tokens with at most K keys each, which
-// walk their keys range by range (key_ranges.h).
+// Per-thread buffers for blocks of tokens (keys.tokens()) with at most K keys each, which walk
+// their keys range by range (key_ranges.h).
 struct AttentionScratch {
   int64_t K, D, Dv;
+  ranges::BlockKeys keys;      //                     each token's valid keys, grouped by range
   AlignedVector<uint16_t> qt;  // [T][D/2][16][2]     Q^T as feature pairs (B of S^T), per token
   AlignedVector<uint16_t> kc;  // [32][D]             one chunk of gathered keys (A of S^T)
   AlignedVector<uint16_t> vc;  // [16][64][2]         one chunk of gathered values, key pairs interleaved (B of O)
@@ -51,12 +52,12 @@ struct AttentionScratch {
   AlignedVector<float> o_acc;  // [T][16][Dv]         running unnormalised outputs (unpack feature order)
   AlignedVector<float> m_acc;  // [T][16]             running max of the raw scores
   AlignedVector<float> l_acc;  // [T][16]             running sum of exp relative to it
-  ranges::BlockKeys keys;      //                     each token's valid keys, grouped by range
   AttentionScratch(int64_t K_, int64_t D_, int64_t Dv_, int64_t Nk)
-      : K(std::max<int64_t>(K_, 1)), D(D_), Dv(Dv_), qt(ranges::kTokenBlock * D_ * 16), kc(kKeyBlock * D_),
-        vc(kKeyBlock * 64), p(padded_keys(K) * 16), zero_row(std::max(D_, Dv_)), st(padded_keys(K) * 16),
-        o(16 * Dv_), o_acc(ranges::kTokenBlock * 16 * Dv_), m_acc(ranges::kTokenBlock * 16),
-        l_acc(ranges::kTokenBlock * 16), keys(K_, Nk, (D_ + Dv_) * 2, kRangeBytes) {}
+      : K(std::max<int64_t>(K_, 1)), D(D_), Dv(Dv_), keys(K_, Nk, bytes_per_key(D_, Dv_), kRangeBytes),
+        qt(keys.tokens() * D_ * 16), kc(kKeyBlock * D_), vc(kKeyBlock * 64), p(padded_keys(K) * 16),
+        zero_row(std::max(D_, Dv_)), st(padded_keys(K) * 16), o(16 * Dv_), o_acc(keys.tokens() * 16 * Dv_),
+        m_acc(keys.tokens() * 16), l_acc(keys.tokens() * 16) {}
+  static int64_t bytes_per_key(int64_t D, int64_t Dv) { return (D + Dv) * 2; }
 };
 
 // 16 x 16 transpose of 32-bit elements held in 16 registers.
@@ -328,6 +329,11 @@ class BlockForward {
   ~BlockForward() { _tile_release(); }
   BlockForward(const BlockForward&) = delete;
   BlockForward& operator=(const BlockForward&) = delete;
+
+  // Tokens per block (the stage() slots) for Nk keys of widths D, Dv.
+  static int64_t block_tokens(int64_t Nk, int64_t D, int64_t Dv) {
+    return ranges::tokens_per_block(Nk, AttentionScratch::bytes_per_key(D, Dv), kRangeBytes);
+  }
 
   void stage(int64_t slot, const uint16_t* q, int64_t q_stride, int64_t nh, const int64_t* ids, int64_t n) {
     stage_token(w_, slot, q, q_stride, nh, ids, n);

@@ -21,17 +21,24 @@ namespace lanes {
 
 // K and V bytes per key range (key_ranges.h). Larger than the bf16 path's: here the FMA loops,
 // not the gathers, bound the time, and fewer ranges mean fewer partial blocks and merges
-// (N = 32768, K = 2048: 1547 ms with 4 MiB ranges, 1659 ms with 1 MiB, 1686 ms with one range).
-constexpr int64_t kRangeBytes = int64_t{4} << 20;
+// (blocks of 32 tokens, N = 32768, K = 2048: 1547 ms with 4 MiB ranges, 1659 ms with 1 MiB,
+// 1686 ms with one range; blocks of 128 tokens: ~1300 ms with 2 MiB, ~1340 with 1 MiB, ~1450
+// with 4 MiB, whose range and token states no longer fit in L2 together).
+constexpr int64_t kRangeBytes = int64_t{2} << 20;
 
 class BlockForward {
  public:
   // K: most keys per token; Nk: key positions; D, Dv: key and value widths; scale: of the scores.
   BlockForward(int64_t K, int64_t Nk, int64_t D, int64_t Dv, float scale)
-      : D_(D), Dv_(Dv), scale_(scale), qt_(ranges::kTokenBlock * D * kLanes), st_(std::max<int64_t>(K, 1) * kLanes),
-        o_acc_(ranges::kTokenBlock * kLanes * Dv), m_acc_(ranges::kTokenBlock * kLanes),
-        l_acc_(ranges::kTokenBlock * kLanes), nan_(ranges::kTokenBlock), krows_(std::max<int64_t>(K, 1)),
-        vrows_(std::max<int64_t>(K, 1)), keys_(K, Nk, (D + Dv) * int64_t{sizeof(float)}, kRangeBytes) {}
+      : D_(D), Dv_(Dv), scale_(scale), keys_(K, Nk, bytes_per_key(D, Dv), kRangeBytes), qt_(keys_.tokens() * D * kLanes),
+        st_(std::max<int64_t>(K, 1) * kLanes), o_acc_(keys_.tokens() * kLanes * Dv), m_acc_(keys_.tokens() * kLanes),
+        l_acc_(keys_.tokens() * kLanes), nan_(keys_.tokens()), krows_(std::max<int64_t>(K, 1)),
+        vrows_(std::max<int64_t>(K, 1)) {}
+
+  // Tokens per block (the stage() slots) for Nk keys of widths D, Dv.
+  static int64_t block_tokens(int64_t Nk, int64_t D, int64_t Dv) {
+    return ranges::tokens_per_block(Nk, bytes_per_key(D, Dv), kRangeBytes);
+  }
 
   // Token `slot` of the block: the scaled Q^T of its nh <= 16 heads (q: head 0's row, heads
   // q_stride apart; padding lanes zero), its n > 0 valid keys ids, an empty softmax state.
@@ -104,8 +111,11 @@ class BlockForward {
     weighted_rows(st, nh, vrows_.data(), n, Dv_, o, /*accumulate=*/true);
   }
 
+  static int64_t bytes_per_key(int64_t D, int64_t Dv) { return (D + Dv) * int64_t{sizeof(float)}; }
+
   int64_t D_, Dv_;
   float scale_;
+  ranges::BlockKeys keys_;
   AlignedVector<float> qt_;     // [T][D][16]   scaled Q^T per token
   AlignedVector<float> st_;     // [K][16]      S^T, then P^T, of one token and range
   AlignedVector<float> o_acc_;  // [T][16][Dv]  running unnormalised outputs
@@ -113,7 +123,6 @@ class BlockForward {
   AlignedVector<float> l_acc_;  // [T][16]      running sum of exp relative to it
   std::vector<__mmask16> nan_;  // [T]          heads that met a NaN score
   std::vector<const float*> krows_, vrows_;  // [K] gathered rows of one range
-  ranges::BlockKeys keys_;
 };
 
 }  // namespace lanes

@@ -447,14 +447,14 @@ bool use_amx(const Shapes& s, bool allow_amx) {
 }
 
 #if defined(__AVX512F__)
-// The forward pass in blocks of ranges::kTokenBlock consecutive query tokens of one selection
+// The forward pass in blocks of Engine::block_tokens() consecutive query tokens of one selection
 // group, so that a block can walk its keys range by range (key_ranges.h). Engine (one per
 // thread, made from (K, Nk, D, Dv, scale)): lanes::BlockForward (fp32) or amx::BlockForward
 // (bf16 as uint16_t).
 template <typename Engine, typename E>
 void forward_token_blocks(const Shapes& s, const E* q, const E* k, const E* v, const int64_t* idx, double scale,
                           E* out, float* lse) {
-  const int64_t T = ranges::kTokenBlock;
+  const int64_t T = Engine::block_tokens(s.Nk, s.D, s.Dv);
   const int64_t blocks_per_group = (s.Nq + T - 1) / T;
   const int64_t groups = s.items() / s.Nq;  // items are (group, token) with the token fastest
   at::parallel_for(0, groups * blocks_per_group, 1, [&](int64_t begin, int64_t end) {
