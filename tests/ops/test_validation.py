@@ -40,6 +40,19 @@ def test_bad_input_raises(mutate, error, match):
         sparse_attention(*mutate(*_inputs()))
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("slot", [0, 7, 8, 10])  # the C++ kernel reads 8 slots at a time, then the rest
+@pytest.mark.parametrize("bad", [-2, 40, 10**12])
+def test_index_out_of_range_raises_in_every_backend(backend, slot, bad):
+    # The cpu kernel checks the values itself (no separate pass over the indices); an entry
+    # in the causal future of its query is still checked.
+    q, k, v = make_qkv(1, 4, 2, 40)
+    idx = torch.randint(0, 40, (1, 2, 40, 11))
+    idx[0, 1, 3, slot] = bad
+    with pytest.raises(ValueError, match="indices out of range"):
+        sparse_attention(q, k, v, idx, backend=backend)
+
+
 def test_bad_scale_backend_and_causal():
     q, k, v, idx = _inputs()
     with pytest.raises(ValueError, match="scale"):

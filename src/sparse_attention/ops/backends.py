@@ -30,6 +30,8 @@ class Backend:
         kernel: ``kernel(q, k, v, indices, *, causal, scale) -> Tensor``.
         supports: ``supports(q, k, v, indices, needs_grad) -> None | reason``.
         description: one line for ``sparse-attention backends`` and docs.
+        checks_index_range: the kernel itself raises ValueError for an index outside
+            ``[-1, N_k - 1]`` (so :func:`sparse_attention` skips its own pass over the indices).
     """
 
     name: str
@@ -37,6 +39,7 @@ class Backend:
     kernel: Kernel
     supports: SupportCheck
     description: str
+    checks_index_range: bool = False
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -98,6 +101,7 @@ register_backend(
         supports=_cpu.supports,
         description="C++ kernel: per-token GEMMs over gathered keys shared by a KV group, fused softmax,"
         " fp32/bf16, forward and backward (compiled on first use)",
+        checks_index_range=True,
     )
 )
 

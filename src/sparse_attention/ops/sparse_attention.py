@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .backends import choose_backend
-from .validation import check_indices, check_qkv, resolve_scale
+from .validation import check_index_range, check_indices, check_qkv, resolve_scale
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +53,14 @@ def sparse_attention(
           rows that select it, as in dense attention.
     """
     check_qkv(q, k, v)
-    check_indices(indices, q, k)
+    check_indices(indices, q, k, check_range=False)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     scale = resolve_scale(scale, q.shape[-1])
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     chosen = choose_backend(backend, q, k, v, indices, needs_grad)
+    if not chosen.checks_index_range:
+        check_index_range(indices, k.shape[2])
     logger.debug("sparse_attention: backend=%s", chosen.name)
     out = chosen.kernel(q, k, v, indices, causal=causal, scale=scale)
     return (out, chosen.name) if return_backend else out

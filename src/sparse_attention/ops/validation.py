@@ -51,6 +51,8 @@ def check_indices(indices: Tensor, q: Tensor, k: Tensor, *, check_range: bool = 
 
     ``H_sel`` must be 1 (shared by all heads), ``H_kv`` (one per KV head) or ``H``
     (one per query head). Entries must lie in ``[-1, N_k - 1]``; ``-1`` is an empty slot.
+    ``check_range=False`` checks only type and shape (for kernels that check the values
+    while they read them).
     """
     if not isinstance(indices, Tensor):
         raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
@@ -72,7 +74,13 @@ def check_indices(indices: Tensor, q: Tensor, k: Tensor, *, check_range: bool = 
         raise ValueError(f"indices length {indices.shape[2]} does not match q length {n_q}")
     if indices.shape[3] == 0:
         raise ValueError("indices must have at least one slot per query (use -1 for an empty slot)")
-    if check_range and indices.numel() > 0:
+    if check_range:
+        check_index_range(indices, n_k)
+
+
+def check_index_range(indices: Tensor, n_k: int) -> None:
+    """Raise ValueError unless every entry of ``indices`` lies in ``[-1, n_k - 1]``."""
+    if indices.numel() > 0:
         lo, hi = (int(x) for x in torch.aminmax(indices))  # one pass over N_q * K entries
         if lo < -1 or hi >= n_k:
             raise ValueError(

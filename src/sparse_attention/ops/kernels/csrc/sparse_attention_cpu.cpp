@@ -172,26 +172,43 @@ inline Item decode(const Shapes& s, int64_t item) {
   return it;
 }
 
+// Raises ValueError for the first entry of an index row outside [-1, Nk).
+[[noreturn]] __attribute__((noinline, cold)) void index_out_of_range(const int64_t* row, int64_t K, int64_t Nk) {
+  const int64_t* bad = std::find_if(row, row + K, [Nk](int64_t j) { return j < -1 || j >= Nk; });
+  TORCH_CHECK_VALUE(false, "indices out of range: found value ", bad == row + K ? 0 : *bad,
+                    ", expected -1 (empty) or 0..", Nk - 1);
+  __builtin_unreachable();
+}
+
 // Valid keys of one index row (>= 0 and causally visible), in slot order. ids: room for K.
+// Entries outside [-1, Nk) raise ValueError: checking them here, where every entry is read
+// anyway, replaces a separate pass over the N_q x K indices (~9 ms at N = 16384, K = 1024).
 inline int64_t collect(const Shapes& s, const int64_t* row, int64_t t, int64_t* ids) {
   const int64_t limit = s.causal ? t + s.offset : s.Nk - 1;
   int64_t n = 0, slot = 0;
+  bool bad = false;
 #if defined(__AVX512F__)
   // 8 slots per step: the valid ones packed to the front of a register stored whole (n <= slot,
   // so the store stays within the K slots of ids).
   const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi64(limit);
+  const __m512i empty = _mm512_set1_epi64(-1), nk = _mm512_set1_epi64(s.Nk);
+  __mmask8 out_of_range = 0;
   for (; slot + 8 <= s.K; slot += 8) {
     const __m512i x = _mm512_loadu_si512(row + slot);
     const __mmask8 valid = _mm512_cmpge_epi64_mask(x, lo) & _mm512_cmple_epi64_mask(x, hi);
+    out_of_range |= _mm512_cmplt_epi64_mask(x, empty) | _mm512_cmpge_epi64_mask(x, nk);
     _mm512_storeu_si512(ids + n, _mm512_maskz_compress_epi64(valid, x));
     n += __builtin_popcount(valid);
   }
+  bad = out_of_range != 0;
 #endif
   for (; slot < s.K; ++slot) {  // branchless: selections are unpredictable
     const int64_t j = row[slot];
     ids[n] = j;
     n += (j >= 0) & (j <= limit);
+    bad |= (j < -1) | (j >= s.Nk);
   }
+  if (__builtin_expect(bad, 0)) index_out_of_range(row, s.K, s.Nk);
   return n;
 }
 
