@@ -28,6 +28,17 @@ def test_head_layouts_and_dims(h, h_kv, d):
     compare(q, k, v, random_indices(2, 1, 70, 70, 33), True, torch.float32)
 
 
+@pytest.mark.parametrize("h, h_kv, d, d_v", [(5, 5, 16, 48), (10, 2, 128, 64), (8, 1, 48, 80), (6, 3, 64, 16)])
+def test_few_heads_per_group_with_value_width_apart(h, h_kv, d, d_v):
+    # Groups of up to 8 heads take the per-(head, key) score kernel (lanes_rows.h): every head
+    # count 1..5 and 8, D from 16 to 128, D_v != D, and 37 slots (two full blocks of 16 keys
+    # and a partial one).
+    q, k, _ = make_qkv(1, h, h_kv, 90, d=d, dtype=torch.float64)
+    v = torch.randn(1, h_kv, 90, d_v, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for h_sel in (1, h_kv, h):
+        compare(q, k, v, random_indices(1, h_sel, 90, 90, 37, seed=h_sel), True, torch.float32)
+
+
 def test_long_sequence_mqa():
     q, k, v = make_qkv(1, 8, 1, 4096, d=64, dtype=torch.float64)
     compare(q, k, v, random_indices(1, 1, 4096, 4096, 64, empty_fraction=0.05), True, torch.float32)

@@ -24,6 +24,7 @@
 #include "amx_attention.h"
 #include "lanes_avx512.h"
 #include "lanes_blocks.h"
+#include "lanes_rows.h"
 
 #include <algorithm>
 #include <cmath>
@@ -523,6 +524,10 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
   }
 #if defined(__AVX512F__)
   if constexpr (std::is_same<T, float>::value) {
+    if (rows::fits(s.per_head ? 1 : s.G, s.D, s.Dv)) {  // few heads per group: one score per (head, key)
+      forward_token_blocks<rows::BlockForward>(s, q, k, v, idx, scale, out, lse);
+      return;
+    }
     if (use_lanes(s, s.per_head ? 1 : s.G)) {
       forward_token_blocks<lanes::BlockForward>(s, q, k, v, idx, scale, out, lse);
       return;
