@@ -50,6 +50,10 @@ def test_random_causal_indices_are_valid():
     idx = causal_random_indices(1, 1, 50, 6, seed=0, device="cpu")
     assert idx.shape == (1, 1, 50, 6)
     assert bool(((idx >= 0) & (idx <= torch.arange(50)[:, None])).all())
+    rows = idx[0, 0]
+    assert bool((rows[5:, 1:] > rows[5:, :-1]).all())  # distinct and ascending once t + 1 >= K
+    assert rows[2].tolist() == [0, 1, 2, 2, 2, 2]  # t + 1 < K: keys 0 .. t, then t repeated
+    assert rows[-1].max() > 40 and rows[-1].min() < 10  # spread over the visible keys
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -88,12 +88,19 @@ class KernelBenchConfig:
 
 
 def causal_random_indices(b: int, h_sel: int, n: int, k: int, seed: int, device) -> torch.Tensor:
-    """``[B, H_sel, N, K]``: for query ``t``, ``K`` keys drawn uniformly from ``[0, t]`` (with
-    repeats when ``t + 1 < K``; sorted per row). Every slot is a valid causal edge."""
+    """``[B, H_sel, N, K]``: for query ``t``, ``K`` distinct random keys of ``[0, t]``, ascending
+    (as a top-k selection is: distinct, and sorted by most selectors). Queries with ``t + 1 < K``
+    take keys ``0 .. t`` and repeat ``t`` in the remaining slots, so every slot is a valid causal
+    edge and every query costs K keys.
+
+    Sorted draws ``u_0 <= ... <= u_{K-1}`` from ``[0, t + 1 - K]`` plus ``0, 1, ..., K - 1`` are
+    distinct, ascending and spread over ``[0, t]`` (one pass, no per-row permutation)."""
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(b, h_sel, n, k, generator=gen)
-    idx = (u * (torch.arange(n, dtype=torch.float32)[:, None] + 1)).long().clamp(max=n - 1)
-    return idx.sort(dim=-1).values.to(device)
+    span = (torch.arange(n, dtype=torch.float32)[:, None] + 2 - k).clamp(min=1)  # [N, 1] values per draw
+    draws = (u * span).long().sort(dim=-1).values  # [B, H_sel, N, K], each in [0, span - 1]
+    idx = draws + torch.arange(k)
+    return idx.clamp(max=torch.arange(n)[:, None]).to(device)
 
 
 def _inputs(cfg: KernelBenchConfig, n: int, k: int, h: int, h_kv: int, dtype, seed: int, requires_grad=False):

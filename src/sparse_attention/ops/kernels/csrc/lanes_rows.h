@@ -38,6 +38,12 @@ inline bool fits(int64_t nh, int64_t D, int64_t Dv) {
   return nh >= 1 && nh <= kMaxHeads && D % 16 == 0 && D <= 128 && Dv % 16 == 0;
 }
 
+// The backward also scores dO against value rows: D_v up to 128 too.
+inline bool fits_backward(int64_t nh, int64_t D, int64_t Dv) { return fits(nh, D, Dv) && Dv <= 128; }
+
+// Score rows padded to whole blocks of 16 keys, for at most K keys.
+inline int64_t padded_keys(int64_t K) { return (std::max<int64_t>(K, 1) + 15) / 16 * 16; }
+
 // s[b] = sum of the 16 lanes of acc[b], for b < 16: pairs of registers are interleaved and
 // added (16 -> 8 -> 4 registers, each 128-bit lane then holding partial sums of 4 keys in
 // order), then 128-bit lanes are exchanged and added twice.
@@ -69,7 +75,7 @@ inline void scores(const float* q, int64_t nh, const float* const* rows, int64_t
   lanes::prefetch_rows(rows, 0, kAhead, n, 16 * NC);
   for (int64_t j0 = 0; j0 < n; j0 += 16) {
     lanes::prefetch_rows(rows, j0 + kAhead, 16, n, 16 * NC);
-    lanes::prefetch_rows<_MM_HINT_T1>(next_rows, j0, 16, n, next_width);
+    if (next_rows) lanes::prefetch_rows<_MM_HINT_T1>(next_rows, j0, 16, n, next_width);
     const float* r[16];
     for (int b = 0; b < 16; ++b) r[b] = rows[std::min<int64_t>(j0 + b, n - 1)];
     for (int64_t h = 0; h < nh; ++h) {
@@ -82,6 +88,21 @@ inline void scores(const float* q, int64_t nh, const float* const* rows, int64_t
       }
       _mm512_storeu_ps(S + h * S_stride + j0, sum16(acc));
     }
+  }
+}
+
+// scores<D / 16>: D a multiple of 16 up to 128.
+inline void scores(const float* q, int64_t nh, int64_t D, const float* const* rows, int64_t n, float* S,
+                   int64_t S_stride, const float* const* next_rows = nullptr, int64_t next_width = 0) {
+  switch (D / 16) {
+    case 1: scores<1>(q, nh, rows, n, S, S_stride, next_rows, next_width); break;
+    case 2: scores<2>(q, nh, rows, n, S, S_stride, next_rows, next_width); break;
+    case 3: scores<3>(q, nh, rows, n, S, S_stride, next_rows, next_width); break;
+    case 4: scores<4>(q, nh, rows, n, S, S_stride, next_rows, next_width); break;
+    case 5: scores<5>(q, nh, rows, n, S, S_stride, next_rows, next_width); break;
+    case 6: scores<6>(q, nh, rows, n, S, S_stride, next_rows, next_width); break;
+    case 7: scores<7>(q, nh, rows, n, S, S_stride, next_rows, next_width); break;
+    default: scores<8>(q, nh, rows, n, S, S_stride, next_rows, next_width); break;
   }
 }
 
@@ -149,7 +170,7 @@ class BlockForward {
  public:
   // K: most keys per token; Nk: key positions; D, Dv: key and value widths; scale: of the scores.
   BlockForward(int64_t K, int64_t Nk, int64_t D, int64_t Dv, float scale)
-      : D_(D), Dv_(Dv), Kp_((std::max<int64_t>(K, 1) + 15) / 16 * 16), scale_(scale),
+      : D_(D), Dv_(Dv), Kp_(padded_keys(K)), scale_(scale),
         keys_(K, Nk, bytes_per_key(D, Dv), kRangeBytes), q_(keys_.tokens() * kMaxHeads * D),
         s_(kMaxHeads * Kp_), o_acc_(keys_.tokens() * kMaxHeads * Dv), m_acc_(keys_.tokens() * kMaxHeads),
         l_acc_(keys_.tokens() * kMaxHeads), nan_(keys_.tokens() * kMaxHeads), krows_(Kp_), vrows_(Kp_) {}
@@ -204,16 +225,7 @@ class BlockForward {
     }
     const float* q = q_.data() + slot * kMaxHeads * D_;
     float* S = s_.data();
-    switch (D_ / 16) {
-      case 1: scores<1>(q, nh, krows_.data(), n, S, Kp_, vrows_.data(), Dv_); break;
-      case 2: scores<2>(q, nh, krows_.data(), n, S, Kp_, vrows_.data(), Dv_); break;
-      case 3: scores<3>(q, nh, krows_.data(), n, S, Kp_, vrows_.data(), Dv_); break;
-      case 4: scores<4>(q, nh, krows_.data(), n, S, Kp_, vrows_.data(), Dv_); break;
-      case 5: scores<5>(q, nh, krows_.data(), n, S, Kp_, vrows_.data(), Dv_); break;
-      case 6: scores<6>(q, nh, krows_.data(), n, S, Kp_, vrows_.data(), Dv_); break;
-      case 7: scores<7>(q, nh, krows_.data(), n, S, Kp_, vrows_.data(), Dv_); break;
-      default: scores<8>(q, nh, krows_.data(), n, S, Kp_, vrows_.data(), Dv_); break;
-    }
+    scores(q, nh, D_, krows_.data(), n, S, Kp_, vrows_.data(), Dv_);
     const __mmask16 tail = n % 16 == 0 ? __mmask16(0xffff) : __mmask16((1u << (n % 16)) - 1);
     const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t h = 0; h < nh; ++h) {

@@ -311,13 +311,16 @@ Shapes make_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 // Scratch of the lane kernels, one per thread.
 struct LaneScratch {
   AlignedVector<float> at, st, dst, o, rows_q, rows_do, kconv, vconv, delta;
+  int64_t kp;                         // padded_keys(K): row stride of s_rows and dp_rows
+  AlignedVector<float> s_rows, dp_rows;  // [8][kp] per-(head, key) scores (lanes_rows.h)
   std::vector<const float*> krows, vrows;
   std::vector<float*> dkrows, dvrows;
   explicit LaneScratch(const Shapes& s)
       : at(std::max(s.D, s.Dv) * lanes::kLanes), st(std::max<int64_t>(s.K, 1) * lanes::kLanes),
         dst(std::max<int64_t>(s.K, 1) * lanes::kLanes), o(lanes::kLanes * std::max(s.D, s.Dv)),
-        rows_q(lanes::kLanes * s.D), rows_do(lanes::kLanes * s.Dv), delta(lanes::kLanes), krows(s.K), vrows(s.K),
-        dkrows(s.K), dvrows(s.K) {}
+        rows_q(lanes::kLanes * s.D), rows_do(lanes::kLanes * s.Dv), delta(lanes::kLanes),
+        kp(rows::padded_keys(s.K)), s_rows(rows::kMaxHeads * kp), dp_rows(rows::kMaxHeads * kp), krows(s.K),
+        vrows(s.K), dkrows(s.K), dvrows(s.K) {}
 };
 
 inline bool use_lanes(const Shapes& s, int64_t nh) {
@@ -381,6 +384,81 @@ void forward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, int
   }
 }
 
+// Loads the scaled queries and output gradients of an item's heads into w.rows_q [nh][D] and
+// w.rows_do [nh][Dv], and returns delta_i = dO_i . O_i and the log-sum-exp per head.
+template <typename T>
+void load_backward_rows(const Shapes& s, const Item& it, const T* q, double scale, const T* out, const float* lse,
+                        const T* dout, LaneScratch& w, float* delta, float* lse_h) {
+  const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;
+  for (int64_t i = 0; i < it.nh; ++i) {
+    const int64_t row = row0 + i * s.Nq;
+    for (int64_t d = 0; d < s.D; ++d) w.rows_q[i * s.D + d] = to_float(q[row * s.D + d]) * static_cast<float>(scale);
+    float dl = 0.0f;
+    for (int64_t c = 0; c < s.Dv; ++c) {
+      const float g = to_float(dout[row * s.Dv + c]);
+      w.rows_do[i * s.Dv + c] = g;
+      dl += g * to_float(out[row * s.Dv + c]);
+    }
+    delta[i] = dl;
+    lse_h[i] = lse[row];
+  }
+}
+
+// dK and dV rows of the selected keys: dK_j += sum_i dS^T[j][i] q_i, dV_j += sum_i P^T[j][i] dO_i
+// (pt, dst: [n][16] transposed, w.rows_q / w.rows_do: the item's rows).
+inline void accumulate_key_grads(const Shapes& s, const Item& it, const int64_t* ids, int64_t n, const float* pt,
+                                 const float* dst, float* dk, float* dv, LaneScratch& w) {
+  const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
+  bool distinct = true;  // blocks of 4 keys may be accumulated together only without repeats
+  for (int64_t j = 0; j < n; ++j) {
+    w.dkrows[j] = dk + (kv_off + ids[j]) * s.D;
+    w.dvrows[j] = dv + (kv_off + ids[j]) * s.Dv;
+    for (int64_t p = j & ~int64_t{3}; p < j; ++p) distinct &= ids[p] != ids[j];
+  }
+  lanes::accumulate_rows(dst, it.nh, w.rows_q.data(), s.D, w.dkrows.data(), n, distinct);
+  lanes::accumulate_rows(pt, it.nh, w.rows_do.data(), s.Dv, w.dvrows.data(), n, distinct);
+}
+
+// Backward of an item whose group has few heads (rows::fits_backward): S and dP as one score
+// per (head, key) (lanes_rows.h), where backward_item_lanes would spend a register per key on
+// a handful of heads.
+template <typename T>
+void backward_item_rows(const Shapes& s, const Item& it, const int64_t* ids, int64_t n, const T* q, const T* k,
+                        const T* v, double scale, const T* out, const float* lse, const T* dout, float* dq,
+                        float* dk, float* dv, LaneScratch& w) {
+  const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
+  const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;
+  const int64_t L = lanes::kLanes, kp = w.kp;
+  gather_rows(s, k, v, kv_off, ids, n, w);
+  float delta[rows::kMaxHeads], lse_h[rows::kMaxHeads];
+  load_backward_rows(s, it, q, scale, out, lse, dout, w, delta, lse_h);
+  float* S = w.s_rows.data();    // [nh][kp] S, then P
+  float* dS = w.dp_rows.data();  // [nh][kp] dP = dO V^T, then dS
+  rows::scores(w.rows_q.data(), it.nh, s.D, w.krows.data(), n, S, kp, w.vrows.data(), s.Dv);
+  rows::scores(w.rows_do.data(), it.nh, s.Dv, w.vrows.data(), n, dS, kp);
+  float* pt = w.st.data();    // [n][16] P^T and dS^T for the key-gradient accumulation
+  float* dst = w.dst.data();
+  for (int64_t i = 0; i < it.nh; ++i) {
+    const __m512 lse_v = _mm512_set1_ps(lse_h[i]), delta_v = _mm512_set1_ps(delta[i]);
+    for (int64_t j = 0; j < n; j += 16) {  // the padding up to kp is scratch
+      const __m512 p = lanes::exp512(_mm512_sub_ps(_mm512_loadu_ps(S + i * kp + j), lse_v));
+      _mm512_storeu_ps(S + i * kp + j, p);
+      _mm512_storeu_ps(dS + i * kp + j, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dS + i * kp + j), delta_v)));
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      pt[j * L + i] = S[i * kp + j];
+      dst[j * L + i] = dS[i * kp + j];
+    }
+  }
+  std::fill(w.o.begin(), w.o.begin() + it.nh * s.D, 0.0f);
+  rows::weighted_rows(dS, kp, it.nh, w.krows.data(), n, s.D, w.o.data());  // dQ / scale
+  for (int64_t i = 0; i < it.nh; ++i) {
+    float* dqr = dq + (row0 + i * s.Nq) * s.D;
+    for (int64_t d = 0; d < s.D; ++d) dqr[d] = w.o[i * s.D + d] * static_cast<float>(scale);
+  }
+  accumulate_key_grads(s, it, ids, n, pt, dst, dk, dv, w);
+}
+
 template <typename T>
 void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, int64_t n, const T* q, const T* k,
                          const T* v, double scale, const T* out, const float* lse, const T* dout, float* dq,
@@ -390,24 +468,11 @@ void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, in
   const int64_t L = lanes::kLanes;
   gather_rows(s, k, v, kv_off, ids, n, w);
   alignas(64) float lse_l[lanes::kLanes] = {}, delta_l[lanes::kLanes] = {};
+  load_backward_rows(s, it, q, scale, out, lse, dout, w, delta_l, lse_l);
   std::fill(w.at.begin(), w.at.end(), 0.0f);
   float* qt = w.at.data();  // [D][16] scaled q, then reused as dO^T
-  for (int64_t i = 0; i < it.nh; ++i) {
-    const int64_t row = row0 + i * s.Nq;
-    for (int64_t d = 0; d < s.D; ++d) {
-      const float x = to_float(q[row * s.D + d]) * static_cast<float>(scale);
-      qt[d * L + i] = x;
-      w.rows_q[i * s.D + d] = x;
-    }
-    float dl = 0.0f;
-    for (int64_t c = 0; c < s.Dv; ++c) {
-      const float g = to_float(dout[row * s.Dv + c]);
-      w.rows_do[i * s.Dv + c] = g;
-      dl += g * to_float(out[row * s.Dv + c]);
-    }
-    delta_l[i] = dl;
-    lse_l[i] = lse[row];
-  }
+  for (int64_t i = 0; i < it.nh; ++i)
+    for (int64_t d = 0; d < s.D; ++d) qt[d * L + i] = w.rows_q[i * s.D + d];
   float* pt = w.st.data();
   float* dst = w.dst.data();
   __mmask16 unused_nan;  // NaN rows already have a NaN log-sum-exp
@@ -428,14 +493,7 @@ void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, in
     float* dqr = dq + (row0 + i * s.Nq) * s.D;
     for (int64_t d = 0; d < s.D; ++d) dqr[d] = w.o[i * s.D + d] * static_cast<float>(scale);
   }
-  bool distinct = true;  // blocks of 4 keys may be accumulated together only without repeats
-  for (int64_t j = 0; j < n; ++j) {
-    w.dkrows[j] = dk + (kv_off + ids[j]) * s.D;
-    w.dvrows[j] = dv + (kv_off + ids[j]) * s.Dv;
-    for (int64_t p = j & ~int64_t{3}; p < j; ++p) distinct &= ids[p] != ids[j];
-  }
-  lanes::accumulate_rows(dst, it.nh, w.rows_q.data(), s.D, w.dkrows.data(), n, distinct);
-  lanes::accumulate_rows(pt, it.nh, w.rows_do.data(), s.Dv, w.dvrows.data(), n, distinct);
+  accumulate_key_grads(s, it, ids, n, pt, dst, dk, dv, w);
 }
 #endif  // __AVX512F__
 
@@ -615,6 +673,10 @@ void backward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, co
       const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
       if (n == 0) continue;  // dq rows stay zero
 #if defined(__AVX512F__)
+      if (rows::fits_backward(it.nh, s.D, s.Dv)) {
+        backward_item_rows(s, it, ids.data(), n, q, k, v, scale, out, lse, dout, dq, dk, dv, lane_scratch);
+        continue;
+      }
       if (use_lanes(s, it.nh)) {
         backward_item_lanes(s, it, ids.data(), n, q, k, v, scale, out, lse, dout, dq, dk, dv, lane_scratch);
         continue;
