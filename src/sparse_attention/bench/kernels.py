@@ -162,7 +162,7 @@ def measure_point(cfg: KernelBenchConfig, n: int, k: int, h: int, h_kv: int) -> 
             t_fwd = time_call(fwd, cfg.device, repeats=cfg.repeats)["min_ms"]
             _, peak = peak_memory_bytes(fwd, cfg.device)
         row = {"forward_ms": t_fwd, "forward_peak_mib": None if peak is None else peak / 2**20}
-        if cfg.backward:
+        if cfg.backward and grad_inputs is not None:
             row["forward_backward_ms"] = time_call(_fwd_bwd(fwd, grad_inputs), cfg.device,
                                                    repeats=cfg.repeats)["min_ms"]
         return row

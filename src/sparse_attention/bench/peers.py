@@ -37,6 +37,8 @@ class PeerAttention:
     fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     settings: str
     keys_per_query: float  # mean keys a query attends to after the peer's causal mask (approximate)
+    indices: torch.Tensor | None = None  # [1, 1, N, K]: the selection whose attention it computes, if one of ours
+    backward: bool = True  # False: forward only here (no gradient on this device)
 
 
 @dataclass(frozen=True)
@@ -137,11 +139,68 @@ def _nsa(n: int, k: int, h: int, h_kv: int, d: int, device, dtype) -> PeerAttent
                              f" diagonal block + window {window} + ~N/{2 * stride} compressed blocks", keys)
 
 
+def random_block_selection(n: int, k: int, block: int, seed: int = 0) -> torch.Tensor:
+    """``chosen [blocks, blocks]`` bool: query block ``i`` takes its own (diagonal) block and
+    ``K / block - 1`` random earlier key blocks (all earlier ones when fewer exist)."""
+    blocks = -(-n // block)
+    per_query = max(1, min(k, n) // block)
+    gen = torch.Generator().manual_seed(seed)
+    chosen = torch.eye(blocks, dtype=torch.bool)
+    for qb in range(1, blocks):
+        chosen[qb, torch.randperm(qb, generator=gen)[:per_query - 1]] = True
+    return chosen
+
+
+def block_selection_indices(chosen: torch.Tensor, n: int, block: int) -> torch.Tensor:
+    """The token-level selection ``[1, 1, N, K_max]`` (``-1`` padded, causal) of a block selection."""
+    blocks = chosen.shape[0]
+    keys = torch.arange(blocks * block).view(blocks, block)  # [blocks, block] key positions per block
+    rows = []
+    for t in range(n):
+        row = keys[chosen[t // block]].flatten()
+        rows.append(row[(row <= t) & (row < n)])
+    width = max(len(r) for r in rows)
+    out = torch.full((n, width), -1, dtype=torch.long)
+    for t, row in enumerate(rows):
+        out[t, :len(row)] = row
+    return out[None, None]
+
+
+def _flex(n: int, k: int, h: int, h_kv: int, d: int, device, dtype) -> PeerAttention:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    block = 128 if n >= 256 else 16
+    chosen = random_block_selection(n, k, block)
+    chosen_dev = chosen.to(device)
+
+    def mask_mod(b, head, q_idx, kv_idx):
+        return chosen_dev[q_idx // block, kv_idx // block] & (kv_idx <= q_idx)
+
+    block_mask = create_block_mask(mask_mod, None, None, n, n, device=str(device), BLOCK_SIZE=block)
+    compiled = torch.compile(flex_attention, dynamic=False)  # compiled on the warm-up call
+
+    backward = torch.device(device).type != "cpu"  # torch's FlexAttention has no CPU backward
+
+    def fn(q, kk, v):
+        if not backward:  # forward only (inference), said by the row
+            q, kk, v = q.detach(), kk.detach(), v.detach()
+        return compiled(q, kk, v, block_mask=block_mask, enable_gqa=h_kv != h)
+
+    earlier = max(1, min(k, n) // block) - 1
+    keys = (chosen.sum(1).float() - 1).clamp(min=0).mean().item() * block + (block + 1) / 2
+    return PeerAttention(fn, f"torch flex_attention (torch.compile) with a BlockMask of {block}x{block} blocks: each"
+                             f" query block takes its diagonal block (causal) and up to {earlier} random earlier"
+                             f" key blocks; GQA native. Computes our attention over that block selection"
+                             f" (tests compare it with the reference kernel)", keys,
+                         indices=block_selection_indices(chosen, n, block), backward=backward)
+
+
 PEERS: dict[str, Peer] = {p.name: p for p in (
     Peer("local-attention", "local-attention", "local_attention", _local_attention),
     Peer("reformer", "reformer-pytorch", "reformer_pytorch", _reformer),
     Peer("routing", "routing-transformer", "routing_transformer", _routing),
     Peer("nsa", "native-sparse-attention-pytorch", "native_sparse_attention_pytorch", _nsa),
+    Peer("flex", "torch", "torch.nn.attention.flex_attention", _flex),
 )}
 
 
@@ -182,7 +241,8 @@ def build_peer(name: str, q: torch.Tensor, k: torch.Tensor, top_k: int) -> PeerA
 def measure_peer(name: str, q, k, v, top_k: int, timed: Callable, dense: dict, base: dict,
                  backward: bool) -> dict:
     """One benchmark row for a peer: built at this point's settings and timed with ``timed``
-    (the caller's timing helper: same warm-up, repeats and dense SDPA row as our backends).
+    (the caller's timing helper: same warm-up, repeats and dense SDPA row as our backends;
+    ``grad_inputs=None`` times the forward only, for a peer without a backward here).
     A peer that is not installed is not timed; one that fails at this size records the error."""
     peer = PEERS[name]
     n = q.shape[2]
@@ -197,11 +257,12 @@ def measure_peer(name: str, q, k, v, top_k: int, timed: Callable, dense: dict, b
     pairs = n * (n + 1) / 2
     row.update(settings=built.settings, keys_per_query=built.keys_per_query,
                ideal_ratio=pairs / (n * built.keys_per_query))
+    backward = backward and built.backward
     try:
-        row.update(timed(lambda: built.fn(q, k, v), (q, k, v)))
+        row.update(timed(lambda: built.fn(q, k, v), (q, k, v) if backward else None))
     except Exception as err:
         return {**row, "status": "error", "reason": f"{type(err).__name__}: {err}"}
-    row["status"] = "ok"
+    row["status"] = "ok" if built.backward else "ok (forward only: no backward on this device)"
     row["forward_speedup"] = dense["forward_ms"] / row["forward_ms"]
     if backward:
         row["forward_backward_speedup"] = dense["forward_backward_ms"] / row["forward_backward_ms"]

@@ -37,7 +37,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--indexer-dim", type=int, default=64, help="indexer head dim (default 64)")
     p.add_argument("--peers", nargs="+", default=[],
                    help="also time peer libraries from PyPI at matching settings: all, or names such as"
-                        " local-attention,reformer,routing,nsa (optional extra: pip install sparse-attention[peers])")
+                        " local-attention,reformer,routing,nsa (optional extra: pip install sparse-attention[peers]),"
+                        " flex (torch FlexAttention on a block selection)")
     p.add_argument("--json", help="write the results here")
     p.set_defaults(func=cmd_bench_kernels)
 
