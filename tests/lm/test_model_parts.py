@@ -84,6 +84,37 @@ def test_training_scores_equal_inference_scores_with_gradients():
     assert torch.autograd.gradcheck(indexer_scores_for_training, (index_q, index_k, weights))
 
 
+def test_sparse_inference_selects_like_training_without_an_n_by_n_matrix(monkeypatch):
+    # Without gradients the DSA layer selects with the fused O(N K) kernel: the same top-k
+    # scores as training selects (ReLU zeros tie at init, so the keys may differ among ties).
+    cfg = preset("tiny", attention="dsa").model
+    torch.manual_seed(0)
+    layer = LMAttention(cfg).eval()
+    x = torch.randn(2, 40, cfg.d_model)
+    y_train, aux_train = layer(x, "sparse")
+    assert aux_train.indexer_loss is not None
+    import sparse_attention.lm.attention as lm_attention
+
+    def no_dense_scores(*args, **kwargs):
+        raise AssertionError("inference must not build the [B, N, N] indexer scores")
+
+    monkeypatch.setattr(lm_attention, "indexer_scores_for_training", no_dense_scores)
+    with torch.no_grad():
+        y_eval, aux_eval = layer(x, "sparse")
+    assert aux_eval.indexer_loss is None and aux_eval.selection.info["scoring"] == "fused"
+    assert y_eval.shape == y_train.shape and bool(torch.isfinite(y_eval).all())
+    with torch.no_grad():
+        scores = indexer_scores(*layer.indexer(x))  # [B, N, N]
+    scores = scores.masked_fill(~causal_mask(40, 40, x.device), float("-inf"))
+
+    def selected_scores(aux):
+        idx = aux.selection.indices[:, 0]
+        got = torch.where(idx >= 0, scores.gather(-1, idx.clamp(min=0)), torch.tensor(float("-inf")))
+        return got.sort(dim=-1).values
+
+    torch.testing.assert_close(selected_scores(aux_eval), selected_scores(aux_train), rtol=1e-5, atol=1e-6)
+
+
 def test_attention_modes_and_their_errors():
     config = preset("tiny", "dsa").model
     layer = LMAttention(config)

@@ -8,7 +8,11 @@ One module, three modes, chosen per forward call by the trainer:
 * ``sparse``: the method's selection and the shared sparse attention kernel. For DSA the
   indexer selects top-k keys and is trained by the KL restricted to its selection, with a
   detached input, so the LM loss never reaches the indexer (indices are integers) and the
-  KL never reaches the model. DSA stage 2.
+  KL never reaches the model. DSA stage 2. Training scores all ``[B, N, N]`` key pairs with
+  autograd (at the harness's lengths that is smaller than gathering ``[B, N, K, D_I]`` indexer
+  keys); without gradients (evaluation, generation) and without ``collect``/``keep_scores``
+  the selection is the fused scoring + top-k of :func:`dsa_select`, memory O(N K), and no
+  indexer loss is computed.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ..layers.attention import AttentionConfig, SparseSelfAttention
 from ..ops.dense import causal_mask, dense_attention
 from ..ops.sparse_attention import sparse_attention
 from ..selection.base import Selection
+from ..selection.dsa import dsa_select
 from ..selection.stats import attention_recall, selection_stats
 from .config import ATTENTION_MODES, ModelConfig
 from .indexer_loss import (
@@ -114,6 +119,13 @@ class LMAttention(SparseSelfAttention):
         q, k, v = self.project(x)
         aux = AttentionAux()
         scores = None
+        if mode == "sparse" and self.indexer is not None and not (torch.is_grad_enabled() or collect or keep_scores):
+            # Inference: no indexer loss to compute, so no [B, N, N] score matrix either.
+            index_q, index_k, weights = self.indexer(x)
+            aux.selection = dsa_select(index_q, index_k, weights, top_k=self.top_k, causal=True)
+            out = sparse_attention(q, k, v, aux.selection.indices, causal=True, backend=c.backend)
+            y = self.o_proj(out.transpose(1, 2).reshape(b, n, c.n_heads * c.head_dim))
+            return y, aux
         if self.indexer is not None and (mode != "dense" or collect or keep_scores):
             index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
             scores = indexer_scores_for_training(index_q, index_k, weights).float()  # [B, N, N]
