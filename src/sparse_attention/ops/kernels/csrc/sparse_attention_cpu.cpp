@@ -384,11 +384,14 @@ void forward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, int
   }
 }
 
-// Loads the scaled queries and output gradients of an item's heads into w.rows_q [nh][D] and
-// w.rows_do [nh][Dv], and returns delta_i = dO_i . O_i and the log-sum-exp per head.
+// First step of an item's backward: row pointers of its selected keys and values (w.krows,
+// w.vrows), the scaled queries and output gradients of its heads (w.rows_q [nh][D], w.rows_do
+// [nh][Dv]), delta_i = dO_i . O_i and the log-sum-exp per head.
 template <typename T>
-void load_backward_rows(const Shapes& s, const Item& it, const T* q, double scale, const T* out, const float* lse,
-                        const T* dout, LaneScratch& w, float* delta, float* lse_h) {
+void load_backward_rows(const Shapes& s, const Item& it, const int64_t* ids, int64_t n, const T* q, const T* k,
+                        const T* v, double scale, const T* out, const float* lse, const T* dout, LaneScratch& w,
+                        float* delta, float* lse_h) {
+  gather_rows(s, k, v, (it.b * s.Hkv + it.kvh) * s.Nk, ids, n, w);
   const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;
   for (int64_t i = 0; i < it.nh; ++i) {
     const int64_t row = row0 + i * s.Nq;
@@ -404,10 +407,16 @@ void load_backward_rows(const Shapes& s, const Item& it, const T* q, double scal
   }
 }
 
+// Last step of an item's backward: dQ_i = scale * w.o[i] (w.o: dS K per head, [nh][D]), and the
 // dK and dV rows of the selected keys: dK_j += sum_i dS^T[j][i] q_i, dV_j += sum_i P^T[j][i] dO_i
 // (pt, dst: [n][16] transposed, w.rows_q / w.rows_do: the item's rows).
-inline void accumulate_key_grads(const Shapes& s, const Item& it, const int64_t* ids, int64_t n, const float* pt,
-                                 const float* dst, float* dk, float* dv, LaneScratch& w) {
+inline void store_backward_grads(const Shapes& s, const Item& it, const int64_t* ids, int64_t n, const float* pt,
+                                 const float* dst, double scale, float* dq, float* dk, float* dv, LaneScratch& w) {
+  const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;
+  for (int64_t i = 0; i < it.nh; ++i) {
+    float* dqr = dq + (row0 + i * s.Nq) * s.D;
+    for (int64_t d = 0; d < s.D; ++d) dqr[d] = w.o[i * s.D + d] * static_cast<float>(scale);
+  }
   const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
   bool distinct = true;  // blocks of 4 keys may be accumulated together only without repeats
   for (int64_t j = 0; j < n; ++j) {
@@ -426,12 +435,9 @@ template <typename T>
 void backward_item_rows(const Shapes& s, const Item& it, const int64_t* ids, int64_t n, const T* q, const T* k,
                         const T* v, double scale, const T* out, const float* lse, const T* dout, float* dq,
                         float* dk, float* dv, LaneScratch& w) {
-  const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
-  const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;
   const int64_t L = lanes::kLanes, kp = w.kp;
-  gather_rows(s, k, v, kv_off, ids, n, w);
   float delta[rows::kMaxHeads], lse_h[rows::kMaxHeads];
-  load_backward_rows(s, it, q, scale, out, lse, dout, w, delta, lse_h);
+  load_backward_rows(s, it, ids, n, q, k, v, scale, out, lse, dout, w, delta, lse_h);
   float* S = w.s_rows.data();    // [nh][kp] S, then P
   float* dS = w.dp_rows.data();  // [nh][kp] dP = dO V^T, then dS
   rows::scores(w.rows_q.data(), it.nh, s.D, w.krows.data(), n, S, kp, w.vrows.data(), s.Dv);
@@ -452,23 +458,16 @@ void backward_item_rows(const Shapes& s, const Item& it, const int64_t* ids, int
   }
   std::fill(w.o.begin(), w.o.begin() + it.nh * s.D, 0.0f);
   rows::weighted_rows(dS, kp, it.nh, w.krows.data(), n, s.D, w.o.data());  // dQ / scale
-  for (int64_t i = 0; i < it.nh; ++i) {
-    float* dqr = dq + (row0 + i * s.Nq) * s.D;
-    for (int64_t d = 0; d < s.D; ++d) dqr[d] = w.o[i * s.D + d] * static_cast<float>(scale);
-  }
-  accumulate_key_grads(s, it, ids, n, pt, dst, dk, dv, w);
+  store_backward_grads(s, it, ids, n, pt, dst, scale, dq, dk, dv, w);
 }
 
 template <typename T>
 void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, int64_t n, const T* q, const T* k,
                          const T* v, double scale, const T* out, const float* lse, const T* dout, float* dq,
                          float* dk, float* dv, LaneScratch& w) {
-  const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
-  const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;
   const int64_t L = lanes::kLanes;
-  gather_rows(s, k, v, kv_off, ids, n, w);
   alignas(64) float lse_l[lanes::kLanes] = {}, delta_l[lanes::kLanes] = {};
-  load_backward_rows(s, it, q, scale, out, lse, dout, w, delta_l, lse_l);
+  load_backward_rows(s, it, ids, n, q, k, v, scale, out, lse, dout, w, delta_l, lse_l);
   std::fill(w.at.begin(), w.at.end(), 0.0f);
   float* qt = w.at.data();  // [D][16] scaled q, then reused as dO^T
   for (int64_t i = 0; i < it.nh; ++i)
@@ -489,11 +488,7 @@ void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, in
   }
   // Padding lanes: p = exp(0) but dO = 0 and delta = 0 there, so dS = 0; P is only read for i < nh.
   lanes::weighted_rows(dst, it.nh, w.krows.data(), n, s.D, w.o.data());  // dQ / scale
-  for (int64_t i = 0; i < it.nh; ++i) {
-    float* dqr = dq + (row0 + i * s.Nq) * s.D;
-    for (int64_t d = 0; d < s.D; ++d) dqr[d] = w.o[i * s.D + d] * static_cast<float>(scale);
-  }
-  accumulate_key_grads(s, it, ids, n, pt, dst, dk, dv, w);
+  store_backward_grads(s, it, ids, n, pt, dst, scale, dq, dk, dv, w);
 }
 #endif  // __AVX512F__
 
