@@ -38,7 +38,11 @@ def test_restricted_attention_edge_cases(method):
     for causal in (True, False):
         selection = select(q, k, method, causal=causal, **params)
         out, _ = quality.restricted_attention(q, k, v, selection)
-        assert torch.allclose(out, sparse_attention(q, k, v, selection.indices, causal=causal), atol=1e-5)
+        # Against the float64 kernel: logits of ~10^2 make two fp32 kernels that sum in different
+        # orders differ by ~1e-5 (each stays within ~1e-5 of float64).
+        expected = sparse_attention(q.double(), k.double(), v.double(), selection.indices, causal=causal,
+                                    backend="reference")
+        assert torch.allclose(out.double(), expected, atol=2e-5)
     # More queries than keys, causal: the first queries see no key (zeros, recall 1 as in attention_recall).
     q, k, v = make_qkv(b=1, h=2, h_kv=2, n_q=40, n_k=30, d=8, seed=5)
     selection = select(q, k, method, causal=True, **params)
