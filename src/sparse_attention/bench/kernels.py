@@ -31,7 +31,7 @@ import torch
 
 from ..experiments.machine import machine_info
 from ..experiments.memory import peak_memory_bytes
-from ..experiments.timing import synchronize, time_call
+from ..experiments.timing import synchronize, time_call, time_interleaved
 from ..ops.backends import backends as registered_backends
 from ..ops.backends import choose_backend
 from ..ops.dense import dense_attention
@@ -167,31 +167,43 @@ def measure_point(cfg: KernelBenchConfig, n: int, k: int, h: int, h_kv: int) -> 
                                                    repeats=cfg.repeats)["min_ms"]
         return row
 
-    dense = {**base, "backend": "dense_sdpa", "status": "ok", "keys_per_query": (n + 1) / 2,
-             **timed(lambda: dense_attention(qg, kg, vg, causal=True), (qg, kg, vg))}
-    dense["forward_gflops"] = dense_fwd_flops / dense["forward_ms"] / 1e6
+    dense = {**base, "backend": "dense_sdpa", "status": "ok", "keys_per_query": (n + 1) / 2}
     rows = [dense]
+    timed_rows, fwd_fns = [dense], [lambda: dense_attention(qg, kg, vg, causal=True)]
     names = cfg.backends or tuple(b.name for b in registered_backends())
     for name in names:
         row = {**base, "backend": name}
+        rows.append(row)
         try:
             choose_backend(name, q, kk, v, idx, needs_grad=cfg.backward)
         except ValueError as err:
-            rows.append({**row, "status": "unsupported", "reason": str(err)})
+            row.update(status="unsupported", reason=str(err))
             continue
         check = correctness(cfg, name, k, h, h_kv)
         row["correctness"] = check
         if not check["passed"]:
-            rows.append({**row, "status": "failed correctness check (not timed)"})
+            row["status"] = "failed correctness check (not timed)"
             continue
-        row.update(timed(lambda: sparse_attention(qg, kg, vg, idx, backend=name), (qg, kg, vg)))
+        timed_rows.append(row)
+        fwd_fns.append(lambda name=name: sparse_attention(qg, kg, vg, idx, backend=name))
+    # Dense SDPA and the backends that passed are timed in alternation (time_interleaved), so
+    # that the machine's drift during the run does not favour one of them.
+    with torch.no_grad():
+        for row, timing, fn in zip(timed_rows, time_interleaved(fwd_fns, cfg.device, repeats=cfg.repeats), fwd_fns):
+            _, peak = peak_memory_bytes(fn, cfg.device)
+            row.update(forward_ms=timing["min_ms"], forward_peak_mib=None if peak is None else peak / 2**20)
+    if cfg.backward:
+        timings = time_interleaved([_fwd_bwd(fn, (qg, kg, vg)) for fn in fwd_fns], cfg.device, repeats=cfg.repeats)
+        for row, timing in zip(timed_rows, timings):
+            row["forward_backward_ms"] = timing["min_ms"]
+    dense["forward_gflops"] = dense_fwd_flops / dense["forward_ms"] / 1e6
+    for row in timed_rows[1:]:
         row["status"] = "ok"
         row["forward_gflops"] = sparse_fwd_flops / row["forward_ms"] / 1e6
         row["forward_speedup"] = dense["forward_ms"] / row["forward_ms"]
         if cfg.backward:
             row["forward_backward_speedup"] = dense["forward_backward_ms"] / row["forward_backward_ms"]
             row["forward_backward_gflops"] = BACKWARD_FLOP_FACTOR * sparse_fwd_flops / row["forward_backward_ms"] / 1e6
-        rows.append(row)
     for name in cfg.peers:
         rows.append(measure_peer(name, qg, kg, vg, k, timed, dense, base, cfg.backward))
     if cfg.indexer_heads:
