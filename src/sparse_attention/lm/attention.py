@@ -121,12 +121,8 @@ class LMAttention(SparseSelfAttention):
         scores = None
         if mode == "sparse" and self.indexer is not None and not (torch.is_grad_enabled() or collect or keep_scores):
             # Inference: no indexer loss to compute, so no [B, N, N] score matrix either.
-            index_q, index_k, weights = self.indexer(x)
-            aux.selection = dsa_select(index_q, index_k, weights, top_k=self.top_k, causal=True)
-            out = sparse_attention(q, k, v, aux.selection.indices, causal=True, backend=c.backend)
-            y = self.o_proj(out.transpose(1, 2).reshape(b, n, c.n_heads * c.head_dim))
-            return y, aux
-        if self.indexer is not None and (mode != "dense" or collect or keep_scores):
+            aux.selection = dsa_select(*self.indexer(x), top_k=self.top_k, causal=True)
+        elif self.indexer is not None and (mode != "dense" or collect or keep_scores):
             index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
             scores = indexer_scores_for_training(index_q, index_k, weights).float()  # [B, N, N]
             scores = scores.masked_fill(~causal_mask(n, n, x.device), float("-inf"))
@@ -137,7 +133,7 @@ class LMAttention(SparseSelfAttention):
                 target = sparse_attention_target(q.detach(), k.detach(), indices)
                 selected = scores.gather(-1, indices.clamp(min=0))
                 aux.indexer_loss = kl_to_indexer(target, selected, indices >= 0)
-            else:
+            elif aux.selection is None:
                 aux.selection = self.select(x, q, k)
             out = sparse_attention(q, k, v, aux.selection.indices, causal=True, backend=c.backend)
         else:
