@@ -4,6 +4,7 @@ import torch
 from helpers import assert_close, grads
 
 from sparse_attention import sparse_attention
+from sparse_attention.ops.kernels import cpu
 
 #: relative RMS error allowed against the float64 reference, per dtype.
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
@@ -18,10 +19,15 @@ def random_indices(b, h_sel, n_q, n_k, slots, seed=0, empty_fraction=0.2, unique
     return idx.masked_fill(torch.rand(idx.shape, generator=gen) < empty_fraction, -1)
 
 
-def compare(q, k, v, idx, causal, dtype):
+def compare(q, k, v, idx, causal, dtype, isa=None):
+    """The cpu backend (the build of level ``isa``, default the session's) against float64."""
     qc, kc, vc = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
-    out, backend = sparse_attention(qc, kc, vc, idx, causal=causal, backend="cpu", return_backend=True)
-    assert backend == "cpu" and out.dtype == dtype
+    if isa is None:
+        out, backend = sparse_attention(qc, kc, vc, idx, causal=causal, backend="cpu", return_backend=True)
+        assert backend == "cpu"
+    else:
+        out = cpu.sparse_attention_cpu(qc, kc, vc, idx, causal=causal, scale=q.shape[-1] ** -0.5, isa=isa)
+    assert out.dtype == dtype
     qr, kr, vr = (t.detach().double().requires_grad_() for t in (qc, kc, vc))
     ref = sparse_attention(qr, kr, vr, idx, causal=causal, backend="reference")
     tol = TOLERANCE[dtype]

@@ -113,7 +113,6 @@ def rounded(*tensors):
     return tuple(t.bfloat16().double() for t in tensors)
 
 
-@pytest.mark.skipif(cpu.load_error() is None and not topk_cpu.bf16_path(), reason="no bf16 scoring on this CPU")
 @pytest.mark.parametrize("avoid_amx", [False, True])
 @pytest.mark.parametrize("h_i, n, d, top_k", [(4, 300, 64, 32), (3, 130, 40, 130), (1, 70, 17, 9), (40, 65, 32, 8)])
 def test_bfloat16_precision_scores_rounded_inputs(avoid_amx, h_i, n, d, top_k):
@@ -123,6 +122,12 @@ def test_bfloat16_precision_scores_rounded_inputs(avoid_amx, h_i, n, d, top_k):
                                   precision="bfloat16", _avoid_amx=avoid_amx)
         q64, k64 = rounded(index_q, index_k)  # the products are exact in fp32; only the sums round
         check_rows(idx, indexer_scores(q64, k64, weights.double()), top_k, visible(n, n, causal))
+
+
+def test_bfloat16_precision_runs_on_every_cpu():
+    # Without AMX or AVX512-BF16 the fp32 kernel scores the rounded inputs: never an error.
+    assert topk_cpu.bf16_path() in ("amx", "avx512_bf16", topk_cpu.BF16_EMULATION)
+    assert topk_cpu.unsupported_reason(torch.zeros(1), precision="bfloat16") is None
 
 
 def test_dsa_select_precision_fused_and_chunked_agree():

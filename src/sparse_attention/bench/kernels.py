@@ -24,6 +24,7 @@ flash-attention convention). Dense counts its causal pairs the same way.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -35,6 +36,7 @@ from ..experiments.timing import synchronize, time_call, time_interleaved
 from ..ops.backends import backends as registered_backends
 from ..ops.backends import choose_backend
 from ..ops.dense import dense_attention
+from ..ops.kernels import cpu as cpu_kernels
 from ..ops.sparse_attention import sparse_attention
 from .peers import measure_peer, resolve_peers
 
@@ -270,8 +272,35 @@ def run_kernel_bench(cfg: KernelBenchConfig, progress: Callable[[Iterable, str],
     for n, k, h, h_kv in progress(points, "bench"):
         rows.extend(measure_point(cfg, n, k, h, h_kv))
     config = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    return {"machine": machine_info(cfg.device), "config": config, "rows": rows,
+    machine = machine_info(cfg.device)
+    if torch.device(cfg.device).type == "cpu":
+        machine["cpu_kernel"] = cpu_kernel_info()
+    return {"machine": machine, "config": config, "rows": rows,
             "flop_model": {"forward_per_edge_per_head": "4 * D", "backward_factor": BACKWARD_FLOP_FACTOR}}
+
+
+#: Variables that hold PyTorch's own CPU kernels (SDPA's) to an instruction set, for the AVX2 emulation.
+ISA_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_kernel_info() -> dict:
+    """What the CPU kernel was built for, what the CPU has, and the ISA PyTorch's dense kernels use."""
+    info = cpu_kernels.build_info()
+    info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    info["isa_caps"] = {name: os.environ[name] for name in ISA_CAP_VARIABLES if name in os.environ}
+    return info
+
+
+def describe_cpu_kernel(machine: dict) -> str:
+    """One sentence on the kernel's build and the CPU, for tables ('' for results without it)."""
+    c = machine.get("cpu_kernel")
+    if not c:
+        return ""
+    caps = ", ".join(f"{k}={v}" for k, v in c.get("isa_caps", {}).items())
+    emulated = f"; dense SDPA held to {c.get('torch_cpu_capability')} ({caps})" if caps else (
+        f"; SDPA on {c.get('torch_cpu_capability')}")
+    return (f" CPU kernel built for `{c.get('isa_level')}` ({', '.join(c.get('compiled_features', [])) or 'none'}),"
+            f" CPU has {', '.join(c.get('cpu_flags', [])) or 'none of avx2/avx512/amx'}{emulated}.")
 
 
 def _keys_per_query(r: dict) -> float:
@@ -286,7 +315,7 @@ def markdown_table(results: dict) -> str:
     below it with their library version and settings."""
     m = results["machine"]
     lines = [f"Machine: {m.get('device_name')} ({m.get('device')}), {m.get('threads')} threads, torch {m.get('torch')},"
-             f" git {str(m.get('git_sha'))[:12]}.", "",
+             f" git {str(m.get('git_sha'))[:12]}.{describe_cpu_kernel(m)}", "",
              "| N | K | heads | dtype | backend | keys/query | fwd ms | fwd+bwd ms | fwd GFLOP/s | ideal x |"
              " fwd x dense | fwd+bwd x dense | peak MiB | status |",
              "|" + "---|" * 14]

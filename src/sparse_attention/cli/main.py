@@ -9,6 +9,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from .._optional import MissingDependency
+
 
 def _cmd_methods(args: argparse.Namespace) -> int:
     from ..selection import list_methods
@@ -96,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, TypeError) as err:  # user mistakes: one clear line, no traceback
         parser.exit(2, f"error: {err}\n")
+    except MissingDependency as err:  # an optional package this command needs: one line with the pip command
+        parser.exit(1, f"error: {err.for_command(args.command)}\n")
 
 
 if __name__ == "__main__":

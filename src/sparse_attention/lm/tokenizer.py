@@ -15,6 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .._optional import require
+
+#: What needs ``tokenizers`` (named by the error when it is not installed).
+BPE_FEATURE = "the BPE tokenizer (data.tokenizer=bpe)"
+
 #: Special token of the BPE (reserved for document separators; the byte stream never needs it).
 END_OF_TEXT = "<|endoftext|>"
 #: Text is encoded in pieces of about this many characters, cut after a newline: the pieces
@@ -108,9 +113,7 @@ class BPETokenizer:
 
     @classmethod
     def from_json(cls, text: str) -> BPETokenizer:
-        from tokenizers import Tokenizer
-
-        return cls(Tokenizer.from_str(text))
+        return cls(require("tokenizers", BPE_FEATURE).Tokenizer.from_str(text))
 
 
 def split_text(text: str, chunk_chars: int) -> list[str]:
@@ -131,6 +134,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, progress: bool = False) 
     A small text may yield fewer tokens than asked for (no pair left to merge); read the real
     size from ``vocab_size`` of the result.
     """
+    require("tokenizers", BPE_FEATURE)  # installed: the import below succeeds
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -144,9 +148,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, progress: bool = False) 
 
 
 def tokenizers_version() -> str:
-    import tokenizers
-
-    return tokenizers.__version__
+    return require("tokenizers", BPE_FEATURE).__version__
 
 
 class SymbolTokenizer:

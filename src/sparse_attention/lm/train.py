@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..experiments.machine import machine_info
 from ..experiments.memory import peak_memory_since_reset, reset_peak_memory
 from ..experiments.results_io import write_json
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import find_checkpoint, load_checkpoint, safetensors_torch, save_checkpoint, save_weights
 from .config import RunConfig, StageConfig
 from .distributed import DistContext, init_distributed, shutdown_distributed
 from .model import SparseLM
@@ -191,6 +191,7 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  data: Any = None):
+        safetensors_torch()  # weights are saved as safetensors: a missing package fails here, not at a checkpoint
         self.ctx: DistContext = init_distributed(config.train.device)
         self.run_dir = Path(run_dir)
         self.progress = progress and self.ctx.is_main

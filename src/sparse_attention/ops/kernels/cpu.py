@@ -7,9 +7,12 @@ every query head that shares the selection), with a fused softmax; the backward 
 recomputes the probabilities from the saved log-sum-exp. bf16 forward passes of groups of up
 to 16 heads with D and D_v multiples of 32 run on the AMX tile unit where the CPU has one
 (``amx_attention.h``: products of bf16 values accumulated in fp32, the probabilities rounded
-to bf16 for ``P V``, as SDPA's bf16 CPU kernel does); everything else computes in fp32. It is built with
-``torch.utils.cpp_extension.load`` (``-O3 -march=native``) into PyTorch's extension cache,
-so the first call on a machine takes tens of seconds and later processes load it at once.
+to bf16 for ``P V``, as SDPA's bf16 CPU kernel does); everything else computes in fp32. The
+lane kernels (``lanes*.h``) run on AVX-512 or AVX2 + FMA (``simd16.h``); a build without FMA runs
+portable loops. It is built with ``torch.utils.cpp_extension.load`` into PyTorch's extension
+cache for the instruction-set level of ``$SPARSE_ATTENTION_CPU_ISA`` (:data:`ISA_LEVELS`,
+default ``native`` = ``-march=native``; each level has its own cached build), so the first call
+on a machine takes tens of seconds and later processes load it at once.
 If the build fails (no compiler), :func:`load_error` says why and dispatch falls back to
 the reference backend with a warning.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import sys
 import threading
 import warnings
@@ -28,88 +32,194 @@ from torch import Tensor
 
 _CSRC = Path(__file__).with_name("csrc")
 _lock = threading.Lock()
-_module = None
-_error: str | None = None
+_modules: dict[str, object] = {}
+_errors: dict[str, str] = {}
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 
+#: Environment variable choosing the instruction-set level the kernel is compiled for.
+ISA_ENV = "SPARSE_ATTENTION_CPU_ISA"
+#: Instruction-set levels and their compiler flags. ``native`` targets the build machine (AMX and
+#: AVX512-BF16 paths where it has them); ``avx512`` is x86-64-v4 (AVX-512 F/BW/DQ/VL, no bf16
+#: instructions); ``avx2`` is x86-64-v3 (AVX2 + FMA); ``generic`` is baseline x86-64 (SSE2): the
+#: portable loops, no lane kernels.
+ISA_FLAGS = {
+    "native": ["-march=native", "-mprefer-vector-width=512"],
+    "avx512": ["-march=x86-64-v4", "-mtune=generic", "-mprefer-vector-width=512"],
+    "avx2": ["-march=x86-64-v3", "-mtune=generic"],
+    "generic": ["-march=x86-64", "-mtune=generic"],
+}
+ISA_LEVELS = tuple(ISA_FLAGS)
+#: CPU flags (as /proc/cpuinfo names them) each level's code needs to run.
+ISA_REQUIRES = {
+    "native": (),
+    "avx512": ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd", "avx2", "fma"),
+    "avx2": ("avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"),
+    "generic": (),
+}
+#: Flags worth recording with a result (what the CPU offers the kernels).
+REPORTED_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
-def _extension_name() -> str:
-    """Name with a hash of every source and header, so an edited header forces a rebuild
-    (PyTorch's JIT cache only hashes the listed sources)."""
-    digest = hashlib.sha1()
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def isa_level() -> str:
+    """The level the kernel is built for: ``$SPARSE_ATTENTION_CPU_ISA``, default ``native``.
+
+    Raises:
+        ValueError: the variable names no level of :data:`ISA_LEVELS`.
+    """
+    level = os.environ.get(ISA_ENV, "native").strip().lower() or "native"
+    if level not in ISA_FLAGS:
+        raise ValueError(f"{ISA_ENV}={level!r} is not a CPU instruction-set level; expected one of {ISA_LEVELS}")
+    return level
+
+
+def isa_unavailable_reason(level: str) -> str | None:
+    """None when code built for ``level`` can run on this CPU, else why not."""
+    if level not in ISA_FLAGS:
+        raise ValueError(f"isa must be one of {ISA_LEVELS}, got {level!r}")
+    if level == "native":
+        return None
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"level {level!r} is an x86-64 level; this machine is {platform.machine()}"
+    flags = cpu_flags()
+    if not flags:
+        return None  # cannot tell: let the build and the CPU decide
+    missing = [f for f in ISA_REQUIRES[level] if f not in flags]
+    return f"this CPU lacks {', '.join(missing)} (needed by the {level!r} build)" if missing else None
+
+
+def _compile_flags(level: str) -> list[str]:
+    march = ISA_FLAGS[level]
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        march = ["-mcpu=native"] if level == "native" else march  # x86 flags mean nothing elsewhere
+    return ["-O3", *march, "-fopenmp", "-std=c++17"]
+
+
+def _extension_name(level: str) -> str:
+    """Name with the level and a hash of every source and header, so an edited header forces a
+    rebuild (PyTorch's JIT cache only hashes the listed sources) and each level has its own build."""
+    digest = hashlib.sha1(" ".join(_compile_flags(level)).encode())
     for path in sorted(_CSRC.iterdir()):
         digest.update(path.name.encode() + path.read_bytes())
-    return f"sparse_attention_cpu_{digest.hexdigest()[:10]}"
+    return f"sparse_attention_cpu_{level}_{digest.hexdigest()[:10]}"
 
 
-def _build():
+def _build(level: str):
     from torch.utils.cpp_extension import load
 
-    flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-std=c++17"]
     sources = [str(path) for path in sorted(_CSRC.glob("*.cpp"))]
-    return load(name=_extension_name(), sources=sources, extra_cflags=flags,
+    return load(name=_extension_name(level), sources=sources, extra_cflags=_compile_flags(level),
                 extra_ldflags=["-fopenmp"], verbose=os.environ.get("SPARSE_ATTENTION_VERBOSE_BUILD") == "1")
 
 
-def _is_built() -> bool:
+def _is_built(level: str) -> bool:
     """Whether PyTorch's extension cache already holds a build (then loading is instant)."""
     try:
         from torch.utils.cpp_extension import _get_build_directory
 
-        return any(Path(_get_build_directory(_extension_name(), False)).glob("*.so"))
+        return any(Path(_get_build_directory(_extension_name(level), False)).glob("*.so"))
     except Exception:  # private helper moved: just say nothing
         return True
 
 
-def extension():
-    """The compiled extension, building it on first use; None when the build failed."""
-    global _module, _error
-    if _module is None and _error is None:
+def extension(isa: str | None = None):
+    """The compiled extension for instruction-set level ``isa`` (default :func:`isa_level`),
+    building it on first use; None when the build failed or the CPU cannot run that level."""
+    level = isa_level() if isa is None else isa
+    if level not in _modules and level not in _errors:
         with _lock:
-            if _module is None and _error is None:
-                if not _is_built():
-                    sys.stderr.write("sparse-attention: compiling the CPU kernel (first use on this machine, ~30 s)\n")
+            if level not in _modules and level not in _errors:
+                reason = isa_unavailable_reason(level)
+                if reason is not None:
+                    _errors[level] = reason
+                    warnings.warn(f"sparse-attention: CPU kernel level {level!r} unavailable: {reason}; CPU"
+                                  " tensors fall back to the slower reference backend", RuntimeWarning, stacklevel=3)
+                    return None
+                if not _is_built(level):
+                    sys.stderr.write(f"sparse-attention: compiling the CPU kernel for {level!r} "
+                                     "(first use on this machine, ~30-60 s)\n")
                 try:
-                    _module = _build()
+                    _modules[level] = _build(level)
                 except Exception as err:  # compiler missing or failing: reported, not hidden
-                    _error = f"C++ extension build failed ({type(err).__name__}: {str(err).strip()[:300]})"
-                    warnings.warn(f"sparse-attention: {_error}; CPU tensors fall back to the slower reference backend",
-                                  RuntimeWarning, stacklevel=3)
-    return _module
+                    _errors[level] = f"C++ extension build failed ({type(err).__name__}: {str(err).strip()[:300]})"
+                    warnings.warn(f"sparse-attention: {_errors[level]}; CPU tensors fall back to the slower reference"
+                                  " backend", RuntimeWarning, stacklevel=3)
+    return _modules.get(level)
 
 
-def amx_attention_available() -> bool:
+def load_error(isa: str | None = None) -> str | None:
+    """Why the extension for ``isa`` is unavailable (None when it loaded)."""
+    level = isa_level() if isa is None else isa
+    extension(level)
+    return _errors.get(level)
+
+
+def build_info(isa: str | None = None) -> dict:
+    """What the kernel was built for and what the CPU offers, for result files.
+
+    Returns ``{"isa_level", "compile_flags", "compiled_features", "cpu_flags", "amx_attention"}``;
+    ``compiled_features`` lists the instruction sets the build's code may use (empty when it
+    did not load, with ``"load_error"`` saying why).
+    """
+    level = isa_level() if isa is None else isa
+    ext = extension(level)
+    flags = cpu_flags()
+    info = {
+        "isa_level": level,
+        "compile_flags": _compile_flags(level),
+        "compiled_features": list(ext.compiled_features()) if ext is not None else [],
+        "cpu_flags": [f for f in REPORTED_CPU_FLAGS if f in flags],
+        "amx_attention": bool(ext is not None and ext.amx_attention_available()),
+    }
+    if ext is None:
+        info["load_error"] = _errors.get(level)
+    return info
+
+
+def amx_attention_available(isa: str | None = None) -> bool:
     """Whether bf16 attention runs on AMX tiles here (a CPU with AMX-BF16 that the OS lets use)."""
-    ext = extension()
+    ext = extension(isa)
     return bool(ext is not None and ext.amx_attention_available())
-
-
-def load_error() -> str | None:
-    """Why the extension is unavailable (None when it loaded)."""
-    extension()
-    return _error
 
 
 class _SparseAttentionCPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, indices, causal, scale):
-        out, lse = extension().forward(q, k, v, indices, causal, scale)
+    def forward(ctx, q, k, v, indices, causal, scale, ext):
+        out, lse = ext.forward(q, k, v, indices, causal, scale)
         ctx.save_for_backward(q, k, v, indices, out, lse)
-        ctx.causal, ctx.scale = causal, scale
+        ctx.causal, ctx.scale, ctx.ext = causal, scale, ext
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, indices, out, lse = ctx.saved_tensors
-        dq, dk, dv = extension().backward(q, k, v, indices, ctx.causal, ctx.scale, out, lse, grad_out.contiguous())
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = ctx.ext.backward(q, k, v, indices, ctx.causal, ctx.scale, out, lse, grad_out.contiguous())
+        return dq, dk, dv, None, None, None, None
 
 
-def sparse_attention_cpu(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, *, causal: bool, scale: float) -> Tensor:
-    """Same contract as the reference kernel; inputs are made contiguous and indices int64."""
+def sparse_attention_cpu(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, *, causal: bool, scale: float,
+                         isa: str | None = None) -> Tensor:
+    """Same contract as the reference kernel; inputs are made contiguous and indices int64.
+
+    ``isa``: the build to run (:data:`ISA_LEVELS`; default :func:`isa_level`), for tests and
+    benchmarks of one level on a machine that has several.
+    """
+    ext = extension(isa)
+    if ext is None:
+        raise ValueError(f"the CPU kernel for {isa or isa_level()!r} is unavailable: {load_error(isa)}")
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return _SparseAttentionCPU.apply(q, k, v, indices.long().contiguous(), causal, float(scale))
+    return _SparseAttentionCPU.apply(q, k, v, indices.long().contiguous(), causal, float(scale), ext)
 
 
 def supports(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, needs_grad: bool) -> str | None:

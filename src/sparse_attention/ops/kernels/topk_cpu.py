@@ -19,27 +19,37 @@ EXACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PRECISIONS = ("float32", "bfloat16")
 
 
-def bf16_path() -> str:
-    """How bfloat16 scoring runs here: ``"amx"`` (tile unit), ``"avx512_bf16"`` or ``""`` (cannot)."""
-    return cpu.extension().fused_topk_bf16_path() if cpu.load_error() is None else ""
+#: bf16 scoring on a CPU without bf16 dot-product instructions: the inputs are rounded to bf16
+#: and scored by the fp32 kernel. Products of two bf16 values are exact in fp32, so this computes
+#: the same products as AMX / AVX512-BF16 and differs from them only in the order of the fp32
+#: sums; it is about as fast as float32 scoring (no speed-up), which is what the name says.
+BF16_EMULATION = "fp32_on_bf16_inputs"
 
 
-def unsupported_reason(*tensors: Tensor, precision: str = "float32") -> str | None:
-    """None when :func:`fused_topk` can run on these tensors at ``precision``, else why not."""
+def bf16_path(isa: str | None = None) -> str:
+    """How bfloat16 scoring runs here: ``"amx"`` (tile unit), ``"avx512_bf16"``,
+    :data:`BF16_EMULATION` (fp32 kernel on rounded inputs), or ``""`` (no extension)."""
+    if cpu.load_error(isa) is not None:
+        return ""
+    return cpu.extension(isa).fused_topk_bf16_path() or BF16_EMULATION
+
+
+def unsupported_reason(*tensors: Tensor, precision: str = "float32", isa: str | None = None) -> str | None:
+    """None when :func:`fused_topk` can run on these tensors at ``precision``, else why not
+    (every CPU runs both precisions: see :data:`BF16_EMULATION`)."""
     for t in tensors:
         if t.device.type != "cpu":
             return f"the fused top-k kernel runs on CPU tensors only, got {t.device.type}"
         if t.dtype not in EXACT_DTYPES:
             return f"the fused top-k kernel scores in float32; dtype {t.dtype} would lose precision"
-    if cpu.load_error() is not None:
-        return cpu.load_error()
-    if precision == "bfloat16" and not bf16_path():
-        return "bfloat16 scoring needs a CPU with AMX-BF16 or AVX512-BF16 (and a compiler that targets it)"
-    return None
+    if precision not in PRECISIONS:
+        return f"precision must be one of {PRECISIONS}, got {precision!r}"
+    return cpu.load_error(isa)
 
 
 def fused_topk(q: Tensor, k: Tensor, weights: Tensor | None, *, top_k: int, causal: bool, relu: bool,
-               group: int = 1, precision: str = "float32", _avoid_amx: bool = False) -> Tensor:
+               group: int = 1, precision: str = "float32", isa: str | None = None,
+               _avoid_amx: bool = False) -> Tensor:
     """Top-k keys per (row, query) by fused scoring.
 
     Args:
@@ -50,8 +60,11 @@ def fused_topk(q: Tensor, k: Tensor, weights: Tensor | None, *, top_k: int, caus
         causal: query ``t`` sees keys ``<= t + N_k - N_q``.
         relu: apply ReLU to each head's dot product before weighting (lightning indexer).
         precision: ``"float32"`` (exact fp32 products) or ``"bfloat16"``: q and k rounded to
-            bf16, products accumulated in fp32, on AMX tiles where available (~2-4x faster;
-            DeepSeek-V3.2 runs its indexer in FP8 for the same reason).
+            bf16, products accumulated in fp32, on AMX tiles or AVX512-BF16 where available
+            (~2-4x faster; DeepSeek-V3.2 runs its indexer in FP8 for the same reason); on
+            other CPUs the fp32 kernel scores the rounded inputs (:data:`BF16_EMULATION`:
+            the same products, not faster).
+        isa: the kernel build to run (``cpu.ISA_LEVELS``; default ``cpu.isa_level()``).
     Returns:
         ``[R, N_q, K]`` int64 positions in no particular order, ``-1`` in slots a query
         cannot fill (fewer visible keys). Ties at the K-th score keep the earlier key; NaN
@@ -59,7 +72,12 @@ def fused_topk(q: Tensor, k: Tensor, weights: Tensor | None, *, top_k: int, caus
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    ext = cpu.extension(isa)
+    if ext is None:
+        raise ValueError(f"the fused top-k kernel is unavailable: {cpu.load_error(isa)}")
     w = torch.empty(0) if weights is None else weights.float().contiguous()
     mode = 0 if precision == "float32" else 2 if _avoid_amx else 1  # _avoid_amx: tests of the AVX512-BF16 path
-    return cpu.extension().fused_topk(q.float().contiguous(), k.float().contiguous(), w, int(top_k), bool(causal),
-                                      bool(relu), int(group), mode)
+    if mode != 0 and not ext.fused_topk_bf16_path():
+        q, k, mode = q.bfloat16(), k.bfloat16(), 0  # BF16_EMULATION: exact products of the rounded inputs
+    return ext.fused_topk(q.float().contiguous(), k.float().contiguous(), w, int(top_k), bool(causal),
+                          bool(relu), int(group), mode)

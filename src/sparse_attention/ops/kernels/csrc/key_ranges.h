@@ -11,7 +11,6 @@
 // Used by the AMX bf16 forward (amx_attention.h) and the fp32 lane forward (lanes_blocks.h).
 #pragma once
 
-#if defined(__AVX512F__)
 #include <immintrin.h>
 
 #include <algorithm>
@@ -47,8 +46,16 @@ inline int64_t tokens_per_block(int64_t Nk, int64_t bytes_per_key, int64_t range
 // Whether ids[0 .. n) never decrease.
 inline bool is_ascending(const int64_t* ids, int64_t n) {
   int64_t j = 0;
+#if defined(__AVX512F__)
   for (; j + 9 <= n; j += 8)
     if (_mm512_cmpgt_epi64_mask(_mm512_loadu_si512(ids + j), _mm512_loadu_si512(ids + j + 1))) return false;
+#elif defined(__AVX2__)
+  for (; j + 5 <= n; j += 4) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ids + j));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ids + j + 1));
+    if (!_mm256_testz_si256(_mm256_cmpgt_epi64(a, b), _mm256_cmpgt_epi64(a, b))) return false;
+  }
+#endif
   for (; j + 1 < n; ++j)
     if (ids[j] > ids[j + 1]) return false;
   return true;
@@ -64,13 +71,16 @@ inline void group_by_range(const int64_t* ids, int64_t n, int shift, int64_t ran
   start[0] = 0;
   if (ranges == 1 || is_ascending(ids, n)) {
     int64_t j = 0;
+#if defined(__AVX512F__)
     for (; j + 8 <= n; j += 8)
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm512_cvtepi64_epi32(_mm512_loadu_si512(ids + j)));
+#endif
     for (; j < n; ++j) out[j] = static_cast<int32_t>(ids[j]);
     for (int64_t r = 1; r < ranges; ++r) start[r] = std::lower_bound(ids, ids + n, r << shift) - ids;
     start[ranges] = n;
     return;
   }
+#if defined(__AVX512F__)
   const __m512i sh = _mm512_set1_epi64(shift);
   for (int64_t r = 0; r < ranges; ++r) {
     const __m512i rv = _mm512_set1_epi64(r);
@@ -95,6 +105,15 @@ inline void group_by_range(const int64_t* ids, int64_t n, int shift, int64_t ran
       dst += __builtin_popcount(m);
     }
   }
+#else
+  // Without compress instructions: a counting sort (its serial counter costs ~1 ns per id, small
+  // next to the ~D * heads FMAs each id then costs in the attention).
+  std::fill(start + 1, start + ranges + 1, int64_t{0});
+  for (int64_t j = 0; j < n; ++j) ++start[(ids[j] >> shift) + 1];
+  for (int64_t r = 0; r < ranges; ++r) start[r + 1] += start[r];
+  std::vector<int64_t> fill(start, start + ranges);
+  for (int64_t j = 0; j < n; ++j) out[fill[ids[j] >> shift]++] = static_cast<int32_t>(ids[j]);
+#endif
 }
 
 // The valid keys of each token of a block, grouped by range.
@@ -139,4 +158,3 @@ class BlockKeys {
 };
 
 }  // namespace ranges
-#endif  // __AVX512F__

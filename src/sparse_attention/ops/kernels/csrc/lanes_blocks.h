@@ -1,6 +1,6 @@
 // fp32 sparse attention forward for blocks of query tokens of a KV group whose heads (up to
 // 16) share a selection (per-head selections: groups of one head), on the lane kernels of
-// lanes_avx512.h (one register holds all heads of a key's scores).
+// lanes.h (one register holds all heads of a key's scores).
 //
 // A block walks its keys range by range (key_ranges.h) so that the gathered K and V rows
 // mostly come from L2; each token keeps a running max, sum and unnormalised output per head,
@@ -9,9 +9,9 @@
 
 #include "aligned_vector.h"
 #include "key_ranges.h"
-#include "lanes_avx512.h"
+#include "lanes.h"
 
-#if defined(__AVX512F__)
+#if defined(SA_LANES)
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -70,9 +70,9 @@ class BlockForward {
     for (int64_t h = 0; h < nh; ++h) {
       const bool is_nan = (nan_[slot] >> h) & 1;
       lse[h * lse_stride] = is_nan ? std::numeric_limits<float>::quiet_NaN() : m[h] + std::log(l[h]);
-      const __m512 inv = _mm512_set1_ps(is_nan ? std::numeric_limits<float>::quiet_NaN() : 1.0f / l[h]);
+      const F16 inv = simd::set1(is_nan ? std::numeric_limits<float>::quiet_NaN() : 1.0f / l[h]);
       for (int64_t c = 0; c < Dv_; c += kLanes)
-        _mm512_storeu_ps(out + h * out_stride + c, _mm512_mul_ps(_mm512_load_ps(o + h * Dv_ + c), inv));
+        simd::storeu(out + h * out_stride + c, simd::mul(simd::load(o + h * Dv_ + c), inv));
     }
   }
 
@@ -84,29 +84,29 @@ class BlockForward {
       vrows_[j] = v + int64_t{ids[j]} * Dv_;
     }
     float* st = st_.data();
-    __mmask16 nan = 0;
-    const __m512 mx = scores(qt_.data() + slot * D_ * kLanes, krows_.data(), n, D_, st, nan, vrows_.data(), Dv_);
+    Mask16 nan = 0;
+    const F16 mx = scores(qt_.data() + slot * D_ * kLanes, krows_.data(), n, D_, st, nan, vrows_.data(), Dv_);
     nan_[slot] |= nan;
     float* m_acc = m_acc_.data() + slot * kLanes;
     float* l_acc = l_acc_.data() + slot * kLanes;
-    const __m512 m_old = _mm512_load_ps(m_acc);
-    const __m512 m_new = _mm512_max_ps(mx, m_old);
-    const __m512 keep = exp512(_mm512_sub_ps(m_old, m_new));  // ~0 for the first range
-    __m512 l = _mm512_setzero_ps();
+    const F16 m_old = simd::load(m_acc);
+    const F16 m_new = simd::max(mx, m_old);
+    const F16 keep = simd::exp(simd::sub(m_old, m_new));  // ~0 for the first range
+    F16 l = simd::zero();
     for (int64_t j = 0; j < n; ++j) {
-      const __m512 p = exp512(_mm512_sub_ps(_mm512_load_ps(st + j * kLanes), m_new));
-      _mm512_store_ps(st + j * kLanes, p);
-      l = _mm512_add_ps(l, p);
+      const F16 p = simd::exp(simd::sub(simd::load(st + j * kLanes), m_new));
+      simd::store(st + j * kLanes, p);
+      l = simd::add(l, p);
     }
-    _mm512_store_ps(m_acc, m_new);
-    _mm512_store_ps(l_acc, _mm512_fmadd_ps(_mm512_load_ps(l_acc), keep, l));
+    simd::store(m_acc, m_new);
+    simd::store(l_acc, simd::fmadd(simd::load(l_acc), keep, l));
     alignas(64) float kk[kLanes];
-    _mm512_store_ps(kk, keep);
+    simd::store(kk, keep);
     float* o = o_acc_.data() + slot * kLanes * Dv_;
     for (int64_t h = 0; h < nh; ++h) {
-      const __m512 f = _mm512_set1_ps(kk[h]);
+      const F16 f = simd::set1(kk[h]);
       for (int64_t c = h * Dv_; c < (h + 1) * Dv_; c += kLanes)
-        _mm512_store_ps(o + c, _mm512_mul_ps(_mm512_load_ps(o + c), f));
+        simd::store(o + c, simd::mul(simd::load(o + c), f));
     }
     weighted_rows(st, nh, vrows_.data(), n, Dv_, o, /*accumulate=*/true);
   }
@@ -121,9 +121,9 @@ class BlockForward {
   AlignedVector<float> o_acc_;  // [T][16][Dv]  running unnormalised outputs
   AlignedVector<float> m_acc_;  // [T][16]      running max of the scaled scores
   AlignedVector<float> l_acc_;  // [T][16]      running sum of exp relative to it
-  std::vector<__mmask16> nan_;  // [T]          heads that met a NaN score
+  std::vector<Mask16> nan_;  // [T]          heads that met a NaN score
   std::vector<const float*> krows_, vrows_;  // [K] gathered rows of one range
 };
 
 }  // namespace lanes
-#endif  // __AVX512F__
+#endif  // SA_LANES

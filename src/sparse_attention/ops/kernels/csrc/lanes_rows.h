@@ -2,7 +2,7 @@
 // kMaxHeads: MHA, per-head selections, GQA with small groups), walking keys range by range like
 // lanes_blocks.h but with one score per (head, key) instead of one register per key.
 //
-// The lane kernels of lanes_avx512.h put the heads of a group in the 16 lanes of a register: a
+// The lane kernels of lanes.h put the heads of a group in the 16 lanes of a register: a
 // key's scores cost D FMAs whatever the number of heads, so a group of one head wastes 15 of
 // 16 lanes. Here the lanes run along the features instead: q_h . k_j is D/16 FMAs into one
 // register, and 16 such registers (16 keys) are reduced to one register of 16 scores by a
@@ -14,10 +14,9 @@
 
 #include "aligned_vector.h"
 #include "key_ranges.h"
-#include "lanes_avx512.h"
+#include "lanes.h"
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
+#if defined(SA_LANES)
 
 #include <algorithm>
 #include <cmath>
@@ -26,6 +25,9 @@
 #include <vector>
 
 namespace rows {
+
+using simd::F16;
+using simd::Mask16;
 
 // Most heads per group. A (head, key) score costs D/16 FMAs and ~3 reduction steps here, D FMAs
 // per key for all heads in the lane kernels: measured (N = 16384, K = 1024, 16 query heads,
@@ -44,27 +46,6 @@ inline bool fits_backward(int64_t nh, int64_t D, int64_t Dv) { return fits(nh, D
 // Score rows padded to whole blocks of 16 keys, for at most K keys.
 inline int64_t padded_keys(int64_t K) { return (std::max<int64_t>(K, 1) + 15) / 16 * 16; }
 
-// s[b] = sum of the 16 lanes of acc[b], for b < 16: pairs of registers are interleaved and
-// added (16 -> 8 -> 4 registers, each 128-bit lane then holding partial sums of 4 keys in
-// order), then 128-bit lanes are exchanged and added twice.
-inline __m512 sum16(const __m512* acc) {
-  __m512 t[8];
-  for (int i = 0; i < 8; ++i)
-    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(acc[2 * i], acc[2 * i + 1]), _mm512_unpackhi_ps(acc[2 * i], acc[2 * i + 1]));
-  __m512 u[4];
-  for (int i = 0; i < 4; ++i) {
-    const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
-    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-  }
-  // u[i]: 128-bit lane L holds keys 4i .. 4i + 3 summed over features of lane L.
-  const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                  _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
-  const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(2, 0, 2, 0)),
-                                  _mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(3, 1, 3, 1)));
-}
-
 // S[h][j] = q[h] . rows[j] for h < nh, j < n (S rows S_stride apart, written up to n rounded up
 // to 16); q: [nh][16 NC]. Blocks of 16 keys (the last one repeating its last row) serve all heads
 // while in L1. next_rows (width next_width), read next by the caller, are prefetched into L2.
@@ -79,14 +60,14 @@ inline void scores(const float* q, int64_t nh, const float* const* rows, int64_t
     const float* r[16];
     for (int b = 0; b < 16; ++b) r[b] = rows[std::min<int64_t>(j0 + b, n - 1)];
     for (int64_t h = 0; h < nh; ++h) {
-      __m512 qv[NC];
-      for (int c = 0; c < NC; ++c) qv[c] = _mm512_loadu_ps(q + h * 16 * NC + 16 * c);
-      __m512 acc[16];
+      F16 qv[NC];
+      for (int c = 0; c < NC; ++c) qv[c] = simd::loadu(q + h * 16 * NC + 16 * c);
+      F16 acc[16];
       for (int b = 0; b < 16; ++b) {
-        acc[b] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(r[b]));
-        for (int c = 1; c < NC; ++c) acc[b] = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(r[b] + 16 * c), acc[b]);
+        acc[b] = simd::mul(qv[0], simd::loadu(r[b]));
+        for (int c = 1; c < NC; ++c) acc[b] = simd::fmadd(qv[c], simd::loadu(r[b] + 16 * c), acc[b]);
       }
-      _mm512_storeu_ps(S + h * S_stride + j0, sum16(acc));
+      simd::storeu(S + h * S_stride + j0, simd::sum16(acc));
     }
   }
 }
@@ -112,19 +93,19 @@ inline void scores(const float* q, int64_t nh, int64_t D, const float* const* ro
 template <int HB, int NC, int KU>
 inline void weighted_block(const float* P, int64_t P_stride, int64_t h0, const float* const* rows, int64_t n,
                            int64_t c0, int64_t Dv, float* O) {
-  __m512 acc[KU][HB][NC];
+  F16 acc[KU][HB][NC];
   for (int u = 0; u < KU; ++u)
     for (int h = 0; h < HB; ++h)
       for (int c = 0; c < NC; ++c)
-        acc[u][h][c] = u == 0 ? _mm512_loadu_ps(O + (h0 + h) * Dv + c0 + 16 * c) : _mm512_setzero_ps();
+        acc[u][h][c] = u == 0 ? simd::loadu(O + (h0 + h) * Dv + c0 + 16 * c) : simd::zero();
   auto step = [&](int u, int64_t j) {
     if (h0 == 0) lanes::prefetch_rows(rows, j + 8, 1, n, Dv);
     const float* r = rows[j] + c0;
-    __m512 v[NC];
-    for (int c = 0; c < NC; ++c) v[c] = _mm512_loadu_ps(r + 16 * c);
+    F16 v[NC];
+    for (int c = 0; c < NC; ++c) v[c] = simd::loadu(r + 16 * c);
     for (int h = 0; h < HB; ++h) {
-      const __m512 p = _mm512_set1_ps(P[(h0 + h) * P_stride + j]);
-      for (int c = 0; c < NC; ++c) acc[u][h][c] = _mm512_fmadd_ps(p, v[c], acc[u][h][c]);
+      const F16 p = simd::set1(P[(h0 + h) * P_stride + j]);
+      for (int c = 0; c < NC; ++c) acc[u][h][c] = simd::fmadd(p, v[c], acc[u][h][c]);
     }
   };
   int64_t j = 0;
@@ -133,31 +114,37 @@ inline void weighted_block(const float* P, int64_t P_stride, int64_t h0, const f
   for (; j < n; ++j) step(0, j);
   for (int h = 0; h < HB; ++h)
     for (int c = 0; c < NC; ++c) {
-      __m512 sum = acc[0][h][c];
-      for (int u = 1; u < KU; ++u) sum = _mm512_add_ps(sum, acc[u][h][c]);
-      _mm512_storeu_ps(O + (h0 + h) * Dv + c0 + 16 * c, sum);
+      F16 sum = acc[0][h][c];
+      for (int u = 1; u < KU; ++u) sum = simd::add(sum, acc[u][h][c]);
+      simd::storeu(O + (h0 + h) * Dv + c0 + 16 * c, sum);
     }
 }
 
-// Dispatch of weighted_block over blocks of up to 4 heads and 64 features.
+// Dispatch of weighted_block over blocks of up to 4 heads (2 on AVX2: half the registers).
 template <int NC>
 inline void weighted_chunk(const float* P, int64_t P_stride, int64_t nh, const float* const* rows, int64_t n,
                            int64_t c0, int64_t Dv, float* O) {
   int64_t h0 = 0;
-  for (; h0 + 4 <= nh; h0 += 4) weighted_block<4, NC, 1>(P, P_stride, h0, rows, n, c0, Dv, O);
-  switch (nh - h0) {
-    case 3: weighted_block<3, NC, 1>(P, P_stride, h0, rows, n, c0, Dv, O); break;
-    case 2: weighted_block<2, NC, 2>(P, P_stride, h0, rows, n, c0, Dv, O); break;
-    case 1: weighted_block<1, NC, 4>(P, P_stride, h0, rows, n, c0, Dv, O); break;
-    default: break;
+  if constexpr (lanes::kWide) {
+    for (; h0 + 4 <= nh; h0 += 4) weighted_block<4, NC, 1>(P, P_stride, h0, rows, n, c0, Dv, O);
+    switch (nh - h0) {
+      case 3: weighted_block<3, NC, 1>(P, P_stride, h0, rows, n, c0, Dv, O); break;
+      case 2: weighted_block<2, NC, 2>(P, P_stride, h0, rows, n, c0, Dv, O); break;
+      case 1: weighted_block<1, NC, 4>(P, P_stride, h0, rows, n, c0, Dv, O); break;
+      default: break;
+    }
+  } else {
+    for (; h0 + 2 <= nh; h0 += 2) weighted_block<2, NC, 1>(P, P_stride, h0, rows, n, c0, Dv, O);
+    if (h0 < nh) weighted_block<1, NC, 2>(P, P_stride, h0, rows, n, c0, Dv, O);
   }
 }
 
 // O[h][:] += sum_j P[h][j] * rows[j][:] for h < nh; O: [nh][Dv], Dv % 16 == 0.
 inline void weighted_rows(const float* P, int64_t P_stride, int64_t nh, const float* const* rows, int64_t n,
                           int64_t Dv, float* O) {
-  for (int64_t c0 = 0; c0 < Dv; c0 += 64) {
-    switch (std::min<int64_t>(4, (Dv - c0) / 16)) {
+  constexpr int kChunks = lanes::kValueChunks;  // features per pass: 16 * kChunks
+  for (int64_t c0 = 0; c0 < Dv; c0 += 16 * kChunks) {
+    switch (std::min<int64_t>(kChunks, (Dv - c0) / 16)) {
       case 4: weighted_chunk<4>(P, P_stride, nh, rows, n, c0, Dv, O); break;
       case 3: weighted_chunk<3>(P, P_stride, nh, rows, n, c0, Dv, O); break;
       case 2: weighted_chunk<2>(P, P_stride, nh, rows, n, c0, Dv, O); break;
@@ -207,10 +194,10 @@ class BlockForward {
       const int64_t i = slot * kMaxHeads + h;
       const float nan = std::numeric_limits<float>::quiet_NaN();
       lse[h * lse_stride] = nan_[i] ? nan : m_acc_[i] + std::log(l_acc_[i]);
-      const __m512 inv = _mm512_set1_ps(nan_[i] ? nan : 1.0f / l_acc_[i]);
+      const F16 inv = simd::set1(nan_[i] ? nan : 1.0f / l_acc_[i]);
       const float* o = o_acc_.data() + i * Dv_;
       for (int64_t c = 0; c < Dv_; c += 16)
-        _mm512_storeu_ps(out + h * out_stride + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), inv));
+        simd::storeu(out + h * out_stride + c, simd::mul(simd::loadu(o + c), inv));
     }
   }
 
@@ -226,38 +213,37 @@ class BlockForward {
     const float* q = q_.data() + slot * kMaxHeads * D_;
     float* S = s_.data();
     scores(q, nh, D_, krows_.data(), n, S, Kp_, vrows_.data(), Dv_);
-    const __mmask16 tail = n % 16 == 0 ? __mmask16(0xffff) : __mmask16((1u << (n % 16)) - 1);
-    const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    const int tail = n % 16 == 0 ? 16 : static_cast<int>(n % 16);  // live scores of the last block
     for (int64_t h = 0; h < nh; ++h) {
       const int64_t i = slot * kMaxHeads + h;
       float* s = S + h * Kp_;
-      // Max and NaN check over the n scores (the padding of the last block masked off).
-      __m512 mx = neg_inf;
-      __mmask16 nan = 0;
+      // Max and NaN check over the scores: the padding of the last block repeats its last key's
+      // score (scores() pads with the last row), so it changes neither.
+      F16 mx = simd::set1(-std::numeric_limits<float>::infinity());
+      Mask16 nan = 0;
       for (int64_t j = 0; j < n; j += 16) {
-        const __mmask16 live = j + 16 <= n ? __mmask16(0xffff) : tail;
-        const __m512 x = _mm512_maskz_loadu_ps(live, s + j);
-        nan |= _mm512_mask_cmp_ps_mask(live, x, x, _CMP_UNORD_Q);
-        mx = _mm512_mask_max_ps(mx, live, x, mx);  // a NaN keeps the previous max (flagged)
+        const F16 x = simd::loadu(s + j);
+        nan |= simd::unordered(x);
+        mx = simd::max(x, mx);  // a NaN keeps the previous max (flagged)
       }
       nan_[i] |= nan != 0;
       const float m_old = m_acc_[i];
-      const float m_new = std::max(m_old, _mm512_reduce_max_ps(mx));
-      // exp(m_old - m_new): ~0 for the first range (exp512 clamps -inf to -88).
-      const float keep = _mm512_cvtss_f32(lanes::exp512(_mm512_set1_ps(m_old - m_new)));
-      __m512 l = _mm512_setzero_ps();
-      const __m512 mv = _mm512_set1_ps(m_new);
+      const float m_new = std::max(m_old, simd::reduce_max(mx));
+      // exp(m_old - m_new): ~0 for the first range (simd::exp clamps -inf to -87).
+      const float keep = simd::first(simd::exp(simd::set1(m_old - m_new)));
+      F16 l = simd::zero();
+      const F16 mv = simd::set1(m_new);
       for (int64_t j = 0; j < n; j += 16) {
-        const __mmask16 live = j + 16 <= n ? __mmask16(0xffff) : tail;
-        const __m512 p = _mm512_maskz_mov_ps(live, lanes::exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mv)));
-        _mm512_storeu_ps(s + j, p);
-        l = _mm512_add_ps(l, p);
+        F16 p = simd::exp(simd::sub(simd::loadu(s + j), mv));
+        if (j + 16 > n) p = simd::keep_first(p, tail);
+        simd::storeu(s + j, p);
+        l = simd::add(l, p);
       }
       m_acc_[i] = m_new;
-      l_acc_[i] = l_acc_[i] * keep + _mm512_reduce_add_ps(l);
+      l_acc_[i] = l_acc_[i] * keep + simd::reduce_add(l);
       float* o = o_acc_.data() + i * Dv_;
-      const __m512 kv = _mm512_set1_ps(keep);
-      for (int64_t c = 0; c < Dv_; c += 16) _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), kv));
+      const F16 kv = simd::set1(keep);
+      for (int64_t c = 0; c < Dv_; c += 16) simd::storeu(o + c, simd::mul(simd::loadu(o + c), kv));
     }
     weighted_rows(S, Kp_, nh, vrows_.data(), n, Dv_, o_acc_.data() + slot * kMaxHeads * Dv_);
   }
@@ -275,4 +261,4 @@ class BlockForward {
 };
 
 }  // namespace rows
-#endif  // __AVX512F__
+#endif  // SA_LANES

@@ -22,7 +22,7 @@
 
 #include "aligned_vector.h"
 #include "amx_attention.h"
-#include "lanes_avx512.h"
+#include "lanes.h"
 #include "lanes_blocks.h"
 #include "lanes_rows.h"
 
@@ -307,7 +307,7 @@ Shapes make_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   return s;
 }
 
-#if defined(__AVX512F__)
+#if defined(SA_LANES)
 // Scratch of the lane kernels, one per thread.
 struct LaneScratch {
   AlignedVector<float> at, st, dst, o, rows_q, rows_do, kconv, vconv, delta;
@@ -363,17 +363,17 @@ void forward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, int
     for (int64_t d = 0; d < s.D; ++d) w.at[d * lanes::kLanes + i] = to_float(r[d]) * static_cast<float>(scale);
   }
   float* st = w.st.data();
-  __mmask16 nan = 0;
-  const __m512 m = lanes::scores(w.at.data(), w.krows.data(), n, s.D, st, nan, w.vrows.data(), s.Dv);
-  __m512 l = _mm512_setzero_ps();
+  simd::Mask16 nan = 0;
+  const simd::F16 m = lanes::scores(w.at.data(), w.krows.data(), n, s.D, st, nan, w.vrows.data(), s.Dv);
+  simd::F16 l = simd::zero();
   for (int64_t j = 0; j < n; ++j) {
-    const __m512 p = lanes::exp512(_mm512_sub_ps(_mm512_loadu_ps(st + j * lanes::kLanes), m));
-    _mm512_storeu_ps(st + j * lanes::kLanes, p);
-    l = _mm512_add_ps(l, p);
+    const simd::F16 p = simd::exp(simd::sub(simd::loadu(st + j * lanes::kLanes), m));
+    simd::storeu(st + j * lanes::kLanes, p);
+    l = simd::add(l, p);
   }
   alignas(64) float mm[lanes::kLanes], ll[lanes::kLanes];
-  _mm512_store_ps(mm, m);
-  _mm512_store_ps(ll, l);
+  simd::store(mm, m);
+  simd::store(ll, l);
   lanes::weighted_rows(st, it.nh, w.vrows.data(), n, s.Dv, w.o.data());
   for (int64_t i = 0; i < it.nh; ++i) {
     const bool is_nan = (nan >> i) & 1;
@@ -445,11 +445,11 @@ void backward_item_rows(const Shapes& s, const Item& it, const int64_t* ids, int
   float* pt = w.st.data();    // [n][16] P^T and dS^T for the key-gradient accumulation
   float* dst = w.dst.data();
   for (int64_t i = 0; i < it.nh; ++i) {
-    const __m512 lse_v = _mm512_set1_ps(lse_h[i]), delta_v = _mm512_set1_ps(delta[i]);
+    const simd::F16 lse_v = simd::set1(lse_h[i]), delta_v = simd::set1(delta[i]);
     for (int64_t j = 0; j < n; j += 16) {  // the padding up to kp is scratch
-      const __m512 p = lanes::exp512(_mm512_sub_ps(_mm512_loadu_ps(S + i * kp + j), lse_v));
-      _mm512_storeu_ps(S + i * kp + j, p);
-      _mm512_storeu_ps(dS + i * kp + j, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dS + i * kp + j), delta_v)));
+      const simd::F16 p = simd::exp(simd::sub(simd::loadu(S + i * kp + j), lse_v));
+      simd::storeu(S + i * kp + j, p);
+      simd::storeu(dS + i * kp + j, simd::mul(p, simd::sub(simd::loadu(dS + i * kp + j), delta_v)));
     }
     for (int64_t j = 0; j < n; ++j) {
       pt[j * L + i] = S[i * kp + j];
@@ -474,23 +474,23 @@ void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, in
     for (int64_t d = 0; d < s.D; ++d) qt[d * L + i] = w.rows_q[i * s.D + d];
   float* pt = w.st.data();
   float* dst = w.dst.data();
-  __mmask16 unused_nan;  // NaN rows already have a NaN log-sum-exp
+  simd::Mask16 unused_nan;  // NaN rows already have a NaN log-sum-exp
   lanes::scores(qt, w.krows.data(), n, s.D, pt, unused_nan);  // S^T
   std::fill(w.at.begin(), w.at.end(), 0.0f);
   for (int64_t i = 0; i < it.nh; ++i)
     for (int64_t c = 0; c < s.Dv; ++c) qt[c * L + i] = w.rows_do[i * s.Dv + c];
   lanes::scores(qt, w.vrows.data(), n, s.Dv, dst, unused_nan);  // dP^T = dO V^T
-  const __m512 lse_v = _mm512_load_ps(lse_l), delta_v = _mm512_load_ps(delta_l);
+  const simd::F16 lse_v = simd::load(lse_l), delta_v = simd::load(delta_l);
   for (int64_t j = 0; j < n; ++j) {
-    const __m512 p = lanes::exp512(_mm512_sub_ps(_mm512_loadu_ps(pt + j * L), lse_v));
-    _mm512_storeu_ps(pt + j * L, p);
-    _mm512_storeu_ps(dst + j * L, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dst + j * L), delta_v)));
+    const simd::F16 p = simd::exp(simd::sub(simd::loadu(pt + j * L), lse_v));
+    simd::storeu(pt + j * L, p);
+    simd::storeu(dst + j * L, simd::mul(p, simd::sub(simd::loadu(dst + j * L), delta_v)));
   }
   // Padding lanes: p = exp(0) but dO = 0 and delta = 0 there, so dS = 0; P is only read for i < nh.
   lanes::weighted_rows(dst, it.nh, w.krows.data(), n, s.D, w.o.data());  // dQ / scale
   store_backward_grads(s, it, ids, n, pt, dst, scale, dq, dk, dv, w);
 }
-#endif  // __AVX512F__
+#endif  // SA_LANES
 
 // An item without a visible key: zero output rows (all-zero bits, also for bf16 stored as
 // uint16_t), log-sum-exp -inf.
@@ -517,7 +517,7 @@ bool use_amx(const Shapes& s, bool allow_amx) {
 #endif
 }
 
-#if defined(__AVX512F__)
+#if defined(SA_LANES)
 // The forward pass in blocks of Engine::block_tokens() consecutive query tokens of one selection
 // group, so that a block can walk its keys range by range (key_ranges.h). Engine (one per
 // thread, made from (K, Nk, D, Dv, scale)): lanes::BlockForward (fp32) or amx::BlockForward
@@ -575,7 +575,7 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
     return;
 #endif
   }
-#if defined(__AVX512F__)
+#if defined(SA_LANES)
   if constexpr (std::is_same<T, float>::value) {
     if (rows::fits(s.per_head ? 1 : s.G, s.D, s.Dv)) {  // few heads per group: one score per (head, key)
       forward_token_blocks<rows::BlockForward>(s, q, k, v, idx, scale, out, lse);
@@ -592,14 +592,14 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
     std::vector<int64_t> ids(s.K);
     std::vector<float> qf(s.G * s.D), scores(s.G * std::max<int64_t>(s.K, 1)), tile(s.D * kTile), o(s.G * s.Dv),
         rowbuf(s.Dv);
-#if defined(__AVX512F__)
+#if defined(SA_LANES)
     LaneScratch lane_scratch(s);
 #endif
     for (int64_t item = begin; item < end; ++item) {
       const Item it = decode(s, item);
       const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
       const int64_t kv_off = (it.b * s.Hkv + it.kvh) * s.Nk;
-#if defined(__AVX512F__)
+#if defined(SA_LANES)
       if (n > 0 && use_lanes(s, it.nh)) {
         forward_item_lanes(s, it, ids.data(), n, q, k, v, scale, out, lse, lane_scratch);
         continue;
@@ -660,14 +660,14 @@ void backward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, co
     std::vector<float> qf(s.G * s.D), dof(s.G * s.Dv), p(s.G * std::max<int64_t>(s.K, 1)),
         dp(s.G * std::max<int64_t>(s.K, 1)), tile(std::max(s.D, s.Dv) * kTile), delta(s.G), dqf(s.G * s.D),
         rowbuf(std::max(s.D, s.Dv));
-#if defined(__AVX512F__)
+#if defined(SA_LANES)
     LaneScratch lane_scratch(s);
 #endif
     for (int64_t item = begin; item < end; ++item) {
       const Item it = decode(s, item);
       const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
       if (n == 0) continue;  // dq rows stay zero
-#if defined(__AVX512F__)
+#if defined(SA_LANES)
       if (rows::fits_backward(it.nh, s.D, s.Dv)) {
         backward_item_rows(s, it, ids.data(), n, q, k, v, scale, out, lse, dout, dq, dk, dv, lane_scratch);
         continue;
@@ -804,6 +804,32 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   }, "whether bf16 attention can run on AMX tiles here");
   m.def("backward", &backward, "sparse attention backward (CPU)");
+  m.def("compiled_features", [] {
+    std::vector<std::string> f;
+#if defined(__AVX2__)
+    f.push_back("avx2");
+#endif
+#if defined(__FMA__)
+    f.push_back("fma");
+#endif
+#if defined(__AVX512F__)
+    f.push_back("avx512f");
+#endif
+#if defined(__AVX512BF16__)
+    f.push_back("avx512_bf16");
+#endif
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+    f.push_back("amx_bf16");
+#endif
+#if defined(SA_LANES_AVX512)
+    f.push_back("lanes:avx512");
+#elif defined(SA_LANES_AVX2)
+    f.push_back("lanes:avx2");
+#else
+    f.push_back("lanes:none");
+#endif
+    return f;
+  }, "instruction sets this build's code may use, and which lane kernels it has");
   m.def("fused_topk", &fused_topk, "fused scoring + top-k selection (CPU)");
   m.def("fused_topk_bf16_path", &fused_topk_bf16_path, "bf16 scoring path: amx, avx512_bf16 or empty");
 }

@@ -1,0 +1,175 @@
+// Sixteen floats as one value, for the lane kernels (lanes_avx512.h, lanes_blocks.h, lanes_rows.h)
+// on every x86-64 level that has FMA: one AVX-512 register, or a pair of AVX2 registers.
+//
+// The lane kernels are written once against these operations, so the AVX2 build runs the same
+// arithmetic in the same order as the AVX-512 one (results agree to the last bit except where a
+// reduction tree differs: sum16, reduce_add). What differs per level is register pressure: AVX2
+// has 16 vector registers of 8 floats, AVX-512 32 of 16, so a loop that keeps 16 values of F16
+// live on AVX-512 needs 32 ymm registers on AVX2. The kernels take their blocking constants
+// (keys or heads per register block) from kRegisterBudget below instead of fixing them.
+//
+// SA_LANES is defined where these kernels exist (AVX-512F, or AVX2 with FMA); the generic
+// build (no FMA) runs the portable tiled loops of sparse_attention_cpu.cpp instead.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#if defined(__AVX512F__)
+#define SA_LANES 1
+#define SA_LANES_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#define SA_LANES 1
+#define SA_LANES_AVX2 1
+#endif
+
+#if defined(SA_LANES)
+namespace simd {
+
+using Mask16 = uint32_t;  // bit i: lane i
+
+// Vector registers a kernel may keep live, in units of F16: blocking constants scale with it.
+#if defined(SA_LANES_AVX512)
+constexpr int kRegisterBudget = 32;
+using F16 = __m512;
+
+inline F16 zero() { return _mm512_setzero_ps(); }
+inline F16 set1(float x) { return _mm512_set1_ps(x); }
+inline F16 loadu(const float* p) { return _mm512_loadu_ps(p); }
+inline F16 load(const float* p) { return _mm512_load_ps(p); }  // p 64-byte aligned
+inline void storeu(float* p, F16 x) { _mm512_storeu_ps(p, x); }
+inline void store(float* p, F16 x) { _mm512_store_ps(p, x); }
+inline F16 add(F16 a, F16 b) { return _mm512_add_ps(a, b); }
+inline F16 sub(F16 a, F16 b) { return _mm512_sub_ps(a, b); }
+inline F16 mul(F16 a, F16 b) { return _mm512_mul_ps(a, b); }
+inline F16 fmadd(F16 a, F16 b, F16 c) { return _mm512_fmadd_ps(a, b, c); }
+// max(a, b) lane-wise; b where either is NaN (as the instruction does).
+inline F16 max(F16 a, F16 b) { return _mm512_max_ps(a, b); }
+inline F16 floor(F16 x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+// p * 2^e for p in [1, 2) and integral e in [-126, 127].
+inline F16 scale_pow2(F16 p, F16 e) { return _mm512_scalef_ps(p, e); }
+inline Mask16 unordered(F16 x) { return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q); }
+inline float reduce_max(F16 x) { return _mm512_reduce_max_ps(x); }
+inline float reduce_add(F16 x) { return _mm512_reduce_add_ps(x); }
+inline float first(F16 x) { return _mm512_cvtss_f32(x); }
+// x in lanes < count (0 < count <= 16), 0 elsewhere.
+inline F16 keep_first(F16 x, int count) {
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>((uint32_t{1} << count) - 1), x);
+}
+#else
+constexpr int kRegisterBudget = 16;
+struct F16 {
+  __m256 lo, hi;
+};
+
+inline F16 zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+inline F16 set1(float x) {
+  const __m256 v = _mm256_set1_ps(x);
+  return {v, v};
+}
+inline F16 loadu(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+inline F16 load(const float* p) { return {_mm256_load_ps(p), _mm256_load_ps(p + 8)}; }
+inline void storeu(float* p, F16 x) {
+  _mm256_storeu_ps(p, x.lo);
+  _mm256_storeu_ps(p + 8, x.hi);
+}
+inline void store(float* p, F16 x) {
+  _mm256_store_ps(p, x.lo);
+  _mm256_store_ps(p + 8, x.hi);
+}
+inline F16 add(F16 a, F16 b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+inline F16 sub(F16 a, F16 b) { return {_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)}; }
+inline F16 mul(F16 a, F16 b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+inline F16 fmadd(F16 a, F16 b, F16 c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+inline F16 max(F16 a, F16 b) { return {_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)}; }
+inline F16 floor(F16 x) { return {_mm256_floor_ps(x.lo), _mm256_floor_ps(x.hi)}; }
+inline __m256 scale_pow2(__m256 p, __m256 e) {
+  // Adds e to the exponent field (e integral and in [-126, 127], so no over- or underflow).
+  const __m256i bits = _mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(e), 23));
+  return _mm256_castsi256_ps(bits);
+}
+inline F16 scale_pow2(F16 p, F16 e) { return {scale_pow2(p.lo, e.lo), scale_pow2(p.hi, e.hi)}; }
+inline Mask16 unordered(F16 x) {
+  const int lo = _mm256_movemask_ps(_mm256_cmp_ps(x.lo, x.lo, _CMP_UNORD_Q));
+  const int hi = _mm256_movemask_ps(_mm256_cmp_ps(x.hi, x.hi, _CMP_UNORD_Q));
+  return static_cast<Mask16>(lo | (hi << 8));
+}
+inline float hmax8(__m256 x) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+inline float hadd8(__m256 x) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline float reduce_max(F16 x) { return hmax8(_mm256_max_ps(x.lo, x.hi)); }
+inline float reduce_add(F16 x) { return hadd8(_mm256_add_ps(x.lo, x.hi)); }
+inline float first(F16 x) { return _mm256_cvtss_f32(x.lo); }
+inline F16 keep_first(F16 x, int count) {
+  alignas(64) static const int32_t kOnes[32] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0};
+  const float* m = reinterpret_cast<const float*>(kOnes + 16 - count);
+  return {_mm256_and_ps(x.lo, _mm256_loadu_ps(m)), _mm256_and_ps(x.hi, _mm256_loadu_ps(m + 8))};
+}
+#endif
+
+// exp(x), lane-wise: 2^(x log2 e), floor split, degree-6 polynomial on the fraction. Relative
+// error ~2e-7; arguments below -87 give ~0 (exp(-87) ~ 1.6e-38); NaN stays NaN.
+inline F16 exp(F16 x) {
+  x = max(set1(-87.0f), x);  // second operand returned for NaN
+  const F16 t = mul(x, set1(1.44269504088896341f));
+  const F16 fi = floor(t);
+  const F16 f = sub(t, fi);
+  F16 p = set1(1.535336188319500e-4f);
+  p = fmadd(p, f, set1(1.339887440266574e-3f));
+  p = fmadd(p, f, set1(9.618437357674640e-3f));
+  p = fmadd(p, f, set1(5.550332471162809e-2f));
+  p = fmadd(p, f, set1(2.402264791363012e-1f));
+  p = fmadd(p, f, set1(6.931472028550421e-1f));
+  p = fmadd(p, f, set1(1.0f));
+  return scale_pow2(p, fi);
+}
+
+// s[b] = sum of the 16 lanes of acc[b], for b < 16.
+#if defined(SA_LANES_AVX512)
+// Pairs of registers are interleaved and added (16 -> 8 -> 4 registers, each 128-bit lane then
+// holding partial sums of 4 keys in order), then 128-bit lanes are exchanged and added twice.
+inline F16 sum16(const F16* acc) {
+  __m512 t[8];
+  for (int i = 0; i < 8; ++i)
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(acc[2 * i], acc[2 * i + 1]), _mm512_unpackhi_ps(acc[2 * i], acc[2 * i + 1]));
+  __m512 u[4];
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
+    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  // u[i]: 128-bit lane L holds keys 4i .. 4i + 3 summed over features of lane L.
+  const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+#else
+// Sums of 8 registers of 8 lanes: three rounds of horizontal adds, then the two 128-bit halves.
+inline __m256 sum8(const __m256* t) {
+  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+  const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(t[4], t[5]), _mm256_hadd_ps(t[6], t[7]));
+  // a: [k0 k1 k2 k3 | k0 k1 k2 k3] (low and high halves' partial sums), b likewise for k4..k7.
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+inline F16 sum16(const F16* acc) {
+  __m256 t[16];
+  for (int b = 0; b < 16; ++b) t[b] = _mm256_add_ps(acc[b].lo, acc[b].hi);
+  return {sum8(t), sum8(t + 8)};
+}
+#endif
+
+}  // namespace simd
+#endif  // SA_LANES
