@@ -18,11 +18,11 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#if defined(__AVX512F__)
 #include <immintrin.h>
-#endif
+
 #include "aligned_vector.h"
 #include "amx_tiles.h"
+#include "simd16.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -156,9 +156,9 @@ struct Candidates {
     }
   }
 
-#if defined(__AVX512F__)
+#if defined(SA_LANES_AVX512)
   // Same, from four registers (keys key0 + 16c + lane); lanes at or beyond ``valid`` are ignored.
-  void offer(const __m512* s, int64_t key0, int64_t valid) {
+  void offer(const simd::F16* s, int64_t key0, int64_t valid) {
     const __m512 thr = _mm512_set1_ps(threshold);
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (int c = 0; c < 4; ++c) {
@@ -171,6 +171,26 @@ struct Candidates {
       _mm512_mask_compressstoreu_ps(score.data() + count, m, s[c]);
       _mm512_mask_compressstoreu_epi32(key.data() + count, m, keys);
       count += __builtin_popcount(m);
+    }
+  }
+#elif defined(SA_LANES_AVX2)
+  // Same on AVX2 (no compress store): one compare per 8 keys, then the rare survivors one by one.
+  void offer(const simd::F16* s, int64_t key0, int64_t valid) {
+    const __m256 thr = _mm256_set1_ps(threshold);
+    for (int c = 0; c < 8; ++c) {
+      const int64_t rest = valid - 8 * c;
+      if (rest <= 0) break;
+      const __m256 x = (c & 1) ? s[c / 2].hi : s[c / 2].lo;
+      uint32_t m = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(x, thr, _CMP_GT_OQ)));
+      if (rest < 8) m &= (1u << rest) - 1u;
+      if (!m) continue;
+      alignas(32) float v[8];
+      _mm256_store_ps(v, x);
+      for (; m; m &= m - 1) {
+        const int l = __builtin_ctz(m);
+        score[count] = v[l];
+        key[count++] = static_cast<int32_t>(key0 + 8 * c + l);
+      }
     }
   }
 #endif
@@ -196,20 +216,27 @@ void panel_scores_generic(const TopKShapes& s, const float* panel, const float* 
   }
 }
 
-#if defined(__AVX512F__)
-// ----- AVX-512 scorers: HB heads x QN queries per pass over a panel -----------------------------
+#if defined(SA_LANES)
+// ----- vector scorers: HB heads x QN queries per pass over a panel (simd16.h) --------------------
+//
+// A panel's 64 scores of one (query, head) are four F16 accumulators. AVX-512 keeps up to
+// 4 x 4 of them and the panel row in registers; AVX2 (16 registers of 8 floats) one query and
+// head at a time, its FMAs reading the panel row from L1.
+constexpr bool kWideScorer = simd::kRegisterBudget >= 32;
+constexpr int kMaxHeadsPerPass = kWideScorer ? 4 : 1;
+constexpr int kQueriesPerPass = kWideScorer ? 4 : 1;  // queries sharing a panel pass (single-head rows)
 
 // s[qn][c] += sum_{h < HB} w[qn][j0 + h] * f(acc[qn * HB + h][c]), f = ReLU or identity.
 template <int HB, int QN>
-inline void add_weighted_heads(const TopKShapes& sh, const __m512 (*acc)[4], int64_t j0, const float* const* w,
-                               __m512 (*s)[4]) {
-  const __m512 zero = _mm512_setzero_ps();
+inline void add_weighted_heads(const TopKShapes& sh, const simd::F16 (*acc)[4], int64_t j0, const float* const* w,
+                               simd::F16 (*s)[4]) {
+  const simd::F16 zero = simd::zero();
   for (int qn = 0; qn < QN; ++qn)
     for (int h = 0; h < HB; ++h) {
-      const __m512 wv = _mm512_set1_ps(w ? w[qn][j0 + h] : 1.0f);
+      const simd::F16 wv = simd::set1(w ? w[qn][j0 + h] : 1.0f);
       for (int c = 0; c < 4; ++c) {
-        const __m512 a = sh.relu ? _mm512_max_ps(acc[qn * HB + h][c], zero) : acc[qn * HB + h][c];
-        s[qn][c] = _mm512_fmadd_ps(wv, a, s[qn][c]);
+        const simd::F16 a = sh.relu ? simd::max(acc[qn * HB + h][c], zero) : acc[qn * HB + h][c];
+        s[qn][c] = simd::fmadd(wv, a, s[qn][c]);
       }
     }
 }
@@ -217,23 +244,18 @@ inline void add_weighted_heads(const TopKShapes& sh, const __m512 (*acc)[4], int
 // s[qn][c] += sum_{h < HB} w[qn][j0 + h] * f(q[j0 + h, qn] . panel[:, 16c : 16c + 16]).
 template <int HB, int QN>
 inline void panel_block_f32(const TopKShapes& sh, const float* panel, const float* const* q_rows, int64_t j0,
-                            const float* const* w, __m512 (*s)[4]) {
-  __m512 acc[HB * QN][4];
+                            const float* const* w, simd::F16 (*s)[4]) {
+  simd::F16 acc[HB * QN][4];
   for (int r = 0; r < HB * QN; ++r)
-    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int c = 0; c < 4; ++c) acc[r][c] = simd::zero();
   const float* q[HB * QN];
   for (int qn = 0; qn < QN; ++qn)
     for (int h = 0; h < HB; ++h) q[qn * HB + h] = q_rows[qn * sh.J + j0 + h];
   for (int64_t d = 0; d < sh.D; ++d) {
     const float* kr = panel + d * kPanel;
-    const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16), k2 = _mm512_loadu_ps(kr + 32),
-                 k3 = _mm512_loadu_ps(kr + 48);
     for (int r = 0; r < HB * QN; ++r) {
-      const __m512 b = _mm512_set1_ps(q[r][d]);
-      acc[r][0] = _mm512_fmadd_ps(b, k0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(b, k1, acc[r][1]);
-      acc[r][2] = _mm512_fmadd_ps(b, k2, acc[r][2]);
-      acc[r][3] = _mm512_fmadd_ps(b, k3, acc[r][3]);
+      const simd::F16 b = simd::set1(q[r][d]);
+      for (int c = 0; c < 4; ++c) acc[r][c] = simd::fmadd(b, simd::loadu(kr + 16 * c), acc[r][c]);
     }
   }
   add_weighted_heads<HB, QN>(sh, acc, j0, w, s);
@@ -244,7 +266,7 @@ inline void panel_block_f32(const TopKShapes& sh, const float* panel, const floa
 // one vdpbf16ps does two multiply-adds per lane (products exact, sums in fp32).
 template <int HB, int QN>
 inline void panel_block_bf16(const TopKShapes& sh, const at::BFloat16* panel, const at::BFloat16* const* q_rows,
-                             int64_t j0, const float* const* w, __m512 (*s)[4]) {
+                             int64_t j0, const float* const* w, simd::F16 (*s)[4]) {
   __m512 acc[HB * QN][4];
   for (int r = 0; r < HB * QN; ++r)
     for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -270,10 +292,10 @@ inline void panel_block_bf16(const TopKShapes& sh, const at::BFloat16* panel, co
 
 // Scores of QN queries against one panel, all J heads: s[qn][0..3].
 template <typename P, int QN>
-inline void panel_scores_avx512(const TopKShapes& sh, const P* panel, const P* const* q_rows, const float* const* w,
-                                __m512 (*s)[4]) {
+inline void panel_scores_vector(const TopKShapes& sh, const P* panel, const P* const* q_rows, const float* const* w,
+                                simd::F16 (*s)[4]) {
   for (int qn = 0; qn < QN; ++qn)
-    for (int c = 0; c < 4; ++c) s[qn][c] = _mm512_setzero_ps();
+    for (int c = 0; c < 4; ++c) s[qn][c] = simd::zero();
   auto block = [&](auto hb_tag, int64_t j0) {
     constexpr int HB = decltype(hb_tag)::value;
     if constexpr (std::is_same<P, float>::value) {
@@ -285,7 +307,7 @@ inline void panel_scores_avx512(const TopKShapes& sh, const P* panel, const P* c
     }
   };
   int64_t j0 = 0;
-  if constexpr (QN == 1) {
+  if constexpr (QN == 1 && kMaxHeadsPerPass == 4) {
     for (; j0 + 4 <= sh.J; j0 += 4) block(std::integral_constant<int, 4>{}, j0);
     switch (sh.J - j0) {
       case 3: block(std::integral_constant<int, 3>{}, j0); break;
@@ -297,7 +319,7 @@ inline void panel_scores_avx512(const TopKShapes& sh, const P* panel, const P* c
     for (; j0 < sh.J; ++j0) block(std::integral_constant<int, 1>{}, j0);
   }
 }
-#endif  // __AVX512F__
+#endif  // SA_LANES
 
 // ----- key panels -----------------------------------------------------------------------------
 
@@ -380,7 +402,11 @@ void select_rows(const TopKShapes& s, const AlignedVector<P>& panels, const P* q
         while (t < t1) {
           // Four queries at once when a score row has a single head (exact top-k): the panel
           // loads are then shared by four accumulator sets.
-          const int64_t qn = (s.J == 1 && t + 4 <= t1) ? 4 : 1;
+#if defined(SA_LANES)
+          const int64_t qn = (s.J == 1 && kQueriesPerPass == 4 && t + 4 <= t1) ? 4 : 1;
+#else
+          const int64_t qn = 1;
+#endif
           if (qn == 1 && s.limit(t) < key0) {  // the whole panel is in this query's future
             ++t;
             continue;
@@ -390,19 +416,19 @@ void select_rows(const TopKShapes& s, const AlignedVector<P>& panels, const P* q
             w_rows[i] = s.has_weights ? w + (r * s.Nq + t + i) * s.J : nullptr;
           }
           const float* const* w_ptr = s.has_weights ? w_rows : nullptr;
-#if defined(__AVX512F__)
-          __m512 sc[4][4];
+#if defined(SA_LANES)
+          simd::F16 sc[4][4];
           if (qn == 4) {
-            panel_scores_avx512<P, 4>(s, panel, q_rows.data(), w_ptr, sc);
+            panel_scores_vector<P, kQueriesPerPass>(s, panel, q_rows.data(), w_ptr, sc);
           } else {
-            panel_scores_avx512<P, 1>(s, panel, q_rows.data(), w_ptr, sc);
+            panel_scores_vector<P, 1>(s, panel, q_rows.data(), w_ptr, sc);
           }
 #endif
           for (int64_t i = 0; i < qn; ++i) {
             const int64_t valid = std::min({kPanel, s.limit(t + i) - key0 + 1, s.Nk - key0});
             if (valid <= 0) continue;
             Candidates& c = cand[t + i - t0];
-#if defined(__AVX512F__)
+#if defined(SA_LANES)
             c.offer(sc[i], key0, valid);
 #else
             panel_scores_generic(s, panel, q_rows.data() + i * s.J, w_rows[i], scores);
