@@ -73,6 +73,13 @@ float kth_largest(const float* a, int64_t n, int64_t k, SelectScratch& w) {
       n_gt += __builtin_popcount(m_gt);
       n_lt += __builtin_popcount(m_lt);
     }
+#elif defined(SA_LANES_AVX2)
+    const __m256 pv = _mm256_set1_ps(pivot);
+    for (; i + 8 <= n; i += 8) {  // gt, lt hold n >= i + 8 values: room for each 8-lane store
+      const __m256 v = _mm256_loadu_ps(a + i);
+      n_gt += simd::compress_store(gt + n_gt, simd::greater_mask(v, pv), v);
+      n_lt += simd::compress_store(lt + n_lt, simd::greater_mask(pv, v), v);
+    }
 #endif
     for (; i < n; ++i) {
       if (a[i] > pivot) gt[n_gt++] = a[i];
@@ -124,6 +131,15 @@ struct Candidates {
       _mm512_mask_compressstoreu_ps(next_score.data() + kept, m, v);
       _mm512_mask_compressstoreu_epi32(next_key.data() + kept, m, _mm512_loadu_si512(key.data() + i));
       kept += __builtin_popcount(m);
+    }
+#elif defined(SA_LANES_AVX2)
+    const __m256 kv = _mm256_set1_ps(kth);
+    for (; i + 8 <= count; i += 8) {  // kept <= i: each 8-lane store stays within the buffers
+      const __m256 v = _mm256_loadu_ps(score.data() + i);
+      const uint32_t m = simd::greater_mask(v, kv);
+      simd::compress_store(next_key.data() + kept, m,
+                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(key.data() + i)));
+      kept += simd::compress_store(next_score.data() + kept, m, v);
     }
 #endif
     for (; i < count; ++i) {

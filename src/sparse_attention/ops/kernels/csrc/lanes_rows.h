@@ -60,6 +60,23 @@ inline void scores(const float* q, int64_t nh, const float* const* rows, int64_t
     const float* r[16];
     for (int b = 0; b < 16; ++b) r[b] = rows[std::min<int64_t>(j0 + b, n - 1)];
     for (int64_t h = 0; h < nh; ++h) {
+#if defined(SA_LANES_AVX2)
+      // 16 keys of two-register accumulators would need 32 of AVX2's 16 registers: instead each
+      // key sums into one register of 8 lanes, 8 keys at a time (8 accumulators + the query).
+      const float* qh = q + h * 16 * NC;
+      __m256 half[2];
+      for (int part = 0; part < 2; ++part) {
+        __m256 acc[8];
+        for (int b = 0; b < 8; ++b) {
+          const float* rb = r[8 * part + b];
+          acc[b] = _mm256_mul_ps(_mm256_loadu_ps(qh), _mm256_loadu_ps(rb));
+          for (int c = 1; c < 2 * NC; ++c)
+            acc[b] = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * c), _mm256_loadu_ps(rb + 8 * c), acc[b]);
+        }
+        half[part] = simd::sum8(acc);
+      }
+      simd::storeu(S + h * S_stride + j0, F16{half[0], half[1]});
+#else
       F16 qv[NC];
       for (int c = 0; c < NC; ++c) qv[c] = simd::loadu(q + h * 16 * NC + 16 * c);
       F16 acc[16];
@@ -68,6 +85,7 @@ inline void scores(const float* q, int64_t nh, const float* const* rows, int64_t
         for (int c = 1; c < NC; ++c) acc[b] = simd::fmadd(qv[c], simd::loadu(r[b] + 16 * c), acc[b]);
       }
       simd::storeu(S + h * S_stride + j0, simd::sum16(acc));
+#endif
     }
   }
 }
@@ -139,11 +157,20 @@ inline void weighted_chunk(const float* P, int64_t P_stride, int64_t nh, const f
   }
 }
 
+// One head on AVX2: all of a 64-feature chunk at once (8 accumulator registers, the value rows
+// read by the FMAs straight from L1), one pass over the keys instead of two 32-feature passes.
+inline bool single_head_pass(int64_t nh, int64_t Dv, int64_t c0) { return !lanes::kWide && nh == 1 && Dv - c0 >= 64; }
+
 // O[h][:] += sum_j P[h][j] * rows[j][:] for h < nh; O: [nh][Dv], Dv % 16 == 0.
 inline void weighted_rows(const float* P, int64_t P_stride, int64_t nh, const float* const* rows, int64_t n,
                           int64_t Dv, float* O) {
   constexpr int kChunks = lanes::kValueChunks;  // features per pass: 16 * kChunks
   for (int64_t c0 = 0; c0 < Dv; c0 += 16 * kChunks) {
+    if (single_head_pass(nh, Dv, c0)) {
+      weighted_block<1, 4, 1>(P, P_stride, 0, rows, n, c0, Dv, O);
+      c0 += 64 - 16 * kChunks;
+      continue;
+    }
     switch (std::min<int64_t>(kChunks, (Dv - c0) / 16)) {
       case 4: weighted_chunk<4>(P, P_stride, nh, rows, n, c0, Dv, O); break;
       case 3: weighted_chunk<3>(P, P_stride, nh, rows, n, c0, Dv, O); break;

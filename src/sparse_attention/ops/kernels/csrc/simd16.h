@@ -14,6 +14,7 @@
 
 #include <immintrin.h>
 
+#include <array>
 #include <cstdint>
 
 #if defined(__AVX512F__)
@@ -107,6 +108,32 @@ inline float hadd8(__m256 x) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+// AVX2 has no compress store: the lanes of `mask` move to the front by a permutation looked up
+// from the mask (8 lane numbers packed in bytes), and all 8 lanes are stored, so the caller's
+// buffer needs room for 8 values at dst. Returns how many were kept.
+inline constexpr std::array<uint64_t, 256> make_compress_table() {
+  std::array<uint64_t, 256> t{};
+  for (int m = 0; m < 256; ++m)
+    for (int l = 0, k = 0; l < 8; ++l)
+      if ((m >> l) & 1) t[m] |= uint64_t(l) << (8 * k++);
+  return t;
+}
+inline constexpr std::array<uint64_t, 256> kCompressTable = make_compress_table();
+inline __m256i compress_permutation(uint32_t mask) {
+  return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kCompressTable[mask])));
+}
+inline int compress_store(float* dst, uint32_t mask, __m256 v) {
+  _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, compress_permutation(mask)));
+  return __builtin_popcount(mask);
+}
+inline int compress_store(int32_t* dst, uint32_t mask, __m256i v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permutevar8x32_epi32(v, compress_permutation(mask)));
+  return __builtin_popcount(mask);
+}
+inline uint32_t greater_mask(__m256 a, __m256 b) {
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)));
+}
+
 inline float reduce_max(F16 x) { return hmax8(_mm256_max_ps(x.lo, x.hi)); }
 inline float reduce_add(F16 x) { return hadd8(_mm256_add_ps(x.lo, x.hi)); }
 inline float first(F16 x) { return _mm256_cvtss_f32(x.lo); }
