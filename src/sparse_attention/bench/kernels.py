@@ -295,7 +295,8 @@ def describe_cpu_kernel(machine: dict) -> str:
     """One sentence on the kernel's build and the CPU, for tables ('' for results without it)."""
     c = machine.get("cpu_kernel")
     if not c:
-        return ""
+        return (" CPU kernel build not recorded (written before builds per instruction-set level existed: `native`)."
+                if machine.get("device") == "cpu" else "")
     caps = ", ".join(f"{k}={v}" for k, v in c.get("isa_caps", {}).items())
     emulated = f"; dense SDPA held to {c.get('torch_cpu_capability')} ({caps})" if caps else (
         f"; SDPA on {c.get('torch_cpu_capability')}")

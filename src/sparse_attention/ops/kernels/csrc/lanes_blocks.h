@@ -1,6 +1,6 @@
 // fp32 sparse attention forward for blocks of query tokens of a KV group whose heads (up to
 // 16) share a selection (per-head selections: groups of one head), on the lane kernels of
-// lanes.h (one register holds all heads of a key's scores).
+// lanes.h (one 16-float value holds all heads of a key's scores).
 //
 // A block walks its keys range by range (key_ranges.h) so that the gathered K and V rows
 // mostly come from L2; each token keeps a running max, sum and unnormalised output per head,

@@ -11,11 +11,13 @@
 // (keys for S, features for O). Keys are processed in tiles of 16 gathered into a
 // transposed buffer. The backward pass recomputes P from the saved log-sum-exp.
 // dK and dV are scatter-added into per-thread buffers that are summed at the end, so the
-// result does not depend on thread timing. When compiled with AVX-512 (and D, D_v multiples of
-// 16) an item of up to 16 heads runs the lane kernels of lanes_avx512.h (one register = all
-// heads; measured faster than the tiled path even for 1-2 heads); the fp32 forward then runs
-// blocks of 32 query tokens that walk their keys range by range (lanes_blocks.h, key_ranges.h),
-// as the AMX bf16 forward does.
+// result does not depend on thread timing. When compiled with AVX-512 or AVX2 + FMA (SA_LANES,
+// simd16.h; D, D_v multiples of 16) an item of up to 16 heads runs the lane kernels of lanes.h
+// (one 16-float value = all heads; measured faster than the tiled path even for 1-2 heads) or,
+// for groups of up to 8 heads, the per-(head, key) kernels of lanes_rows.h; the fp32 forward
+// then runs blocks of query tokens that walk their keys range by range (lanes_blocks.h,
+// key_ranges.h), as the AMX bf16 forward does. A build without FMA (generic x86-64) runs the
+// tiled loops below for everything.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
