@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+from sparse_attention.bench.peers import separate_compile_cache_under_isa_cap
+
+separate_compile_cache_under_isa_cap()  # before anything is compiled (see its docstring)
+
 
 @pytest.fixture(autouse=True)
 def _deterministic_torch():

@@ -19,8 +19,11 @@ imported only when a peer is built.
 
 from __future__ import annotations
 
+import getpass
 import importlib
 import importlib.metadata
+import os
+import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -166,8 +169,21 @@ def block_selection_indices(chosen: torch.Tensor, n: int, block: int) -> torch.T
     return out[None, None]
 
 
+def separate_compile_cache_under_isa_cap() -> None:
+    """Under ``ATEN_CPU_CAPABILITY`` (the AVX2 emulation), give ``torch.compile`` a cache of its
+    own, ``$TORCHINDUCTOR_CACHE_DIR`` unless set. PyTorch's compile cache does not tell the
+    capabilities apart: a kernel compiled in an AVX2-held process and then loaded by an
+    unrestricted one returned wrong FlexAttention outputs here (torch 2.13)."""
+    cap = os.environ.get("ATEN_CPU_CAPABILITY")
+    if cap and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        user = getpass.getuser()  # as PyTorch names its default cache, torchinductor_<user>
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}_{cap.lower()}")
+
+
 def _flex(n: int, k: int, h: int, h_kv: int, d: int, device, dtype) -> PeerAttention:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    separate_compile_cache_under_isa_cap()
 
     block = 128 if n >= 256 else 16
     chosen = random_block_selection(n, k, block)
