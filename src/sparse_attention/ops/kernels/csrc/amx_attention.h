@@ -234,7 +234,7 @@ inline void unpermute_features(__m512 lo, __m512 hi, __m512& first, __m512& seco
 // Stages token `slot` of a block: Q^T pairs of its nh <= 16 heads (q: head 0's row, heads
 // q_stride apart; padding heads zero), its n > 0 valid keys grouped by range, an empty state.
 inline void stage_token(AttentionScratch& w, int64_t slot, const uint16_t* q, int64_t q_stride, int64_t nh,
-                        const int64_t* ids, int64_t n, bool keys_staged) {
+                        const int64_t* ids, int64_t n) {
   const int64_t D = w.D;
   uint16_t* qt = w.qt.data() + slot * D * 16;
   uint32_t* qt32 = reinterpret_cast<uint32_t*>(qt);
@@ -243,7 +243,7 @@ inline void stage_token(AttentionScratch& w, int64_t slot, const uint16_t* q, in
     const uint32_t* qh = reinterpret_cast<const uint32_t*>(q + h * q_stride);
     for (int64_t p = 0; p < D / 2; ++p) qt32[p * 16 + h] = qh[p];
   }
-  if (!keys_staged) w.keys.stage(slot, ids, n);
+  w.keys.stage(slot, ids, n);
   std::fill(w.m_acc.begin() + slot * 16, w.m_acc.begin() + slot * 16 + 16, -std::numeric_limits<float>::infinity());
   std::fill(w.l_acc.begin() + slot * 16, w.l_acc.begin() + slot * 16 + 16, 0.0f);
   std::fill(w.o_acc.begin() + slot * 16 * w.Dv, w.o_acc.begin() + (slot + 1) * 16 * w.Dv, 0.0f);
@@ -335,9 +335,8 @@ class BlockForward {
     return ranges::tokens_per_block(Nk, AttentionScratch::bytes_per_key(D, Dv), kRangeBytes);
   }
 
-  void stage(int64_t slot, const uint16_t* q, int64_t q_stride, int64_t nh, const int64_t* ids, int64_t n,
-             bool keys_staged = false) {
-    stage_token(w_, slot, q, q_stride, nh, ids, n, keys_staged);
+  void stage(int64_t slot, const uint16_t* q, int64_t q_stride, int64_t nh, const int64_t* ids, int64_t n) {
+    stage_token(w_, slot, q, q_stride, nh, ids, n);
   }
   void attend(int64_t tokens, int64_t /*nh*/, const uint16_t* k, const uint16_t* v) {
     attend_block(w_, tokens, k, v, scale_);

@@ -41,15 +41,13 @@ class BlockForward {
   }
 
   // Token `slot` of the block: the scaled Q^T of its nh <= 16 heads (q: head 0's row, heads
-  // q_stride apart; padding lanes zero), its n > 0 valid keys ids (or, when keys_staged,
-  // the keys the slot already holds), an empty softmax state.
-  void stage(int64_t slot, const float* q, int64_t q_stride, int64_t nh, const int64_t* ids, int64_t n,
-             bool keys_staged = false) {
+  // q_stride apart; padding lanes zero), its n > 0 valid keys ids, an empty softmax state.
+  void stage(int64_t slot, const float* q, int64_t q_stride, int64_t nh, const int64_t* ids, int64_t n) {
     float* qt = qt_.data() + slot * D_ * kLanes;
     std::fill(qt, qt + D_ * kLanes, 0.0f);
     for (int64_t h = 0; h < nh; ++h)
       for (int64_t d = 0; d < D_; ++d) qt[d * kLanes + h] = q[h * q_stride + d] * scale_;
-    if (!keys_staged) keys_.stage(slot, ids, n);
+    keys_.stage(slot, ids, n);
     std::fill(m_acc_.begin() + slot * kLanes, m_acc_.begin() + (slot + 1) * kLanes,
               -std::numeric_limits<float>::infinity());
     std::fill(l_acc_.begin() + slot * kLanes, l_acc_.begin() + (slot + 1) * kLanes, 0.0f);

@@ -195,14 +195,12 @@ class BlockForward {
   }
 
   // Token `slot` of the block: the scaled queries of its nh heads (q: head 0's row, heads q_stride
-  // apart), its n > 0 valid keys ids (or, when keys_staged,
-  // the keys the slot already holds), an empty softmax state.
-  void stage(int64_t slot, const float* q, int64_t q_stride, int64_t nh, const int64_t* ids, int64_t n,
-             bool keys_staged = false) {
+  // apart), its n > 0 valid keys ids, an empty softmax state.
+  void stage(int64_t slot, const float* q, int64_t q_stride, int64_t nh, const int64_t* ids, int64_t n) {
     float* qs = q_.data() + slot * kMaxHeads * D_;
     for (int64_t h = 0; h < nh; ++h)
       for (int64_t d = 0; d < D_; ++d) qs[h * D_ + d] = q[h * q_stride + d] * scale_;
-    if (!keys_staged) keys_.stage(slot, ids, n);
+    keys_.stage(slot, ids, n);
     const int64_t state = slot * kMaxHeads;
     std::fill_n(m_acc_.begin() + state, kMaxHeads, -std::numeric_limits<float>::infinity());
     std::fill_n(l_acc_.begin() + state, kMaxHeads, 0.0f);

@@ -530,55 +530,24 @@ void forward_token_blocks(const Shapes& s, const E* q, const E* k, const E* v, c
   const int64_t T = Engine::block_tokens(s.Nk, s.D, s.Dv);
   const int64_t blocks_per_group = (s.Nq + T - 1) / T;
   const int64_t groups = s.items() / s.Nq;  // items are (group, token) with the token fastest
-  // One index row shared by every KV group of a batch (MHA or GQA with Hsel = 1): blocks are
-  // ordered (batch, token block, group), so a thread's next block usually has the same tokens
-  // and reuses their collected and range-grouped keys instead of redoing them per KV head
-  // (16 times over for MHA 16:16).
-  const bool shared_rows = !s.per_head && s.Hsel == 1 && s.Hkv > 1;
   at::parallel_for(0, groups * blocks_per_group, 1, [&](int64_t begin, int64_t end) {
     Engine engine(s.K, s.Nk, s.D, s.Dv, static_cast<float>(scale));
     std::vector<int64_t> ids(s.K);
     std::vector<Item> staged(T);
-    std::vector<int64_t> slot_token(T), empty_tokens;
-    int64_t staged_rows = -1, tokens = 0;  // (batch, token block) whose keys the engine holds
     for (int64_t block = begin; block < end; ++block) {
-      int64_t g, tb;
-      if (shared_rows) {
-        const int64_t b = block / (blocks_per_group * s.Hkv), rest = block % (blocks_per_group * s.Hkv);
-        const int64_t u = rest / s.Hkv;  // first, last, second, ... token block: balanced causal work per thread
-        tb = u % 2 == 0 ? u / 2 : blocks_per_group - 1 - u / 2;
-        g = b * s.Hkv + rest % s.Hkv;
-      } else {
-        g = block / blocks_per_group;
-        tb = block % blocks_per_group;
-      }
-      const int64_t t0 = tb * T, t1 = std::min(s.Nq, t0 + T);
-      const int64_t rows_key = shared_rows ? (g / s.Hkv) * blocks_per_group + tb : -1;
-      if (rows_key >= 0 && rows_key == staged_rows) {
-        for (const int64_t t : empty_tokens) write_no_keys(s, decode(s, g * s.Nq + t), out, lse);
-        for (int64_t slot = 0; slot < tokens; ++slot) {
-          const Item it = decode(s, g * s.Nq + slot_token[slot]);
-          const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;
-          engine.stage(slot, q + row0 * s.D, s.Nq * s.D, it.nh, nullptr, 0, /*keys_staged=*/true);
-          staged[slot] = it;
+      const int64_t g = block / blocks_per_group, t0 = (block % blocks_per_group) * T;
+      const int64_t t1 = std::min(s.Nq, t0 + T);
+      int64_t tokens = 0;
+      for (int64_t t = t0; t < t1; ++t) {
+        const Item it = decode(s, g * s.Nq + t);
+        const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;  // row of head i: row0 + i * Nq
+        const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
+        if (n == 0) {
+          write_no_keys(s, it, out, lse);
+          continue;
         }
-      } else {
-        tokens = 0;
-        empty_tokens.clear();
-        for (int64_t t = t0; t < t1; ++t) {
-          const Item it = decode(s, g * s.Nq + t);
-          const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;  // row of head i: row0 + i * Nq
-          const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
-          if (n == 0) {
-            write_no_keys(s, it, out, lse);
-            empty_tokens.push_back(t);
-            continue;
-          }
-          engine.stage(tokens, q + row0 * s.D, s.Nq * s.D, it.nh, ids.data(), n);
-          slot_token[tokens] = t;
-          staged[tokens++] = it;
-        }
-        staged_rows = rows_key;
+        engine.stage(tokens, q + row0 * s.D, s.Nq * s.D, it.nh, ids.data(), n);
+        staged[tokens++] = it;
       }
       const Item first = decode(s, g * s.Nq);
       const int64_t kv_off = (first.b * s.Hkv + first.kvh) * s.Nk;
