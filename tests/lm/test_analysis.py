@@ -17,7 +17,6 @@ from sparse_attention.lm.experiment import (
     COMPARISON_DEFINITIONS,
     comparison_metrics,
     run_dsa_experiment,
-    run_summary,
 )
 from sparse_attention.lm.plots import (
     plot_performance_comparison,
@@ -31,6 +30,7 @@ from sparse_attention.lm.profile import (
     write_profile,
 )
 from sparse_attention.lm.run_dir import load_model, load_results
+from sparse_attention.lm.summary import run_summary
 from sparse_attention.lm.visualize import (
     indexer_head_scores,
     parse_layers,
@@ -67,7 +67,7 @@ def test_experiment_writes_both_runs_and_the_comparison(experiment):
     out, _ = experiment
     for run in ("dense", "sparse"):
         assert (out / run / "training_results.json").is_file()
-        assert (out / run / "training_curves.png").stat().st_size > 0  # the trainer drew it with lm.plots
+        assert (out / run / "training_curves.png").stat().st_size > 0  # drawn by run_dsa_experiment
     names = {p.name for p in (out / "comparison").iterdir()}
     assert {"comparison_metrics.json", "performance_comparison.png", "attention_statistics.png",
             "attention_pattern_layer0.png", "attention_pattern_layer1.png", "indexer_heads_layer0.png",

@@ -108,11 +108,12 @@ def test_resume_refuses_a_changed_config(tmp_path, tiny_data):
         train(tiny_config(tmp_path, "dense"), tmp_path / "empty", resume=True, progress=False, data=tiny_data)
 
 
-def test_run_folder_holds_results_metrics_weights_and_plot(tmp_path, tiny_data):
+def test_run_folder_holds_results_metrics_and_weights(tmp_path, tiny_data):
     results = train(tiny_config(tmp_path, "dsa"), tmp_path / "run", progress=False, data=tiny_data)
     run = tmp_path / "run"
     for name in ("config.json", "metrics.jsonl", "model.safetensors", "training_results.json"):
         assert (run / name).exists(), name
+    assert not list(run.glob("*.png"))  # the trainer writes JSON and draws nothing (callers plot)
     assert set(results["final"]) == {"warmup", "sparse"}
     sparse = results["final"]["sparse"]
     for key in ("val_loss", "val_accuracy", "val_perplexity", "time_per_step", "tokens_per_s", "sparsity",

@@ -30,9 +30,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..experiments.machine import machine_info
-from ..experiments.memory import peak_memory_bytes
-from ..experiments.timing import synchronize, time_call, time_interleaved
+from ..utils.machine import machine_info
+from ..utils.memory import peak_memory_bytes
+from ..utils.timing import synchronize, time_call, time_interleaved
 from ..ops.backends import backends as registered_backends
 from ..ops.backends import choose_backend
 from ..ops.dense import dense_attention

@@ -50,7 +50,7 @@ def add_parsers(sub) -> None:
 
 def cmd_bench_kernels(args: argparse.Namespace) -> int:
     from ..bench.kernels import KernelBenchConfig, markdown_table, run_kernel_bench
-    from ..experiments.results_io import write_json
+    from ..utils.results_io import write_json
     from .experiments import check_device
 
     check_device(args.device)
@@ -68,7 +68,7 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
 
 def cmd_bench_table(args: argparse.Namespace) -> int:
     from ..bench.kernels import markdown_table
-    from ..experiments.results_io import read_json
+    from ..utils.results_io import read_json
     from ..report.readme import BENCH_BEGIN, BENCH_END, update_readme
 
     sections = []

@@ -56,7 +56,7 @@ def add_parsers(sub) -> None:
 
 
 def _render(results: dict, out_dir: Path) -> str:
-    from ..experiments.results_io import write_text
+    from ..utils.results_io import write_text
     from ..report import render_report, write_plots
 
     files = write_plots(results, out_dir)
@@ -87,7 +87,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from ..experiments.results_io import read_json
+    from ..utils.results_io import read_json
 
     results = read_json(args.results)
     out = Path(args.output_dir) if args.output_dir else Path(args.results).parent
@@ -97,7 +97,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..experiments.results_io import read_json
+    from ..utils.results_io import read_json
     from ..report.readme import update_readme
 
     results = read_json(args.results)

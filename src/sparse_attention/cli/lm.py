@@ -29,15 +29,18 @@ def build_config(args: argparse.Namespace, attention: str | None = None):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ..lm.plots import plot_training_curves
     from ..lm.train import train
 
     config = build_config(args, args.attention)
     out = Path(args.out or Path("runs") / f"{args.preset}-{config.model.attention}")
     results = train(config, out, resume=args.resume, progress=not args.quiet)
-    if results is not None:
+    if results is not None:  # the main process of a finished run: draw from its results
+        plot_training_curves(results, out / "training_curves.png")
         final = results["final_eval"]
         print(f"{out}: val loss {final['val_loss']:.4f}, accuracy {final['val_accuracy']:.4f},"
-              f" perplexity {final['val_perplexity']:.3f}; training_results.json, metrics.jsonl, model.safetensors")
+              f" perplexity {final['val_perplexity']:.3f}; training_results.json, training_curves.png,"
+              " metrics.jsonl, model.safetensors")
     return 0
 
 

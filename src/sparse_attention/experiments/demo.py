@@ -14,7 +14,7 @@ from ..ops.sparse_attention import sparse_attention
 from ..selection.base import get_method, list_methods, select
 from ..selection.stats import selection_stats
 from .metrics import relative_l2, row_cosine
-from .timing import time_call
+from ..utils.timing import time_call
 
 
 @dataclass

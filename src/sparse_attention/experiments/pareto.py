@@ -39,7 +39,7 @@ from .context import RunContext
 from .costs import attention_flops, selection_flops
 from .metrics import relative_l2, row_cosine
 from .spectral import analysis_length, clustered_defaults
-from .timing import time_call
+from ..utils.timing import time_call
 
 QUICK_N, FULL_N = 1024, 2048
 QUICK_BUDGET_FRACTIONS = (0.125, 0.5, 1.0)

@@ -42,8 +42,8 @@ from ..ops.dense import dense_attention
 from ..ops.sparse_attention import sparse_attention
 from ..selection.base import select
 from .context import RunContext
-from .memory import peak_memory_bytes, peak_memory_unavailable
-from .timing import synchronize, time_call
+from ..utils.memory import peak_memory_bytes, peak_memory_unavailable
+from ..utils.timing import synchronize, time_call
 
 QUICK_REPEATS = 2
 FULL_REPEATS = 3

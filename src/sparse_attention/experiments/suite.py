@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .context import RunContext, SuiteConfig
-from .machine import machine_info
-from .results_io import read_json, write_json
+from ..utils.machine import machine_info
+from ..utils.results_io import read_json, write_json
 
 #: Experiment name -> module (in run and report order).
 EXPERIMENTS = ("needle", "sparsity", "quality", "scalability", "spectral", "energy", "ablation", "pareto")

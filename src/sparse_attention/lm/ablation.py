@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..experiments.machine import machine_info
-from ..experiments.results_io import write_json
+from ..utils.machine import machine_info
+from ..utils.results_io import write_json
 from .config import RunConfig, apply_overrides
 
 

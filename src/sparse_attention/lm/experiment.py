@@ -18,18 +18,17 @@ included), so its ratio understates the difference of the attention itself.
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..experiments.machine import machine_info
-from ..experiments.results_io import write_json
+from ..utils.machine import machine_info
+from ..utils.results_io import write_json
 from .config import RunConfig, apply_overrides
-from .train import (
-    STAT_KEYS,  # selection statistics copied from a final evaluation when present
-)
+from .plots import plot_training_curves
+from .summary import finite as _finite
+from .summary import ratio as _ratio
+from .summary import run_summary
 
 #: ``--quick``: applied after the preset (``small``) and before the user's ``--set`` values.
 #: With ``--preset small``: about a minute for both runs on 2 idle CPU cores.
@@ -72,44 +71,6 @@ COMPARISON_DEFINITIONS = {
     "coverage": "share of key positions selected by at least one query, at the end",
     "mean_distance": "mean |query - key| distance of the selected keys, at the end",
 }
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _ratio(a: Any, b: Any) -> float | None:
-    return a / b if _finite(a) and _finite(b) and b != 0 else None
-
-
-def run_summary(results: dict) -> dict:
-    """Final metrics of a run's main (last) stage, read from its ``training_results.json`` dict.
-
-    Returns ``stage``, ``steps``, ``val_loss``, ``val_accuracy``, ``val_perplexity`` (the stage's
-    last evaluation), ``time_per_step_s`` (median over the stage's evaluation windows of their
-    mean step time: robust to the first step's one-off costs and to a busy machine),
-    ``tokens_per_s``, ``peak_memory_mb`` (largest of the stage's windows), ``train_time_s`` and
-    the selection statistics of the last evaluation (:data:`STAT_KEYS`) when present.
-    """
-    stage = results["stages"][-1]
-    final = results["final"].get(stage["name"])
-    if final is None:
-        raise ValueError(f"the run has no evaluation of its last stage {stage['name']!r}")
-    evals = [r for r in results["evals"] if r["stage"] == stage["name"]]
-    times = [r["time_per_step"] for r in evals if _finite(r.get("time_per_step"))]
-    peaks = [r["peak_memory_mb"] for r in evals if _finite(r.get("peak_memory_mb"))]
-    train = results["config"]["train"]
-    tokens_per_step = train["batch_size"] * train["seq_len"] * results.get("world_size", 1)
-    time_per_step = statistics.median(times) if times else None
-    summary = {
-        "stage": stage["name"], "steps": stage["steps"],
-        "val_loss": final["val_loss"], "val_accuracy": final["val_accuracy"],
-        "val_perplexity": final["val_perplexity"],
-        "time_per_step_s": time_per_step, "tokens_per_s": _ratio(tokens_per_step, time_per_step),
-        "peak_memory_mb": max(peaks) if peaks else None, "train_time_s": results.get("train_time_s"),
-    }
-    summary.update({key: final[key] for key in STAT_KEYS if key in final})
-    return summary
 
 
 def comparison_metrics(dense_results: dict, sparse_results: dict) -> dict:
@@ -168,6 +129,7 @@ def train_or_load(config: RunConfig, run_dir: str | Path, *, skip_finished: bool
     results = train(config, run_dir, resume=resume and find_checkpoint(run_dir) is not None, progress=progress,
                     data=data() if data is not None else None)
     assert results is not None, "train() returns the results of a finished single-process run"
+    plot_training_curves(results, run_dir / "training_curves.png")
     return results, True
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..report.style import save, style
+from .summary import run_summary
 
 
 def _pyplot():
@@ -169,8 +170,6 @@ COMPARISON_BARS = (
 def plot_performance_comparison(dense_results: dict, sparse_results: dict, path: str | Path) -> Path:
     """Dense baseline vs sparse run: bars of final quality, speed and memory, and the validation
     loss and accuracy of both main stages against their step. Returns the written file."""
-    from .experiment import run_summary
-
     plt = _pyplot()
     path = Path(path)
     runs = [("dense", dense_results), (sparse_results.get("config", {}).get("model", {}).get("attention", "sparse"),

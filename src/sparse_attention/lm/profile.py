@@ -7,11 +7,11 @@ model lacks). On one batch of random tokens it measures, in the same process:
 
 * one full training step (forward, backward, gradient clipping, AdamW step: the trainer's main
   stage, its optimizer groups and its loss, the indexer KL included for DSA), timed with
-  :func:`~sparse_attention.experiments.timing.time_call`, dense and DSA interleaved sample by
+  :func:`~sparse_attention.utils.timing.time_call`, dense and DSA interleaved sample by
   sample so that a busy machine slows both alike;
 * the forward pass alone (no gradient), timed the same way;
 * the extra memory at the peak of one training step and of one forward pass
-  (:func:`~sparse_attention.experiments.memory.peak_memory_bytes`; never timed together).
+  (:func:`~sparse_attention.utils.memory.peak_memory_bytes`; never timed together).
 
 Ratios are dense / DSA (> 1: DSA is faster or smaller). The sparse attention backend that
 ``model.backend`` resolves to is recorded in every row.
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from ..experiments.machine import machine_info
-from ..experiments.memory import peak_memory_bytes, peak_memory_unavailable
-from ..experiments.results_io import write_json
-from ..experiments.timing import synchronize, time_call
+from ..utils.machine import machine_info
+from ..utils.memory import peak_memory_bytes, peak_memory_unavailable
+from ..utils.results_io import write_json
+from ..utils.timing import synchronize, time_call
 from .config import RunConfig, apply_overrides
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..experiments.results_io import read_json
+from ..utils.results_io import read_json
 from .checkpoint import find_checkpoint, load_weights
 from .config import RunConfig
 from .model import SparseLM

@@ -32,14 +32,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..experiments.machine import machine_info
-from ..experiments.memory import peak_memory_since_reset, reset_peak_memory
-from ..experiments.results_io import write_json
+from ..utils.machine import machine_info
+from ..utils.memory import peak_memory_since_reset, reset_peak_memory
+from ..utils.results_io import write_json
 from .checkpoint import find_checkpoint, load_checkpoint, safetensors_torch, save_checkpoint, save_weights
 from .config import RunConfig, StageConfig
 from .distributed import DistContext, init_distributed, shutdown_distributed
 from .model import SparseLM
-from .plots import plot_training_curves
 
 #: Each stage draws its batches from its own range of steps, so stages never reuse each other's
 #: batches while every run's stage of one name sees the same ones.
@@ -378,7 +377,6 @@ class Trainer:
         }
         save_weights(self.model, self.run_dir / "model.safetensors")
         write_json(self.run_dir / "training_results.json", results)
-        plot_training_curves(results, self.run_dir / "training_curves.png")
         return results
 
     def close(self) -> None:

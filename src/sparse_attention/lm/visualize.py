@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..experiments.results_io import write_json
+from ..utils.results_io import write_json
 from ..ops.dense import dense_probabilities
 from ..ops.validation import resolve_scale
 from ..report.style import save

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sparse_attention.experiments import memory
-from sparse_attention.experiments.memory import peak_memory_bytes, peak_memory_unavailable
+from sparse_attention.utils import memory
+from sparse_attention.utils.memory import peak_memory_bytes, peak_memory_unavailable
 
 MIB = 2**20
 needs_cpu_peak = pytest.mark.skipif(peak_memory_unavailable("cpu") is not None,

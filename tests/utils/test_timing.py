@@ -1,6 +1,6 @@
 """time_interleaved: one call of each function per round, every round, after a warm-up."""
 
-from sparse_attention.experiments.timing import time_interleaved
+from sparse_attention.utils.timing import time_interleaved
 
 
 def test_calls_alternate_and_every_function_gets_its_repeats():
