@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sparse_attention.layers.attention import AttentionConfig, SparseSelfAttention
 from sparse_attention.lm.attention import LMAttention, indexer_scores_for_training
 from sparse_attention.lm.config import PRESETS, RunConfig, apply_overrides, preset
 from sparse_attention.lm.indexer_loss import (
@@ -157,3 +158,25 @@ def test_overrides_convert_types_and_reject_unknown_keys():
         apply_overrides(config, ["model.d_model=wide"])
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge")
+
+
+def test_method_params_reach_the_dsa_selection_of_the_lm():
+    # model.method_params top_k / scoring / precision are what the LM's DSA layers select with,
+    # in training (scores with autograd) and in inference (dsa_select), not model.top_k.
+    config = apply_overrides(preset("tiny", "dsa"), [
+        'model.method_params={"top_k": 5, "scoring": "chunked", "precision": "bfloat16"}'])
+    layer = LMAttention(config.model)
+    assert config.model.top_k != 5 and layer.top_k == 5
+    x = torch.randn(2, 24, config.model.d_model)
+    _, train_aux = layer(x, "sparse")
+    assert train_aux.selection.top_k == 5 and train_aux.selection.info["precision"] == "bfloat16"
+    with torch.no_grad():
+        _, eval_aux = layer(x, "sparse")
+    assert eval_aux.selection.top_k == 5
+    assert eval_aux.selection.info["scoring"] == "chunked" and eval_aux.selection.info["precision"] == "bfloat16"
+    # The library layer's own indexer takes them too.
+    generic = SparseSelfAttention(AttentionConfig(dim=32, n_heads=2, method="dsa", indexer_heads=2,
+                                                  indexer_head_dim=16,
+                                                  method_params={"top_k": 3, "scoring": "chunked"}))
+    _, selection = generic(torch.randn(1, 10, 32), return_selection=True)
+    assert selection.top_k == 3 and selection.info["scoring"] == "chunked"

@@ -99,12 +99,17 @@ class SparseSelfAttention(nn.Module):
             k = apply_rope(k, positions, theta=c.rope_theta)
         return q, k, v
 
+    def indexer_selection_params(self) -> dict[str, Any]:
+        """``top_k``, ``scoring`` and ``precision`` of the layer's own indexer (method ``dsa``):
+        ``method_params`` values over the method's defaults."""
+        defaults = get_method("dsa").defaults()
+        return {name: self.config.method_params.get(name, defaults[name]) for name in ("top_k", "scoring", "precision")}
+
     def select(self, x: Tensor, q: Tensor, k: Tensor) -> Selection:
         """The selection for this input (no gradient: indices are integers)."""
         c = self.config
         if c.method == "dsa" and not {"index_q", "index_k", "index_weights"} & c.method_params.keys():
-            top_k = c.method_params.get("top_k", get_method("dsa").defaults()["top_k"])
-            return self.indexer.select(x, top_k=top_k, causal=c.causal)
+            return self.indexer.select(x, causal=c.causal, **self.indexer_selection_params())
         with torch.no_grad():
             return select(q.detach(), k.detach(), c.method, causal=c.causal, **c.method_params)
 

@@ -61,7 +61,9 @@ class LightningIndexer(nn.Module):
         """Indexer scores ``[B, C, N]`` for the queries in ``query_slice`` (no causal mask)."""
         return indexer_scores(*self(x), query_slice=query_slice)
 
-    def select(self, x: Tensor, top_k: int, causal: bool = True) -> Selection:
-        """Top-k selection ``indices [B, 1, N, K]`` shared by all attention heads."""
+    def select(self, x: Tensor, top_k: int, causal: bool = True, scoring: str = "auto",
+               precision: str = "float32") -> Selection:
+        """Top-k selection ``indices [B, 1, N, K]`` shared by all attention heads
+        (``scoring``, ``precision``: as :func:`~sparse_attention.selection.dsa.dsa_select`)."""
         with torch.no_grad():
-            return dsa_select(*self(x), top_k=top_k, causal=causal)
+            return dsa_select(*self(x), top_k=top_k, causal=causal, scoring=scoring, precision=precision)

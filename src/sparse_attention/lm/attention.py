@@ -26,7 +26,6 @@ from ..layers.attention import AttentionConfig, SparseSelfAttention
 from ..ops.dense import causal_mask, dense_attention
 from ..ops.sparse_attention import sparse_attention
 from ..selection.base import Selection
-from ..selection.dsa import dsa_select
 from ..selection.stats import attention_recall, selection_stats
 from .config import ATTENTION_MODES, ModelConfig
 from .indexer_loss import (
@@ -98,7 +97,9 @@ class LMAttention(SparseSelfAttention):
             rope_theta=config.rope_theta, indexer_heads=config.indexer_heads,
             indexer_head_dim=config.indexer_head_dim, backend=config.backend,
         ))
-        self.top_k = config.top_k
+        # One source for top_k: the method's parameters (model.method_params over model.top_k, see
+        # ModelConfig.selection_params); a dense model keeps model.top_k for its oracle statistics.
+        self.top_k = self.config.method_params.get("top_k", config.top_k)
 
     def forward(self, x: Tensor, mode: str = "dense", *, collect: bool = False,
                 keep_scores: bool = False) -> tuple[Tensor, AttentionAux]:
@@ -121,15 +122,20 @@ class LMAttention(SparseSelfAttention):
         scores = None
         if mode == "sparse" and self.indexer is not None and not (torch.is_grad_enabled() or collect or keep_scores):
             # Inference: no indexer loss to compute, so no [B, N, N] score matrix either.
-            aux.selection = dsa_select(*self.indexer(x), top_k=self.top_k, causal=True)
+            aux.selection = self.indexer.select(x, causal=True, **self.indexer_selection_params())
         elif self.indexer is not None and (mode != "dense" or collect or keep_scores):
             index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
+            if self.indexer_selection_params()["precision"] == "bfloat16":
+                # The rounding dsa_select applies, here differentiable (the cast passes gradients on).
+                index_q, index_k = index_q.bfloat16().float(), index_k.bfloat16().float()
             scores = indexer_scores_for_training(index_q, index_k, weights).float()  # [B, N, N]
             scores = scores.masked_fill(~causal_mask(n, n, x.device), float("-inf"))
         if mode == "sparse":
             if scores is not None:
                 indices = _topk_from_scores(scores.detach(), self.top_k)  # [B, N, K]
-                aux.selection = Selection(indices[:, None], n, True, "dsa", {"top_k": self.top_k})
+                aux.selection = Selection(indices[:, None], n, True, "dsa",
+                                          {"top_k": self.top_k, "scoring": "torch.topk of the training scores",
+                                           "precision": self.indexer_selection_params()["precision"]})
                 target = sparse_attention_target(q.detach(), k.detach(), indices)
                 selected = scores.gather(-1, indices.clamp(min=0))
                 aux.indexer_loss = kl_to_indexer(target, selected, indices >= 0)
