@@ -37,12 +37,12 @@ import torch
 from torch import Tensor
 
 from ..data import corpus
+from ..utils.results_io import atomic_write
 from .config import DataConfig
 from .tasks import TASKS, make_task
 from .tokenizer import (
     BPETokenizer,
     ByteTokenizer,
-    atomic_write,
     tokenizers_version,
     train_bpe,
 )

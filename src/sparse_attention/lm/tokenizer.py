@@ -2,14 +2,12 @@
 
 Every tokenizer has ``encode(str) -> list[int]``, ``decode(list[int]) -> str`` and
 ``vocab_size``. ``encode_stream`` turns a long text into one numpy token stream (with an
-optional progress bar); ``atomic_write`` is how every cache file is written, so a reader
-never sees half a file even when several processes (DDP ranks) build the same cache.
+optional progress bar). Cache files are written with ``utils.results_io.atomic_write``, so a
+reader never sees half a file even when several processes (DDP ranks) build the same cache.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -25,24 +23,6 @@ END_OF_TEXT = "<|endoftext|>"
 #: Text is encoded in pieces of about this many characters, cut after a newline: the pieces
 #: feed the progress bar and ``encode_batch`` (parallel in Rust).
 CHUNK_CHARS = 1 << 16
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
-
-    ``os.replace`` is atomic on POSIX and Windows, so a concurrent reader sees the old file or
-    the whole new one, never a partial one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _as_ints(ids: Iterable[int]) -> list[int]:

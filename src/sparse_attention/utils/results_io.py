@@ -21,29 +21,33 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + rename): never a half-written file."""
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
+
+    ``os.replace`` is atomic on POSIX and Windows, so a concurrent reader sees the old file or
+    the whole new one, never a partial one; the temporary file is removed on failure.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(data), f, indent=1, allow_nan=False)
-            f.write("\n")
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (:func:`atomic_write`); NaN and inf become
+    null, so the file is strict JSON."""
+    atomic_write(path, (json.dumps(_clean(data), indent=1, allow_nan=False) + "\n").encode())
+
+
 def write_text(path: str | Path, text: str) -> None:
-    """Write text atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write text atomically (:func:`atomic_write`)."""
+    atomic_write(path, text.encode())
 
 
 def read_json(path: str | Path) -> Any:
