@@ -45,3 +45,8 @@ def test_readme_block_is_replaced(results, tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="no generated block"):
         update_readme(readme, "x", tmp_path)
+
+
+def test_an_experiment_without_a_report_section_is_a_clear_error():
+    with pytest.raises(ValueError, match="without a report section: add report/nonexistent.py"):
+        render_report({"experiments": {"nonexistent": {}}})

@@ -17,7 +17,8 @@ from .context import RunContext, SuiteConfig
 from ..utils.machine import machine_info
 from ..utils.results_io import read_json, write_json
 
-#: Experiment name -> module (in run and report order).
+#: The one list of experiments: name -> module ``experiments/<name>.py`` with its report section
+#: ``report/<name>.py``, in run and report order.
 EXPERIMENTS = ("needle", "sparsity", "quality", "scalability", "spectral", "energy", "ablation", "pareto")
 
 RESULTS_FILE = "results.json"
@@ -75,6 +76,8 @@ def run_suite(config: SuiteConfig, output_dir: str | Path, *, resume: bool = Fal
         results["runtime_s"][name] = time.perf_counter() - start
         write_json(path, results)
         log(f"{name}: {results['runtime_s'][name]:.1f} s")
+    # Report order is this order (report.sections follows the file), also after a resume.
+    results["experiments"] = {n: results["experiments"][n] for n in EXPERIMENTS if n in results["experiments"]}
     results["runtime_s"]["total"] = sum(v for k, v in results["runtime_s"].items() if k != "total")
     write_json(path, results)
     return results

@@ -4,6 +4,6 @@ Each experiment has a module here with ``tables(section, results) -> str`` (Mark
 ``plots(section, out_dir) -> list[str]`` (file names written).
 """
 
-from .build import SECTIONS, render_report, write_plots
+from .build import render_report, sections, write_plots
 
-__all__ = ["SECTIONS", "render_report", "write_plots"]
+__all__ = ["render_report", "sections", "write_plots"]

@@ -6,12 +6,22 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-#: Section name -> report module, in report order.
-SECTIONS = ("needle", "sparsity", "quality", "scalability", "spectral", "energy", "ablation", "pareto")
-
-
 def _module(name: str):
-    return importlib.import_module(f"{__package__}.{name}")
+    """The report module of experiment ``name`` (``report/<name>.py``: ``tables`` and ``plots``)."""
+    try:
+        return importlib.import_module(f"{__package__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__package__}.{name}":
+            raise
+        raise ValueError(f"results.json has an experiment {name!r} without a report section:"
+                         f" add report/{name}.py with tables() and plots()") from None
+
+
+def sections(results: dict[str, Any]):
+    """``(name, section, report module)`` for every experiment in ``results``, in the order the
+    suite ran them (the suite's list is the one list of experiments; the report has none)."""
+    for name, section in results.get("experiments", {}).items():
+        yield name, section, _module(name)
 
 
 def machine_line(results: dict[str, Any]) -> str:
@@ -34,11 +44,8 @@ def render_report(results: dict[str, Any], plot_files: dict[str, list[str]] | No
         f"Runtime: {runtime.get('total', 0):.0f} s in all.",
         "",
     ]
-    for name in SECTIONS:
-        section = results.get("experiments", {}).get(name)
-        if section is None:
-            continue
-        lines.append(_module(name).tables(section, results).rstrip())
+    for name, section, module in sections(results):
+        lines.append(module.tables(section, results).rstrip())
         for file in (plot_files or {}).get(name, []):
             lines.append(f"\n![{name}]({file})")
         lines.append("")
@@ -53,8 +60,6 @@ def write_plots(results: dict[str, Any], out_dir: str | Path) -> dict[str, list[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name in SECTIONS:
-        section = results.get("experiments", {}).get(name)
-        if section is not None:
-            written[name] = _module(name).plots(section, out)
+    for name, section, module in sections(results):
+        written[name] = module.plots(section, out)
     return written
