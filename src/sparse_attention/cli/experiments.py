@@ -32,7 +32,9 @@ def add_parsers(sub) -> None:
     from ..experiments.context import ALL_METHODS
     from ..experiments.suite import EXPERIMENTS
 
-    p = sub.add_parser("experiments", help="run the attention-level experiment suite (results.json, report.md, plots)")
+    p = sub.add_parser("suite", aliases=["experiments"],
+                       help="run the attention-level experiment suite (results.json, report.md, plots);"
+                            " `experiments` is its old name")
     p.add_argument("--quick", action="store_true", help="small configuration: under 5 minutes on 2 CPU cores")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "npu"], help="device (default cpu)")
     p.add_argument("--output-dir", help="where to write (default results/quick or results/full)")

@@ -1,4 +1,8 @@
-"""``sparse-attention experiment dsa | visualize | ablation | profile``: parsing and output only.
+"""``sparse-attention lm compare | table | visualize | ablation | profile``: parsing and output only.
+
+The old top-level names (``experiment dsa|table``, ``visualize``, ``ablation``, ``profile``) and
+the seed project's (``run_experiment``, ``visualize_attention``, ``ablation_study``,
+``profile_efficiency``) stay as aliases; their ``--help`` says which ``lm`` command they are.
 
 The logic lives in :mod:`sparse_attention.lm.experiment`, :mod:`~sparse_attention.lm.visualize`,
 :mod:`~sparse_attention.lm.ablation` and :mod:`~sparse_attention.lm.profile`.
@@ -9,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .lm import add_run_arguments, build_config
+from .lm import add_run_arguments, alias_note, build_config
 
 
 def _config(args: argparse.Namespace, attention: str | None = None):
@@ -99,14 +103,13 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub) -> None:
+def add_compare(sub, name: str = "compare", alias_of: str | None = None) -> None:
+    """``lm compare``: dense baseline vs DSA with one config (old name: ``experiment dsa``)."""
     from ..lm.experiment import QUICK_OVERRIDES
 
-    p = sub.add_parser("experiment", help="LM experiments (dsa: dense baseline vs DeepSeek Sparse Attention)",
-                       description="Experiments that train LM runs and compare them.")
-    experiments = p.add_subparsers(dest="experiment", required=True, metavar="NAME")
-    p = experiments.add_parser(
-        "dsa", help="train a dense baseline and a DSA run (warm-up + sparse) with one config, then compare them",
+    p = sub.add_parser(
+        name, help=alias_note("train a dense baseline and a DSA run (warm-up + sparse) with one config, then compare"
+                              " them", alias_of),
         description="Trains OUT/dense and OUT/sparse with the same config, data and batch order, then writes"
                     " OUT/comparison/: comparison_metrics.json, performance_comparison.png and the attention"
                     " visualisations of the sparse run.")
@@ -120,26 +123,37 @@ def add_parsers(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or eval lines")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     p.set_defaults(func=_cmd_experiment_dsa)
-    p = experiments.add_parser(
-        "table", help="Markdown tables from experiment dsa comparisons and profile JSON (optionally into the README)")
+
+
+def add_table(sub, name: str = "table", alias_of: str | None = None) -> None:
+    """``lm table``: Markdown tables from compare and profile JSON (old name: ``experiment table``)."""
+    p = sub.add_parser(name, help=alias_note("Markdown tables from `lm compare` comparisons and `lm profile` JSON"
+                                             " (optionally into the README)", alias_of))
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="an experiment dsa output folder (or its comparison_metrics.json) or a profile.json")
+                   help="an `lm compare` output folder (or its comparison_metrics.json) or a profile.json")
     p.add_argument("--readme", help="README whose LM block is replaced by the tables")
     p.set_defaults(func=_cmd_experiment_table)
 
-    p = sub.add_parser("visualize", help="draw a DSA run's indexer scores, top-k selection and sparse attention",
+
+def add_visualize(sub, name: str = "visualize", alias_of: str | None = None) -> None:
+    p = sub.add_parser(name, help=alias_note("draw a DSA run's indexer scores, top-k selection and sparse attention",
+                                             alias_of),
                        description="Loads RUN_DIR's model, runs one validation sequence in sparse mode and writes"
                                    " attention_pattern_layer{L}.png, indexer_heads_layer{L}.png,"
                                    " attention_statistics.png and attention_statistics.json. Needs a dsa run: a"
                                    " dense run has no indexer or selection to draw (error).")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `sparse-attention train --attention dsa`")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `sparse-attention lm train --attention dsa`")
     p.add_argument("--out", help="output folder (default RUN_DIR/visualize)")
     p.add_argument("--layers", help="comma-separated layers to draw, e.g. 0,1 (default all)")
     p.add_argument("--sample", type=int, default=0, help="validation sequence number (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_visualize)
 
-    p = sub.add_parser("ablation", help="train one run per value of one config key and compare them",
+
+def add_ablation(sub, name: str = "ablation", alias_of: str | None = None) -> None:
+    from ..lm.experiment import QUICK_OVERRIDES
+
+    p = sub.add_parser(name, help=alias_note("train one run per value of one config key and compare them", alias_of),
                        description="Trains OUT/<key>=<value>/ for every value (finished runs with the same config"
                                    " are skipped, checkpointed ones continued), then writes ablation.json and"
                                    " ablation.png (val loss, indexer recall, time per step against the value).")
@@ -149,18 +163,21 @@ def add_parsers(sub) -> None:
     p.add_argument("--values", required=True, help="comma-separated values, e.g. 2,4,8,16")
     p.add_argument("--attention", default="dsa", help="attention of every run (default dsa)")
     p.add_argument("--quick", action="store_true",
-                   help=f"the short schedule of `experiment dsa --quick` ({', '.join(QUICK_OVERRIDES)})")
+                   help=f"the short schedule of `lm compare --quick` ({', '.join(QUICK_OVERRIDES)})")
     p.add_argument("--out", help="output folder (default results/ablation/KEY)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or eval lines")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     p.set_defaults(func=_cmd_ablation)
 
-    p = sub.add_parser("profile", help="time and memory of a dense vs a DSA training step across sequence lengths",
+
+def add_profile(sub, name: str = "profile", alias_of: str | None = None) -> None:
+    p = sub.add_parser(name, help=alias_note("time and memory of a dense vs a DSA training step across sequence"
+                                             " lengths", alias_of),
                        description="For each length builds the dense and the DSA model (shared weights equal),"
                                    " times one training step and one forward pass of each, interleaved, and"
                                    " measures their extra peak memory. Writes JSON and profile.png next to it.")
     add_run_arguments(p)
-    p.add_argument("--seq-lengths", required=True, help="comma-separated lengths, e.g. 128,256,512,1024")
+    p.add_argument("--seq-lengths", "--seq_lengths", dest="seq_lengths", required=True, help="comma-separated lengths, e.g. 128,256,512,1024")
     p.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's train.batch_size)")
     p.add_argument("--repeats", type=int, default=5, help="timed samples per variant and length (default 5)")
     p.add_argument("--top-k-fraction", type=float,
@@ -170,3 +187,31 @@ def add_parsers(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     p.set_defaults(func=_cmd_profile)
+
+
+#: ``lm`` command -> its parser builder (``train`` is cli.lm.add_parsers).
+LM_COMMANDS = {"compare": add_compare, "table": add_table, "visualize": add_visualize, "ablation": add_ablation,
+               "profile": add_profile}
+#: The seed project's script names, kept as top-level aliases: name -> ``lm`` command.
+SEED_NAMES = {"run_experiment": "compare", "visualize_attention": "visualize", "ablation_study": "ablation",
+              "profile_efficiency": "profile"}
+
+
+def add_lm_commands(lm_sub) -> None:
+    """``sparse-attention lm compare | table | visualize | ablation | profile``."""
+    for name, add in LM_COMMANDS.items():
+        add(lm_sub, name)
+
+
+def add_parsers(sub) -> None:
+    """The old top-level names: ``experiment dsa|table``, ``visualize``, ``ablation``, ``profile``,
+    and the seed project's names; each is the ``lm`` command its help names."""
+    p = sub.add_parser("experiment", help="old name of `sparse-attention lm compare` (dsa) and `lm table` (table)",
+                       description="Old names: `experiment dsa` = `lm compare`, `experiment table` = `lm table`.")
+    experiments = p.add_subparsers(dest="experiment", required=True, metavar="NAME")
+    add_compare(experiments, "dsa", alias_of="compare")
+    add_table(experiments, "table", alias_of="table")
+    for name in ("visualize", "ablation", "profile"):
+        LM_COMMANDS[name](sub, name, alias_of=name)
+    for name, command in SEED_NAMES.items():
+        LM_COMMANDS[command](sub, name, alias_of=command)

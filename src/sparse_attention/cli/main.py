@@ -86,7 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiments.add_parsers(sub)
     bench.add_parsers(sub)
-    lm.add_parsers(sub)
+    p = sub.add_parser("lm", help="the LM harness: train | compare | visualize | ablation | profile | table",
+                       description="Language-model harness: dense vs DeepSeek Sparse Attention training and analysis.")
+    lm_sub = p.add_subparsers(dest="lm_command", required=True, metavar="COMMAND")
+    lm.add_parsers(lm_sub)
+    lm_analysis.add_lm_commands(lm_sub)
+    # Old names, kept working: train, experiment dsa|table, visualize, ablation, profile, and the
+    # seed project's run_experiment, visualize_attention, ablation_study, profile_efficiency.
+    lm.add_parsers(sub, alias_of="train")
     lm_analysis.add_parsers(sub)
     return parser
 
@@ -99,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as err:  # user mistakes: one clear line, no traceback
         parser.exit(2, f"error: {err}\n")
     except MissingDependency as err:  # an optional package this command needs: one line with the pip command
-        parser.exit(1, f"error: {err.for_command(args.command)}\n")
+        command = " ".join(filter(None, (args.command, getattr(args, "lm_command", None))))
+        parser.exit(1, f"error: {err.for_command(command)}\n")
 
 
 if __name__ == "__main__":
