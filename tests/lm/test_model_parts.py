@@ -180,3 +180,16 @@ def test_method_params_reach_the_dsa_selection_of_the_lm():
                                                   method_params={"top_k": 3, "scoring": "chunked"}))
     _, selection = generic(torch.randn(1, 10, 32), return_selection=True)
     assert selection.top_k == 3 and selection.info["scoring"] == "chunked"
+
+
+def test_with_changes_returns_a_new_validated_config():
+    config = preset("tiny", "dsa")
+    dense = config.with_changes(model={"attention": "dense"}, train={"seq_len": 16})
+    assert dense.model.attention == "dense" and dense.train.seq_len == 16
+    assert config.model.attention == "dsa" and config.train.seq_len != 16  # the original is unchanged
+    with pytest.raises(ValueError, match="unknown model fields"):
+        config.with_changes(model={"atention": "dense"})
+    with pytest.raises(ValueError, match="unknown config section"):
+        config.with_changes(optimizer={"lr": 1.0})
+    with pytest.raises(ValueError):
+        config.with_changes(model={"top_k": 0})  # validated like any config

@@ -109,7 +109,10 @@ def test_resume_refuses_a_changed_config(tmp_path, tiny_data):
 
 
 def test_run_folder_holds_results_metrics_and_weights(tmp_path, tiny_data):
-    results = train(tiny_config(tmp_path, "dsa"), tmp_path / "run", progress=False, data=tiny_data)
+    config = tiny_config(tmp_path, "dsa")
+    before = config.to_dict()
+    results = train(config, tmp_path / "run", progress=False, data=tiny_data)
+    assert config.to_dict() == before  # the trainer works on a copy (vocab_size is set there)
     run = tmp_path / "run"
     for name in ("config.json", "metrics.jsonl", "model.safetensors", "training_results.json"):
         assert (run / name).exists(), name

@@ -262,6 +262,19 @@ class RunConfig:
     def from_dict(cls, data: dict) -> RunConfig:
         return cls(**data)
 
+    def with_changes(self, **sections: dict) -> RunConfig:
+        """A new, validated config: this one with ``section={field: value}`` changes, e.g.
+        ``config.with_changes(model={"attention": "dense"})``. This one is left as it is."""
+        data = self.to_dict()
+        for section, changes in sections.items():
+            if section not in data:
+                raise ValueError(f"unknown config section {section!r}; expected one of {sorted(data)}")
+            unknown = sorted(set(changes) - set(data[section]))
+            if unknown:
+                raise ValueError(f"unknown {section} fields {unknown}; expected some of {sorted(data[section])}")
+            data[section].update(changes)
+        return RunConfig.from_dict(data)
+
 
 def _stage(steps: int, lr: float, lr_warmup_steps: int = 0) -> StageConfig:
     return StageConfig(steps=steps, lr=lr, lr_warmup_steps=lr_warmup_steps)

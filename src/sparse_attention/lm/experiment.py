@@ -24,7 +24,7 @@ from typing import Any
 
 from ..utils.machine import machine_info
 from ..utils.results_io import write_json
-from .config import RunConfig, apply_overrides
+from .config import RunConfig
 from .plots import plot_training_curves
 from .summary import finite as _finite
 from .summary import ratio as _ratio
@@ -135,8 +135,8 @@ def train_or_load(config: RunConfig, run_dir: str | Path, *, skip_finished: bool
 
 def experiment_configs(config: RunConfig) -> dict[str, RunConfig]:
     """``{"dense": ..., "sparse": ...}``: fresh copies of ``config`` with attention dense and dsa."""
-    return {"dense": apply_overrides(config, ["model.attention=dense"]),
-            "sparse": apply_overrides(config, ["model.attention=dsa"])}
+    return {"dense": config.with_changes(model={"attention": "dense"}),
+            "sparse": config.with_changes(model={"attention": "dsa"})}
 
 
 def run_dsa_experiment(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,

@@ -30,7 +30,7 @@ from ..utils.machine import machine_info
 from ..utils.memory import peak_memory_bytes, peak_memory_unavailable
 from ..utils.results_io import write_json
 from ..utils.timing import synchronize, time_call
-from .config import RunConfig, apply_overrides
+from .config import RunConfig
 
 
 def parse_lengths(text: str | Sequence[int]) -> list[int]:
@@ -60,9 +60,9 @@ def _models(config: RunConfig, n: int, top_k: int, vocab: int, batch_size: int):
     """``(dense config, dense model, dsa config, dsa model)`` for length ``n``, shared weights equal."""
     from .model import SparseLM
 
-    common = [f"train.seq_len={n}", f"model.vocab_size={vocab}", f"train.batch_size={batch_size}"]
-    dense_config = apply_overrides(config, common + ["model.attention=dense"])
-    sparse_config = apply_overrides(config, common + ["model.attention=dsa", f"model.top_k={top_k}"])
+    train = {"seq_len": n, "batch_size": batch_size}
+    dense_config = config.with_changes(train=train, model={"vocab_size": vocab, "attention": "dense"})
+    sparse_config = config.with_changes(train=train, model={"vocab_size": vocab, "attention": "dsa", "top_k": top_k})
     torch.manual_seed(config.train.seed)
     dense = SparseLM(dense_config.model)
     sparse = SparseLM(sparse_config.model)

@@ -199,6 +199,7 @@ class Trainer:
 
             data = load_data(config.data, config.train.seq_len, seed=config.train.seed, progress=self.progress)
         self.data = data
+        config = RunConfig.from_dict(config.to_dict())  # a copy: the caller's config is not changed
         if config.model.vocab_size == 0:
             config.model.vocab_size = self.data.vocab_size
         elif config.model.vocab_size < self.data.vocab_size:
