@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import make_qkv
 from kernel_checks import compare, random_indices
+from topk_checks import check_rows, indexer_inputs, visible
 
 from sparse_attention.ops.kernels import cpu, topk_cpu
 from sparse_attention.selection.dsa import indexer_scores
@@ -103,27 +104,14 @@ def test_nan_stays_in_its_head(isa):
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("h_i, n, d, top_k", [(4, 300, 64, 32), (3, 130, 40, 130), (1, 70, 17, 9)])
 def test_fused_topk(isa, precision, h_i, n, d, top_k):
-    gen = torch.Generator().manual_seed(h_i)
-    index_q = torch.randn(2, h_i, n, d, generator=gen)
-    index_k = torch.randn(2, n, d, generator=gen)
-    weights = torch.rand(2, n, h_i, generator=gen)
+    index_q, index_k, weights = indexer_inputs(2, h_i, n, n, d, seed=h_i)
+    q64, k64 = index_q.double(), index_k.double()
+    if precision == "bfloat16":  # the products of rounded inputs are exact; only the sums round
+        q64, k64 = q64.bfloat16().double(), k64.bfloat16().double()
     for causal in (True, False):
         idx = topk_cpu.fused_topk(index_q, index_k, weights, top_k=top_k, causal=causal, relu=True,
                                   precision=precision, isa=isa)
-        q64, k64 = index_q.double(), index_k.double()
-        if precision == "bfloat16":
-            q64, k64 = q64.bfloat16().double(), k64.bfloat16().double()
-        scores = indexer_scores(q64, k64, weights.double())  # [2, N, N]
-        limit = torch.arange(n) if causal else torch.full((n,), n - 1)
-        visible = torch.arange(n)[None, :] <= limit[:, None]
-        masked = scores.masked_fill(~visible, float("-inf"))
-        k_eff = min(top_k, n)
-        want = masked.topk(k_eff, dim=-1).values
-        got = torch.where(idx >= 0, masked.gather(-1, idx.clamp(min=0)), torch.tensor(float("-inf"), dtype=torch.float64))
-        got = got.sort(dim=-1, descending=True).values
-        finite = torch.isfinite(want)
-        assert torch.equal(finite, torch.isfinite(got))
-        assert torch.allclose(got[finite], want[finite], rtol=1e-4, atol=1e-4)
+        check_rows(idx, indexer_scores(q64, k64, weights.double()), top_k, visible(n, n, causal))
 
 
 def test_unknown_level_is_a_clear_error(monkeypatch):

@@ -7,43 +7,13 @@ the index rows themselves: distinct, causally visible, ``-1`` only where keys ru
 
 import pytest
 import torch
+from topk_checks import check_rows, indexer_inputs, visible
 
 from sparse_attention.ops.kernels import cpu, topk_cpu
 from sparse_attention.selection import dsa_select, select
 from sparse_attention.selection.dsa import indexer_scores
 
 pytestmark = pytest.mark.skipif(cpu.load_error() is not None, reason=f"CPU extension unavailable: {cpu.load_error()}")
-
-
-def visible(n_q, n_k, causal):
-    limit = torch.arange(n_q) + (n_k - n_q) if causal else torch.full((n_q,), n_k - 1)
-    return torch.arange(n_k)[None, :] <= limit[:, None]  # [N_q, N_k]
-
-
-def check_rows(idx, scores, top_k, mask):
-    """idx [R, N_q, K] against float64 scores [R, N_q, N_k] and the visibility mask [N_q, N_k]."""
-    n_q, n_k = mask.shape
-    k_eff = min(top_k, n_k)
-    assert idx.shape == (scores.shape[0], n_q, k_eff) and idx.dtype == torch.int64
-    masked = scores.masked_fill(~mask, float("-inf"))
-    want = masked.topk(k_eff, dim=-1).values  # descending
-    got = torch.where(idx >= 0, masked.gather(-1, idx.clamp(min=0)), torch.tensor(float("-inf"), dtype=scores.dtype))
-    got = got.sort(dim=-1, descending=True).values
-    finite = torch.isfinite(want)
-    assert torch.equal(finite, torch.isfinite(got)), "a slot is filled where no key is visible, or left empty"
-    torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-5)
-    valid = idx[idx >= 0]
-    assert (valid < n_k).all()
-    assert ((idx >= 0).sum(-1) == mask.sum(-1).clamp(max=k_eff)).all()
-    for row in idx.reshape(-1, k_eff)[:200]:  # distinct keys per row
-        kept = row[row >= 0]
-        assert kept.unique().numel() == kept.numel()
-
-
-def indexer_inputs(b, h_i, n_q, n_k, d, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, h_i, n_q, d, generator=gen), torch.randn(b, n_k, d, generator=gen),
-            torch.rand(b, n_q, h_i, generator=gen))
 
 
 @pytest.mark.parametrize("n, top_k", [(1, 1), (63, 1), (63, 5), (63, 63), (63, 100), (1000, 37), (1000, 1000),

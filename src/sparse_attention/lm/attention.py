@@ -120,12 +120,13 @@ class LMAttention(SparseSelfAttention):
         q, k, v = self.project(x)
         aux = AttentionAux()
         scores = None
+        indexer_params = self.indexer_selection_params() if self.indexer is not None else {}
         if mode == "sparse" and self.indexer is not None and not (torch.is_grad_enabled() or collect or keep_scores):
             # Inference: no indexer loss to compute, so no [B, N, N] score matrix either.
-            aux.selection = self.indexer.select(x, causal=True, **self.indexer_selection_params())
+            aux.selection = self.indexer.select(x, causal=True, **indexer_params)
         elif self.indexer is not None and (mode != "dense" or collect or keep_scores):
             index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
-            if self.indexer_selection_params()["precision"] == "bfloat16":
+            if indexer_params["precision"] == "bfloat16":
                 # The rounding dsa_select applies, here differentiable (the cast passes gradients on).
                 index_q, index_k = index_q.bfloat16().float(), index_k.bfloat16().float()
             scores = indexer_scores_for_training(index_q, index_k, weights).float()  # [B, N, N]
@@ -135,7 +136,7 @@ class LMAttention(SparseSelfAttention):
                 indices = _topk_from_scores(scores.detach(), self.top_k)  # [B, N, K]
                 aux.selection = Selection(indices[:, None], n, True, "dsa",
                                           {"top_k": self.top_k, "scoring": "torch.topk of the training scores",
-                                           "precision": self.indexer_selection_params()["precision"]})
+                                           "precision": indexer_params["precision"]})
                 target = sparse_attention_target(q.detach(), k.detach(), indices)
                 selected = scores.gather(-1, indices.clamp(min=0))
                 aux.indexer_loss = kl_to_indexer(target, selected, indices >= 0)
