@@ -18,9 +18,9 @@ LAYERS = {
     "ops": 1, "data": 1,
     "selection": 2,
     "layers": 3, "api": 3,
-    "report": 4,
-    "bench": 5, "experiments": 5,
-    "lm": 6,
+    "models": 4,
+    "training": 5, "report": 5,
+    "bench": 6, "experiments": 6,
     "cli": 7,
     "__main__": 8,
 }

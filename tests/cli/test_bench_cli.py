@@ -5,7 +5,11 @@ import json
 import pytest
 import torch
 
-from sparse_attention.bench.kernels import KernelBenchConfig, causal_random_indices, selection_overlap
+from sparse_attention.bench.kernels import (
+    KernelBenchConfig,
+    causal_random_indices,
+    selection_overlap,
+)
 from sparse_attention.cli.main import main
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sparse_attention.cli.main import main
-from sparse_attention.experiments.suite import EXPERIMENTS
+from sparse_attention.experiments.attention.suite import EXPERIMENTS
 from sparse_attention.report.readme import BEGIN, END
 
 TINY = ["--quick", "--lengths", "64", "96", "--budget", "16", "--methods", "dense", "local", "topk"]

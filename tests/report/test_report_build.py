@@ -4,8 +4,8 @@ import copy
 
 import pytest
 
-from sparse_attention.experiments import needle, sparsity
-from sparse_attention.experiments.context import RunContext, SuiteConfig
+from sparse_attention.experiments.attention import needle, sparsity
+from sparse_attention.experiments.attention.context import RunContext, SuiteConfig
 from sparse_attention.report import render_report, write_plots
 from sparse_attention.report.readme import BEGIN, END, update_readme
 

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 
-from sparse_attention.experiments import energy, scalability
-from sparse_attention.experiments.context import RunContext, SuiteConfig
+from sparse_attention.experiments.attention import energy, scalability
+from sparse_attention.experiments.attention.context import RunContext, SuiteConfig
 from sparse_attention.report import energy as energy_report
 from sparse_attention.report import render_report, write_plots
 from sparse_attention.report import scalability as scalability_report

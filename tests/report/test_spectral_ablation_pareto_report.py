@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from sparse_attention.experiments import ablation, pareto, spectral
-from sparse_attention.experiments.context import RunContext, SuiteConfig
-from sparse_attention.report import render_report, write_plots
+from sparse_attention.experiments.attention import ablation, pareto, spectral
+from sparse_attention.experiments.attention.context import RunContext, SuiteConfig
 from sparse_attention.report import pareto as pareto_report
+from sparse_attention.report import render_report, write_plots
 from sparse_attention.report.spectral import head_means
 
 NAMES = ("spectral", "ablation", "pareto")

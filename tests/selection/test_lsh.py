@@ -8,7 +8,12 @@ import torch
 from sparse_attention.ops.dense import dense_attention
 from sparse_attention.ops.sparse_attention import sparse_attention
 from sparse_attention.selection import select
-from sparse_attention.selection.lsh import hash_buckets, random_rotations, resolve_n_buckets, select_lsh
+from sparse_attention.selection.lsh import (
+    hash_buckets,
+    random_rotations,
+    resolve_n_buckets,
+    select_lsh,
+)
 
 
 def _qkv(n, *, b=2, h=4, h_kv=2, d=16, n_q=None, seed=0, grad=False):

@@ -30,14 +30,14 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..utils.machine import machine_info
-from ..utils.memory import peak_memory_bytes
-from ..utils.timing import synchronize, time_call, time_interleaved
 from ..ops.backends import backends as registered_backends
 from ..ops.backends import choose_backend
 from ..ops.dense import dense_attention
 from ..ops.kernels import cpu as cpu_kernels
 from ..ops.sparse_attention import sparse_attention
+from ..utils.machine import machine_info
+from ..utils.memory import peak_memory_bytes
+from ..utils.timing import synchronize, time_call, time_interleaved
 from .peers import measure_peer, resolve_peers
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -68,8 +68,8 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
 
 def cmd_bench_table(args: argparse.Namespace) -> int:
     from ..bench.kernels import markdown_table
-    from ..utils.results_io import read_json
     from ..report.readme import BENCH_BEGIN, BENCH_END, update_readme
+    from ..utils.results_io import read_json
 
     sections = []
     for path in args.results:

@@ -29,8 +29,8 @@ def check_device(device: str) -> None:
 
 
 def add_parsers(sub) -> None:
-    from ..experiments.context import ALL_METHODS
-    from ..experiments.suite import EXPERIMENTS
+    from ..experiments.attention.context import all_methods
+    from ..experiments.attention.suite import EXPERIMENTS
 
     p = sub.add_parser("suite", aliases=["experiments"],
                        help="run the attention-level experiment suite (results.json, report.md, plots);"
@@ -38,7 +38,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--quick", action="store_true", help="small configuration: under 5 minutes on 2 CPU cores")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "npu"], help="device (default cpu)")
     p.add_argument("--output-dir", help="where to write (default results/quick or results/full)")
-    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), help="methods (dense is always included)")
+    p.add_argument("--methods", nargs="+", default=list(all_methods()),
+                   help="methods (default every registered method; dense is always included)")
     p.add_argument("--lengths", nargs="+", type=int, help="sequence lengths (default 512 1024 2048 quick, to 8192 full)")
     p.add_argument("--only", nargs="+", choices=EXPERIMENTS, help="run only these experiments")
     p.add_argument("--budget", type=int, default=256, help="keys per query for local/topk/dsa (default 256)")
@@ -58,8 +59,8 @@ def add_parsers(sub) -> None:
 
 
 def _render(results: dict, out_dir: Path) -> str:
-    from ..utils.results_io import write_text
     from ..report import render_report, write_plots
+    from ..utils.results_io import write_text
 
     files = write_plots(results, out_dir)
     report = render_report(results, files)
@@ -68,8 +69,8 @@ def _render(results: dict, out_dir: Path) -> str:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    from ..experiments.context import FULL_LENGTHS, QUICK_LENGTHS, SuiteConfig
-    from ..experiments.suite import run_suite
+    from ..experiments.attention.context import FULL_LENGTHS, QUICK_LENGTHS, SuiteConfig
+    from ..experiments.attention.suite import run_suite
 
     check_device(args.device)
     lengths = tuple(args.lengths) if args.lengths else (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
@@ -99,8 +100,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..utils.results_io import read_json
     from ..report.readme import update_readme
+    from ..utils.results_io import read_json
 
     results = read_json(args.results)
     out = Path(args.results).parent

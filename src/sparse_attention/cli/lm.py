@@ -1,4 +1,4 @@
-"""``sparse-attention train``: argument parsing and output only (logic in ``sparse_attention.lm``)."""
+"""``sparse-attention lm train``: argument parsing and output only (logic in ``sparse_attention.training``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 def add_run_arguments(p: argparse.ArgumentParser, *, default_preset: str = "small") -> None:
     """The options every LM command shares: preset, attention, --set, --data."""
-    from ..lm.config import PRESETS
+    from ..training.config import PRESETS
 
     p.add_argument("--preset", default=default_preset, choices=list(PRESETS),
                    help=f"model/training preset (default {default_preset}; tiny is for tests)")
@@ -21,7 +21,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, default_preset: str = "smal
 
 def build_config(args: argparse.Namespace, attention: str | None = None):
     """The :class:`RunConfig` the options describe (preset, then --data, --attention, --set)."""
-    from ..lm.config import apply_overrides, preset
+    from ..training.config import apply_overrides, preset
 
     config = preset(args.preset, attention)
     extra = [f"data.source={json.dumps(args.data)}"] if args.data else []
@@ -29,8 +29,8 @@ def build_config(args: argparse.Namespace, attention: str | None = None):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..lm.plots import plot_training_curves
-    from ..lm.train import train
+    from ..report.lm.plots import plot_training_curves
+    from ..training.trainer import train
 
     config = build_config(args, args.attention)
     out = Path(args.out or Path("runs") / f"{args.preset}-{config.model.attention}")

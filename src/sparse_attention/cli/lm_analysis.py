@@ -4,8 +4,8 @@ The old top-level names (``experiment dsa|table``, ``visualize``, ``ablation``, 
 the seed project's (``run_experiment``, ``visualize_attention``, ``ablation_study``,
 ``profile_efficiency``) stay as aliases; their ``--help`` says which ``lm`` command they are.
 
-The logic lives in :mod:`sparse_attention.lm.experiment`, :mod:`~sparse_attention.lm.visualize`,
-:mod:`~sparse_attention.lm.ablation` and :mod:`~sparse_attention.lm.profile`.
+The logic lives in :mod:`sparse_attention.experiments.lm.compare`, :mod:`~sparse_attention.experiments.lm.visualize`,
+:mod:`~sparse_attention.experiments.lm.sweep` and :mod:`~sparse_attention.experiments.lm.profile`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .lm import add_run_arguments, alias_note, build_config
 
 def _config(args: argparse.Namespace, attention: str | None = None):
     """The run config of the options, with the ``--quick`` settings before the user's ``--set``."""
-    from ..lm.experiment import QUICK_OVERRIDES
+    from ..experiments.lm.compare import QUICK_OVERRIDES
 
     if getattr(args, "threads", 0):
         import torch
@@ -32,7 +32,7 @@ def _config(args: argparse.Namespace, attention: str | None = None):
 
 
 def _cmd_experiment_dsa(args: argparse.Namespace) -> int:
-    from ..lm.experiment import format_comparison, run_dsa_experiment
+    from ..experiments.lm.compare import format_comparison, run_dsa_experiment
 
     config = _config(args)
     out = Path(args.out or ("results/dsa-quick" if args.quick else "results/dsa"))
@@ -44,7 +44,7 @@ def _cmd_experiment_dsa(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment_table(args: argparse.Namespace) -> int:
-    from ..lm.readme_table import LM_BEGIN, LM_END, lm_tables
+    from ..report.lm.table import LM_BEGIN, LM_END, lm_tables
     from ..report.readme import update_readme
 
     text = lm_tables(args.paths)
@@ -56,7 +56,7 @@ def _cmd_experiment_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
-    from ..lm.visualize import visualize_run
+    from ..experiments.lm.visualize import visualize_run
 
     document = visualize_run(args.run_dir, args.out, layers=args.layers, sample=args.sample, progress=not args.quiet)
     out = Path(args.out) if args.out else Path(args.run_dir) / "visualize"
@@ -68,7 +68,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
-    from ..lm.ablation import parse_values, resolve_key, run_ablation
+    from ..experiments.lm.sweep import parse_values, resolve_key, run_ablation
 
     values = parse_values(args.values)
     config = _config(args, args.attention)
@@ -86,7 +86,7 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from ..lm.profile import format_table, profile_lengths, write_profile
+    from ..experiments.lm.profile import format_table, profile_lengths, write_profile
 
     config = _config(args)
     try:  # fail before measuring, not after
@@ -105,7 +105,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def add_compare(sub, name: str = "compare", alias_of: str | None = None) -> None:
     """``lm compare``: dense baseline vs DSA with one config (old name: ``experiment dsa``)."""
-    from ..lm.experiment import QUICK_OVERRIDES
+    from ..experiments.lm.compare import QUICK_OVERRIDES
 
     p = sub.add_parser(
         name, help=alias_note("train a dense baseline and a DSA run (warm-up + sparse) with one config, then compare"
@@ -151,7 +151,7 @@ def add_visualize(sub, name: str = "visualize", alias_of: str | None = None) -> 
 
 
 def add_ablation(sub, name: str = "ablation", alias_of: str | None = None) -> None:
-    from ..lm.experiment import QUICK_OVERRIDES
+    from ..experiments.lm.compare import QUICK_OVERRIDES
 
     p = sub.add_parser(name, help=alias_note("train one run per value of one config key and compare them", alias_of),
                        description="Trains OUT/<key>=<value>/ for every value (finished runs with the same config"

@@ -35,7 +35,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from ..experiments.demo import DemoConfig, format_table, run_demo
+    from ..experiments.attention.demo import DemoConfig, format_table, run_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)

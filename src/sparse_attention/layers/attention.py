@@ -1,4 +1,27 @@
-"""Self-attention layer whose method (dense or any selection method) comes from config."""
+"""The package's one self-attention layer: projections, RoPE, GQA and a configurable method.
+
+``config.method`` is ``dense`` (SDPA) or any registered selection method; the selection feeds
+the shared sparse attention kernel. Each forward call runs in one of three modes
+(:data:`ATTENTION_MODES`):
+
+* ``dense``: SDPA. The dense baseline, and DSA models for inspection.
+* ``warmup``: dense attention output; the lightning indexer (fed ``x.detach()``) is scored
+  against the dense attention of the layer (:func:`dense_attention_target`). DSA stage 1.
+* ``sparse``: the method's selection and the sparse kernel. For DSA the indexer selects the
+  top-k keys and, when it is being trained, gets the KL restricted to its selection, with a
+  detached input, so the LM loss never reaches the indexer (indices are integers) and the KL
+  never reaches the model. DSA stage 2. Training scores all ``[B, N, N]`` key pairs with
+  autograd (at the harness's lengths that is smaller than gathering ``[B, N, K, D_I]``
+  indexer keys); otherwise (no gradient, no ``collect``/``keep_scores``) the selection is the
+  fused scoring + top-k of :func:`~sparse_attention.selection.dsa.dsa_select`, memory O(N K),
+  and no indexer loss is computed.
+
+For DSA, ``top_k``, ``scoring`` and ``precision`` come from ``config.method_params`` (over the
+method's defaults) on every path.
+
+``forward(x)`` returns the output (and the selection); :meth:`SparseSelfAttention.forward_with_aux`
+adds the indexer loss and statistics (:class:`AttentionAux`) the LM trainer uses.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +31,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..ops.dense import dense_attention
+from ..ops.dense import causal_mask, dense_attention
 from ..ops.sparse_attention import sparse_attention
 from ..selection.base import Selection, get_method, select
-from .indexer import LightningIndexer
+from ..utils.checks import check_int
+from .attention_stats import layer_stats, topk_from_scores
+from .indexer import LightningIndexer, indexer_scores_for_training
+from .indexer_loss import dense_attention_target, kl_to_indexer, sparse_attention_target
 from .rope import apply_rope
+
+ATTENTION_MODES = ("dense", "warmup", "sparse")
 
 
 @dataclass
@@ -32,6 +60,8 @@ class AttentionConfig:
         bias: bias in the q/k/v/o projections.
         indexer_heads, indexer_head_dim: shape of the lightning indexer (method ``dsa``).
         backend: sparse attention backend (``auto`` picks the fastest that fits).
+        stats_top_k: keys per query of the oracle statistics (``collect=True``) of a layer
+            whose method has no ``top_k`` (dense); a method's own ``top_k`` wins.
     """
 
     dim: int
@@ -46,12 +76,11 @@ class AttentionConfig:
     indexer_heads: int = 4
     indexer_head_dim: int = 64
     backend: str = "auto"
+    stats_top_k: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("dim", "n_heads", "indexer_heads", "indexer_head_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"AttentionConfig.{name} must be a positive int, got {value!r}")
+        for name in ("dim", "n_heads", "indexer_heads", "indexer_head_dim", "stats_top_k"):
+            check_int(f"AttentionConfig.{name}", getattr(self, name))
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None:
@@ -69,12 +98,29 @@ class AttentionConfig:
         get_method(self.method).check_params(self.method_params)
 
 
-class SparseSelfAttention(nn.Module):
-    """Multi-head self-attention with RoPE, GQA and a configurable selection method.
+@dataclass
+class AttentionAux:
+    """What a layer reports besides its output.
 
-    Dense and sparse variants differ only by ``config.method``; with ``method="dsa"`` the
-    layer owns a :class:`LightningIndexer` whose selection all heads share.
+    Attributes:
+        indexer_loss: the KL loss of this layer's indexer (scalar) or None.
+        selection: the selection used (``sparse`` mode) or None.
+        stats: measured statistics (``collect=True`` only): sparsity, recall, kl, coverage,
+            mean distance, and ``oracle_recall``: the recall of the top-k of the head-summed
+            dense attention itself, the best any selection shared by all heads can reach.
+        indexer_scores: ``[B, N, N]`` causal-masked indexer scores (``keep_scores=True`` only).
     """
+
+    indexer_loss: Tensor | None = None
+    selection: Selection | None = None
+    stats: dict = field(default_factory=dict)
+    indexer_scores: Tensor | None = None
+
+
+class SparseSelfAttention(nn.Module):
+    """Multi-head self-attention with RoPE, GQA and a configurable selection method (see the
+    module docstring). With ``method="dsa"`` the layer owns a :class:`LightningIndexer` whose
+    selection all heads share."""
 
     def __init__(self, config: AttentionConfig):
         super().__init__()
@@ -85,6 +131,19 @@ class SparseSelfAttention(nn.Module):
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=c.bias)
         self.indexer = (LightningIndexer(c.dim, c.indexer_heads, c.indexer_head_dim, rope_theta=c.rope_theta or 10000.0)
                         if c.method == "dsa" else None)
+
+    @property
+    def default_mode(self) -> str:
+        return "dense" if self.config.method == "dense" else "sparse"
+
+    @property
+    def top_k(self) -> int:
+        """Keys per query: the method's ``top_k`` (``method_params`` over its default) where it
+        has one, else ``config.stats_top_k`` (used by the oracle statistics only)."""
+        c = self.config
+        if c.method != "dense" and "top_k" in {p.name for p in get_method(c.method).params}:
+            return c.method_params.get("top_k", get_method(c.method).defaults()["top_k"])
+        return c.stats_top_k
 
     def project(self, x: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``x [B, N, dim]`` -> ``q [B, H, N, D]``, ``k, v [B, H_kv, N, D]`` with RoPE applied."""
@@ -113,18 +172,75 @@ class SparseSelfAttention(nn.Module):
         with torch.no_grad():
             return select(q.detach(), k.detach(), c.method, causal=c.causal, **c.method_params)
 
-    def forward(self, x: Tensor, *, return_selection: bool = False) -> Tensor | tuple[Tensor, Selection | None]:
-        """``x [B, N, dim]`` -> ``[B, N, dim]`` (and the selection, None for dense)."""
-        if x.dim() != 3 or x.shape[-1] != self.config.dim:
-            raise ValueError(f"x must be [B, N, dim={self.config.dim}], got shape {tuple(x.shape)}")
+    def forward(self, x: Tensor, *, mode: str | None = None,
+                return_selection: bool = False) -> Tensor | tuple[Tensor, Selection | None]:
+        """``x [B, N, dim]`` -> ``[B, N, dim]`` (and the selection, None for dense attention).
+
+        ``mode`` defaults to ``sparse`` for a selection method and ``dense`` otherwise; no
+        indexer loss is computed here (see :meth:`forward_with_aux`).
+        """
+        y, aux = self.forward_with_aux(x, mode, train_indexer=False)
+        return (y, aux.selection) if return_selection else y
+
+    def _check_input(self, x: Tensor, mode: str) -> None:
         c = self.config
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != c.dim:
+            raise ValueError(f"x must be [B, N, dim={c.dim}], got shape {tuple(getattr(x, 'shape', ()))}")
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"mode must be one of {ATTENTION_MODES}, got {mode!r}")
+        if mode == "warmup" and self.indexer is None:
+            raise ValueError(f"mode 'warmup' needs the lightning indexer (method 'dsa'), not {c.method!r}")
+        if mode == "sparse" and c.method == "dense":
+            raise ValueError("mode 'sparse' needs a selection method; this layer is dense")
+
+    def forward_with_aux(self, x: Tensor, mode: str | None = None, *, collect: bool = False,
+                         keep_scores: bool = False, train_indexer: bool | None = None) -> tuple[Tensor, AttentionAux]:
+        """``x [B, N, dim]`` -> ``(y [B, N, dim], AttentionAux)``.
+
+        ``collect`` measures statistics (no gradient; costs an extra dense pass);
+        ``keep_scores`` returns the masked indexer scores for visualisation; ``train_indexer``
+        computes the DSA indexer loss (``warmup`` and ``sparse`` modes) from the ``[B, N, N]``
+        training scores; by default always in ``warmup`` and in ``sparse`` when autograd is on or
+        statistics are asked for.
+        """
+        mode = self.default_mode if mode is None else mode
+        self._check_input(x, mode)
+        c = self.config
+        b, n, _ = x.shape
+        if train_indexer is None:
+            train_indexer = mode == "warmup" or torch.is_grad_enabled() or collect or keep_scores
         q, k, v = self.project(x)
-        selection = None
-        if c.method == "dense":
-            out = dense_attention(q, k, v, causal=c.causal)
+        aux = AttentionAux()
+        scores = None
+        indexer_params = self.indexer_selection_params() if self.indexer is not None else {}
+        if self.indexer is not None and ((mode != "dense" and train_indexer) or collect or keep_scores):
+            index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
+            if indexer_params["precision"] == "bfloat16":
+                # The rounding dsa_select applies, here differentiable (the cast passes gradients on).
+                index_q, index_k = index_q.bfloat16().float(), index_k.bfloat16().float()
+            scores = indexer_scores_for_training(index_q, index_k, weights).float()  # [B, N, N]
+            scores = scores.masked_fill(~causal_mask(n, n, x.device), float("-inf"))
+        if mode == "sparse":
+            if scores is not None:
+                indices = topk_from_scores(scores.detach(), self.top_k)  # [B, N, K]
+                aux.selection = Selection(indices[:, None], n, True, "dsa",
+                                          {"top_k": self.top_k, "scoring": "torch.topk of the training scores",
+                                           "precision": indexer_params["precision"]})
+                if train_indexer:
+                    target = sparse_attention_target(q.detach(), k.detach(), indices)
+                    selected = scores.gather(-1, indices.clamp(min=0))
+                    aux.indexer_loss = kl_to_indexer(target, selected, indices >= 0)
+            else:
+                aux.selection = self.select(x, q, k)
+            out = sparse_attention(q, k, v, aux.selection.indices, causal=c.causal, backend=c.backend)
         else:
-            selection = self.select(x, q, k)
-            out = sparse_attention(q, k, v, selection.indices, causal=c.causal, backend=c.backend)
-        b, _, n, _ = out.shape
+            out = dense_attention(q, k, v, causal=c.causal)
+            if mode == "warmup" and train_indexer:
+                target = dense_attention_target(q.detach(), k.detach())
+                aux.indexer_loss = kl_to_indexer(target, scores, causal_mask(n, n, x.device).expand(b, n, n))
+        if collect:
+            aux.stats = layer_stats(q.detach(), k.detach(), scores, aux.selection, self.top_k)
+        if keep_scores and scores is not None:
+            aux.indexer_scores = scores.detach()
         y = self.o_proj(out.transpose(1, 2).reshape(b, n, c.n_heads * c.head_dim))
-        return (y, selection) if return_selection else y
+        return y, aux

@@ -1,13 +1,13 @@
 """Dense attention: the baseline every method is compared with, and the masked-dense oracle.
 
 ``dense_attention`` is ``torch.nn.functional.scaled_dot_product_attention`` with GQA and the
-end-aligned causal convention of this package. ``masked_dense_attention`` materialises an
-``N_q x N_k`` matrix from a selection; it exists for tests and small analyses only.
+end-aligned causal convention of this package. ``masked_dense_attention`` is the package's one
+masked-dense oracle of sparse attention (dense rows masked to a selection, chunked over
+queries), for tests and analyses; ``kernels/reference.py`` is the gather-based reference
+kernel (a backend, O(N K) memory) that the fast kernels are tested against.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +43,9 @@ def dense_attention(
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     if n_q == n_k:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    if n_q > n_k:  # early queries see no key: SDPA would give NaN rows, the oracle gives 0
-        return masked_dense_attention(q, k, v, causal_mask(n_q, n_k, q.device)[None, None].float(), scale=scale)
+    if n_q > n_k:  # the first N_q - N_k queries see no key: zeros (SDPA would give NaN rows)
+        seen = F.scaled_dot_product_attention(q[:, :, n_q - n_k:], k, v, is_causal=True, scale=scale)
+        return torch.cat([seen.new_zeros(*seen.shape[:2], n_q - n_k, seen.shape[-1]), seen], dim=2)
     mask = causal_mask(n_q, n_k, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
@@ -68,29 +69,76 @@ def selection_counts(indices: Tensor, n_k: int, causal: bool) -> Tensor:
     return counts
 
 
-def masked_dense_attention(
-    q: Tensor, k: Tensor, v: Tensor, counts: Tensor, *, scale: float | None = None
-) -> Tensor:
-    """Dense softmax where key ``j`` of row ``i`` has weight ``counts[..., i, j]``.
+#: Elements of one query chunk's ``[B, H, C, N_k]`` logits in :func:`masked_dense_attention` (64 MiB fp32).
+_CHUNK_ELEMENTS = 1 << 24
 
-    ``softmax_j(s_ij + log c_ij)``: a key with count 0 is masked out, a key listed twice
-    counts twice. Rows whose counts are all zero give zeros. ``counts`` broadcasts over
-    heads (``[B, 1 | H_kv | H, N_q, N_k]``; ``H_kv`` heads map to groups of query heads).
+
+def masked_dense_attention(
+    q: Tensor, k: Tensor, v: Tensor, indices: Tensor, *, causal: bool, scale: float | None = None,
+    return_recall: bool = False, query_chunk: int | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The masked-dense oracle: softmax over exactly the selected keys, by dense products.
+
+    Computes what ``sparse_attention(q, k, v, indices, causal=causal)`` computes (a key listed
+    twice in a row counts twice; invalid and causally hidden slots are dropped; rows with no
+    valid key give zeros), as ``softmax_j(s_ij + log c_ij)`` over ``N_k``-wide rows for a chunk
+    of queries at a time, instead of the reference kernel's per-slot gathers: faster for the
+    short sequences of tests and analyses, and an independent check of the kernels. Memory is
+    O(chunk * N_k) per head, never ``N_q x N_k`` at once. Float64 inputs compute in float64,
+    others in float32; the output has the dtype of ``q``.
+
+    Args:
+        q: ``[B, H, N_q, D]``; k: ``[B, H_kv, N_k, D]``; v: ``[B, H_kv, N_k, D_v]``.
+        indices: ``[B, H_sel, N_q, K]``, ``H_sel`` in {1, H_kv, H}, ``-1`` = empty slot.
+        causal: hide keys past each query (end-aligned).
+        return_recall: also return ``recall [B, H, N_q]``, the dense attention mass on the
+            selected keys (1 for rows that see no key under dense attention either).
+        query_chunk: queries per chunk (default: logits of about 64 MiB).
+    Returns:
+        ``out [B, H, N_q, D_v]`` (and ``recall``).
     """
-    h = q.shape[1]
+    b, h, n_q, _ = q.shape
+    n_k = k.shape[2]
     scale = resolve_scale(scale, q.shape[-1])
-    out_dtype = q.dtype
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    q, k, v = q.to(compute), _repeat_kv(k, h).to(compute), _repeat_kv(v, h).to(compute)
-    if counts.shape[1] not in (1, h):
-        counts = _repeat_kv(counts, h)
-    logits = (q @ k.transpose(-1, -2)) * scale + torch.log(counts.to(compute))  # log 0 = -inf
-    row_max = logits.amax(dim=-1, keepdim=True).detach()
-    row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)
-    probs = torch.exp(logits - row_max)
-    denom = probs.sum(dim=-1, keepdim=True)
-    out = (probs @ v) / torch.where(denom > 0, denom, torch.ones_like(denom))
-    return out.to(out_dtype)
+    k, v = _repeat_kv(k, h).to(compute), _repeat_kv(v, h).to(compute)  # [B, H, N_k, D]
+    idx = indices.long()
+    if idx.shape[1] not in (1, h):
+        idx = idx.repeat_interleave(h // idx.shape[1], dim=1)  # per-KV-head selection -> its query heads
+    idx = idx.expand(b, -1, -1, -1)
+    chunk = query_chunk or max(1, _CHUNK_ELEMENTS // max(1, b * h * n_k))
+    offset = causal_offset(n_q, n_k)
+    outs, recalls = [], []
+    for start in range(0, n_q, chunk):
+        rows = slice(start, min(start + chunk, n_q))
+        logits = (q[:, :, rows].to(compute) @ k.transpose(-1, -2)) * scale  # [B, H, C, N_k]
+        ic = idx[:, :, rows]  # [B, H_sel, C, K]
+        valid = (ic >= 0) & (ic < n_k)
+        if causal:
+            last_key = torch.arange(start, rows.stop, device=q.device) + offset  # [C]
+            visible = torch.arange(n_k, device=q.device)[None, :] <= last_key[:, None]  # [C, N_k]
+            logits = logits.masked_fill(~visible, float("-inf"))
+            valid &= ic <= last_key[:, None]
+        counts = torch.zeros(*ic.shape[:-1], n_k + 1, dtype=compute, device=q.device)
+        counts = counts.scatter_add_(-1, torch.where(valid, ic, n_k), valid.to(compute))[..., :n_k]  # [B, H_sel, C, N_k]
+        # One exponential against the dense row maximum serves the recall and the restricted softmax.
+        top = logits.amax(-1, keepdim=True)
+        shifted = logits - torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()  # -inf stays -inf
+        e = shifted.exp()  # 0 where hidden
+        weights = e * counts
+        kept = weights.sum(-1)
+        if return_recall:
+            total = e.sum(-1)
+            chosen_mass = (e * (counts > 0)).sum(-1)
+            recalls.append(torch.where(total > 0, chosen_mass / total.clamp_min(1e-30), torch.ones_like(total)))
+        underflow = (kept < 1e-30) & ((counts > 0) & (shifted > float("-inf"))).any(-1)
+        if bool(underflow.any()):
+            # Every selected key underflowed against the dense row maximum: softmax over the selection itself.
+            weights = torch.nan_to_num(torch.softmax(shifted + torch.log(counts), dim=-1), nan=0.0)
+            kept = weights.sum(-1)
+        outs.append((weights @ v) / torch.where(kept > 0, kept, torch.ones_like(kept))[..., None])  # [B, H, C, D_v]
+    out = torch.cat(outs, dim=2).to(q.dtype)
+    return (out, torch.cat(recalls, dim=-1)) if return_recall else out
 
 
 def dense_probabilities(

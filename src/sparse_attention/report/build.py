@@ -6,6 +6,9 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from ..selection.base import list_methods
+
+
 def _module(name: str):
     """The report module of experiment ``name`` (``report/<name>.py``: ``tables`` and ``plots``)."""
     try:
@@ -24,6 +27,12 @@ def sections(results: dict[str, Any]):
         yield name, section, _module(name)
 
 
+def _budget_methods(cfg: dict[str, Any]) -> list[str]:
+    """The run's fixed-budget methods (a ``budget_param`` in their spec), which got ``budget`` keys."""
+    known = {spec.name: spec for spec in list_methods()}
+    return [m for m in cfg.get("methods", ()) if m in known and known[m].budget_param]
+
+
 def machine_line(results: dict[str, Any]) -> str:
     m = results.get("machine", {})
     return (f"{m.get('device_name', '?')} ({m.get('device', '?')}), {m.get('threads', '?')} threads, "
@@ -39,7 +48,7 @@ def render_report(results: dict[str, Any], plot_files: dict[str, list[str]] | No
         "",
         f"Generated from `results.json` by `sparse-attention report`. Mode: {'quick' if cfg.get('quick') else 'full'};"
         f" lengths {cfg.get('lengths')}; heads {cfg.get('heads')}:{cfg.get('kv_heads')}, D={cfg.get('head_dim')};"
-        f" budget {cfg.get('budget')} keys for local/topk/dsa; seed {cfg.get('seed')}.",
+        f" budget {cfg.get('budget')} keys for {'/'.join(_budget_methods(cfg)) or 'no method'}; seed {cfg.get('seed')}.",
         f"Machine: {machine_line(results)}.",
         f"Runtime: {runtime.get('total', 0):.0f} s in all.",
         "",

@@ -36,6 +36,8 @@ def tables(section: dict[str, Any], results: dict[str, Any]) -> str:
              f" {s['joules_per_byte'] * 1e12:.0f} pJ per byte (32-bit DRAM read, {s['pj_dram_read_32bit']:.0f} pJ)"
              f" from {s['citation']}. These are model estimates, not measurements of this machine.")
     parts = ["## Energy proxy", "", intro, "", _summary(rows), ""]
+    if s.get("not_modelled"):
+        parts += [f"Not counted (their specs have no cost model): {', '.join(s['not_modelled'])}.", ""]
     for title, key, ratio, scale, digits in (
             ("FLOPs, GFLOP (ratio to dense)", "flops", "flops_ratio", 1e9, 3),
             ("Bytes moved, MB, no-reuse model (ratio to dense)", "bytes", "bytes_ratio", 1e6, 1),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .markdown import table
+from .markdown import fmt, table
 from .style import save, style
 
 QUALITIES = (("cosine", "output cosine vs dense"), ("recall", "attention-mass recall"))
@@ -18,13 +18,16 @@ def pareto_front(rows: list[dict[str, Any]], cost: str, quality: str) -> list[in
     """Indices of the non-dominated rows (lower ``cost`` and higher ``quality`` are better).
 
     A row is dominated when another row is at least as good in both and strictly better in
-    one. Returned in increasing cost.
+    one. Rows without the cost (a method without a cost model has no FLOPs) take no part.
+    Returned in increasing cost.
     """
     front = []
     for i, r in enumerate(rows):
+        if r[cost] is None:
+            continue
         dominated = any(
             o[cost] <= r[cost] and o[quality] >= r[quality] and (o[cost] < r[cost] or o[quality] > r[quality])
-            for j, o in enumerate(rows) if j != i)
+            for j, o in enumerate(rows) if j != i and o[cost] is not None)
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: (rows[i][cost], -rows[i][quality]))
@@ -55,7 +58,7 @@ def tables(section: dict[str, Any], results: dict[str, Any]) -> str:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
         body.append([r["method"] + ("*" if r["is_default"] else ""), params, f"{r['edges_per_query']:.1f}",
                      r["recall"], f"{r['cosine']:.4f}", f"{r['select_ms']:.1f}", f"{r['kernel_ms']:.1f}",
-                     f"{r['time_ratio']:.2f}", f"{r['flops'] / 1e9:.3f}", f"{r['flops_ratio']:.3f}",
+                     f"{r['time_ratio']:.2f}", fmt(r["flops"] and r["flops"] / 1e9), fmt(r["flops_ratio"]),
                      on["total_ms"], on["flops"]])
     parts += [table(header, body), ""]
     for q, q_title in QUALITIES:
@@ -75,7 +78,7 @@ def plots(section: dict[str, Any], out_dir: Path) -> list[str]:
         for ax, (c, c_short, c_title) in zip(row_axes, COSTS):
             for method in methods:
                 kw = style(method)
-                mine = [r for r in rows if r["method"] == method]
+                mine = [r for r in rows if r["method"] == method and r[c] is not None]
                 ax.scatter([r[c] for r in mine], [r[q] for r in mine], color=kw["color"], marker=kw["marker"],
                            label=method, s=[70 if r["is_default"] else 30 for r in mine],
                            edgecolors=["black" if r["is_default"] else "none" for r in mine], zorder=3)

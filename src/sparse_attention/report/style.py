@@ -1,22 +1,18 @@
-"""Shared plot style: one colour and marker per method, consistent across every figure."""
+"""Shared plot style: one colour and marker per method (from its spec), consistent across every figure."""
 
 from __future__ import annotations
 
-METHOD_STYLE = {
-    "dense": ("black", "o"),
-    "local": ("tab:gray", "s"),
-    "topk": ("tab:green", "^"),
-    "dsa": ("tab:red", "D"),
-    "ssa": ("tab:blue", "o"),
-    "routing": ("tab:purple", "v"),
-    "lsh": ("tab:orange", "P"),
-}
+from ..selection.base import MethodSpec, list_methods
 
 
 def style(method: str) -> dict:
-    """Matplotlib keyword arguments for ``method``."""
-    color, marker = METHOD_STYLE.get(method, ("tab:brown", "x"))
-    return {"color": color, "marker": marker, "label": method}
+    """Matplotlib keyword arguments for ``method``: its spec's colour, marker and label (a method
+    this process has not registered, read from a results file, gets the spec defaults)."""
+    spec = next((s for s in list_methods() if s.name == method), None)
+    if spec is None:
+        defaults = MethodSpec.__dataclass_fields__
+        return {"color": defaults["color"].default, "marker": defaults["marker"].default, "label": method}
+    return {"color": spec.color, "marker": spec.marker, "label": spec.label}
 
 
 def save(fig, out_dir, name: str) -> str:

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from ..ops.validation import causal_offset
-from ._util import check_positive_int, compact_indices, make_generator, query_key_limit
+from ..utils.checks import check_int
+from ._util import compact_indices, make_generator, query_key_limit
 from .base import Selection
 
 #: ``route(q_blk [B, H, S, D], q_ctx [B, H, P_q, D], k_ctx [B, H_kv, P, D], block)`` ->
@@ -36,10 +37,10 @@ RouteFn = Callable[[Tensor, Tensor, Tensor, int], tuple[Tensor, dict[str, Any]]]
 
 def check_common(*, n_clusters, clusters_per_query, block_size, iters, seed) -> None:
     """Validate the parameters every clustering selector takes (ValueError/TypeError naming it)."""
-    check_positive_int("n_clusters", n_clusters, allow_none=True)
-    check_positive_int("clusters_per_query", clusters_per_query)
-    check_positive_int("block_size", block_size, allow_none=True)
-    check_positive_int("iters", iters)
+    check_int("n_clusters", n_clusters, allow_none=True)
+    check_int("clusters_per_query", clusters_per_query)
+    check_int("block_size", block_size, allow_none=True)
+    check_int("iters", iters)
     make_generator(seed)  # type check of seed
 
 

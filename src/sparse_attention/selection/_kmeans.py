@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._util import check_positive_int
+from ..utils.checks import check_int
 
 
 def _sample_rows(weights: Tensor, generator: torch.Generator) -> Tensor:
@@ -120,8 +120,8 @@ def kmeans(
         raise ValueError(f"x must be a [G, L, D] tensor, got {getattr(x, 'shape', type(x).__name__)}")
     if x.shape[1] == 0:
         raise ValueError("x must hold at least one point per problem (L >= 1)")
-    check_positive_int("k", k)
-    check_positive_int("iters", iters)
+    check_int("k", k)
+    check_int("iters", iters)
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     x = x.detach().float()

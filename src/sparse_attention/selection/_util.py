@@ -6,29 +6,12 @@ import torch
 from torch import Tensor
 
 from ..ops.validation import causal_offset
-
-
-def check_positive_int(name: str, value, *, allow_none: bool = False) -> None:
-    """``ValueError``/``TypeError`` unless ``value`` is a positive int (or None if allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-
-
-def check_nonnegative_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+from ..utils.checks import check_int
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A seeded generator; random draws happen on CPU so results match across devices."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check_int("seed", seed, 0)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed)
     return gen

@@ -1,9 +1,12 @@
 """The ``Selection`` type and the registry of selection methods.
 
 A selection method is a function ``select(q, k, *, causal, **params) -> Selection`` taking
-``q [B, H, N_q, D]`` and ``k [B, H_kv, N_k, D]``. It is registered with its parameters,
-their defaults, documentation and source, so that the CLI (``sparse-attention methods``),
-the experiments and the layer all read the same table.
+``q [B, H, N_q, D]`` and ``k [B, H_kv, N_k, D]``. It is registered with everything the rest of
+the package knows about it: its parameters (defaults, documentation, source), which parameter
+is its key budget, its cost model, its display name, colour and marker, and the settings the
+Pareto experiment sweeps. The CLI (``sparse-attention methods``), the layer, the LM, the demo,
+every experiment of the suite and every plot read this one table, so a new method is its
+selector file (plus one import line in ``selection/__init__.py``) and its tests.
 """
 
 from __future__ import annotations
@@ -49,15 +52,45 @@ class Param:
     source: str = ""
 
 
+#: ``cost(selection, params, *, heads, kv_heads, head_dim, dtype_bytes) -> (FLOPs, elements read)``
+#: of one batch element's selection (see :mod:`sparse_attention.selection.costs`).
+CostModel = Callable[..., "tuple[float, float]"]
+#: ``sweep(quick) -> [params, ...]``: settings the Pareto experiment tries besides the default.
+Sweep = Callable[[bool], "list[dict[str, Any]]"]
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered selection method."""
+    """A registered selection method.
+
+    Attributes:
+        name, select, params, summary, reference: the method, its parameters and sources.
+        budget_param: the parameter that is the method's keys per query (``window``,
+            ``top_k``), set to the suite's budget and swept as fractions of it; None for
+            methods whose edges follow from the data (clustering, hashing).
+        cost: the selection's counted cost model, or None (the energy and Pareto experiments
+            then report the selection's cost as not modelled).
+        sweep: the Pareto experiment's other settings (besides the budget sweep), or None.
+        label, color, marker: how reports and plots show the method.
+    """
 
     name: str
     select: Callable[..., Selection]
     params: tuple[Param, ...]
     summary: str
     reference: str
+    budget_param: str | None = None
+    cost: CostModel | None = None
+    sweep: Sweep | None = None
+    label: str = ""
+    color: str = "tab:brown"
+    marker: str = "X"
+
+    def __post_init__(self) -> None:
+        if self.budget_param is not None and self.budget_param not in {p.name for p in self.params}:
+            raise ValueError(f"method {self.name!r}: budget_param {self.budget_param!r} is not one of its parameters")
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
@@ -74,11 +107,15 @@ class MethodSpec:
 _METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, *, params: list[Param], summary: str, reference: str):
-    """Decorator registering ``fn(q, k, *, causal, **params) -> Selection`` under ``name``."""
+def register_method(name: str, *, params: list[Param], summary: str, reference: str, budget_param: str | None = None,
+                    cost: CostModel | None = None, sweep: Sweep | None = None, label: str = "",
+                    color: str = "tab:brown", marker: str = "X"):
+    """Decorator registering ``fn(q, k, *, causal, **params) -> Selection`` under ``name``; the
+    keyword arguments are the :class:`MethodSpec` fields."""
 
     def decorate(fn: Callable[..., Selection]) -> Callable[..., Selection]:
-        _METHODS[name] = MethodSpec(name, fn, tuple(params), summary, reference)
+        _METHODS[name] = MethodSpec(name, fn, tuple(params), summary, reference, budget_param=budget_param,
+                                    cost=cost, sweep=sweep, label=label, color=color, marker=marker)
         return fn
 
     return decorate
@@ -93,9 +130,21 @@ def get_method(name: str) -> MethodSpec:
     return _METHODS[name]
 
 
+def unregister_method(name: str) -> None:
+    """Remove a registered method (tests and notebooks that register temporary ones)."""
+    get_method(name)
+    del _METHODS[name]
+
+
 def list_methods() -> list[MethodSpec]:
     """All registered methods in registration order."""
     return list(_METHODS.values())
+
+
+def budget_params(method: str, budget: int) -> dict[str, Any]:
+    """``{spec.budget_param: budget}`` for a fixed-budget method, ``{}`` for the others."""
+    spec = get_method(method)
+    return {spec.budget_param: budget} if spec.budget_param else {}
 
 
 def select(q: Tensor, k: Tensor, method: str, *, causal: bool = True, **params: Any) -> Selection:

@@ -9,11 +9,17 @@ from ._util import query_key_limit
 from .base import Selection, register_method
 
 
+def dense_cost(selection: Selection, params: dict, **shape) -> tuple[float, float]:
+    """Dense attention runs SDPA directly: no selection work."""
+    return 0.0, 0.0
+
+
 @register_method(
     "dense",
     params=[],
     summary="all keys; attention(method='dense') runs SDPA directly",
     reference="Vaswani et al. 2017",
+    cost=dense_cost, color="black", marker="o",
 )
 def select_dense(q: Tensor, k: Tensor, *, causal: bool = True) -> Selection:
     """Select all ``N_k`` keys for every query (``H_sel = 1``, ``K = N_k``).

@@ -20,8 +20,10 @@ import torch
 from torch import Tensor
 
 from ..ops.kernels.topk_cpu import PRECISIONS, fused_topk
-from ._util import check_positive_int, chunked_topk, make_generator, use_fused_scoring
+from ..utils.checks import check_int
+from ._util import chunked_topk, make_generator, use_fused_scoring
 from .base import Param, Selection, register_method
+from .costs import pairs
 
 
 def _check_indexer_inputs(index_q: Tensor, index_k: Tensor, weights: Tensor) -> None:
@@ -85,7 +87,7 @@ def dsa_select(index_q: Tensor, index_k: Tensor, weights: Tensor, *, top_k: int,
     Returns: a :class:`Selection` with ``indices [B, 1, N_q, K]`` (slots in no particular order).
     """
     _check_indexer_inputs(index_q, index_k, weights)
-    check_positive_int("top_k", top_k)
+    check_int("top_k", top_k)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     b, h_i, n_q, _ = index_q.shape
@@ -126,6 +128,24 @@ def random_indexer(q: Tensor, k: Tensor, n_heads: int, head_dim: int, seed: int)
     return index_q, index_k, weights
 
 
+def dsa_cost(selection: Selection, params: dict, *, heads: int, kv_heads: int, head_dim: int,
+             dtype_bytes: int) -> tuple[float, float]:
+    """Per visible pair ``H_I (2 D_I + 3) + 1`` FLOPs (dot, ReLU, weight multiply-add per indexer
+    head, top-k), one shared indexer key read per pair, ``q_I`` and ``w`` once; plus the random
+    projection of ``q`` and ``k`` when the indexer is untrained."""
+    info, d = selection.info, head_dim
+    n_q, n_k, visible = selection.indices.shape[2], selection.n_keys, pairs(selection)
+    h_i = int(info.get("indexer_heads", params["n_heads"]))
+    given = params["index_q"]  # trained indexer tensors carry their own D_I
+    d_i = int(given.shape[-1]) if given is not None else int(params["head_dim"])
+    flops = visible * (h_i * (2 * d_i + 3) + 1)
+    elements = visible * d_i + n_q * h_i * (d_i + 1)
+    if info.get("indexer") == "random projection":
+        flops += 2 * d * d_i * (h_i * n_q + n_k) + kv_heads * n_k * d  # project q heads; mean of keys
+        elements += h_i * n_q * d + kv_heads * n_k * d + d * d_i
+    return flops, elements
+
+
 @register_method(
     "dsa",
     params=[
@@ -145,6 +165,7 @@ def random_indexer(q: Tensor, k: Tensor, n_heads: int, head_dim: int, seed: int)
     ],
     summary="DeepSeek lightning indexer + top-k, one selection shared by all heads",
     reference="DeepSeek-AI 2025, DeepSeek-V3.2-Exp (DSA)",
+    budget_param="top_k", cost=dsa_cost, color="tab:red", marker="D",
 )
 def select_dsa(
     q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64, n_heads: int = 4, head_dim: int = 64,
@@ -160,8 +181,8 @@ def select_dsa(
     if any(given) and not all(given):
         raise ValueError("pass all of index_q, index_k and index_weights, or none of them")
     if not any(given):
-        check_positive_int("n_heads", n_heads)
-        check_positive_int("head_dim", head_dim)
+        check_int("n_heads", n_heads)
+        check_int("head_dim", head_dim)
         index_q, index_k, index_weights = random_indexer(q, k, n_heads, head_dim, seed)
     elif index_q.shape[2] != q.shape[2] or index_k.shape[1] != k.shape[2]:
         raise ValueError("indexer tensors must cover the same queries and keys as q and k")

@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._util import check_nonnegative_int, check_positive_int, query_key_limit
+from ..utils.checks import check_int
+from ._util import query_key_limit
 from .base import Param, Selection, register_method
+
+
+def local_cost(selection: Selection, params: dict, **shape) -> tuple[float, float]:
+    """Index arithmetic only: no FLOPs, nothing read (the written indices are counted by the caller)."""
+    return 0.0, 0.0
 
 
 @register_method(
@@ -18,6 +24,7 @@ from .base import Param, Selection, register_method
     ],
     summary="sliding window of exactly `window` keys (+ optional sink tokens)",
     reference="Beltagy et al. 2020 (Longformer); Xiao et al. 2023 (sinks)",
+    budget_param="window", cost=local_cost, color="tab:gray", marker="s",
 )
 def select_local(q: Tensor, k: Tensor, *, causal: bool = True, window: int = 256, sinks: int = 0) -> Selection:
     """Each query sees exactly ``window`` keys (fewer only at the sequence edges).
@@ -27,8 +34,8 @@ def select_local(q: Tensor, k: Tensor, *, causal: bool = True, window: int = 256
     visible key. Non-causal: keys ``[i - (window - 1) // 2, i + window // 2]``. Sinks that
     already fall inside the window are not listed twice. ``H_sel = 1``.
     """
-    check_positive_int("window", window)
-    check_nonnegative_int("sinks", sinks)
+    check_int("window", window)
+    check_int("sinks", sinks, 0)
     b, n_q, n_k = q.shape[0], q.shape[2], k.shape[2]
     device = q.device
     limit = query_key_limit(n_q, n_k, causal, device)  # [N_q]

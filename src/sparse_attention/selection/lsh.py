@@ -9,8 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._util import check_positive_int, compact_indices, make_generator, query_key_limit
+from ..utils.checks import check_int
+from ._util import compact_indices, make_generator, query_key_limit
 from .base import Param, Selection, register_method
+from .costs import INDEX_BYTES, log2, merge_flops
 
 
 def resolve_n_buckets(n_buckets: int | None, n_keys: int, bucket_size: int) -> int:
@@ -18,7 +20,7 @@ def resolve_n_buckets(n_buckets: int | None, n_keys: int, bucket_size: int) -> i
     if n_buckets is None:
         n = max(2, n_keys // bucket_size)
         return n + n % 2
-    check_positive_int("n_buckets", n_buckets)
+    check_int("n_buckets", n_buckets)
     if n_buckets != 1 and n_buckets % 2:
         # argmax over [xR ; -xR] always yields an even number of buckets.
         raise ValueError(f"n_buckets must be 1 or even, got {n_buckets}")
@@ -81,6 +83,31 @@ def _round_candidates(qb: Tensor, kb: Tensor, pos: Tensor, window: int, causal: 
     return torch.where(inside, cand, torch.full_like(cand, -1))
 
 
+def lsh_cost(selection: Selection, params: dict, *, heads: int, kv_heads: int, head_dim: int,
+             dtype_bytes: int) -> tuple[float, float]:
+    """Per hash round every query head and KV head token is rotated and hashed (``2 D b/2 + b``
+    for ``b`` buckets), keys are sorted (``N_k log2 N_k`` per KV head) and each query row
+    binary-searches its bucket (``3 log2 N_k``); plus merging each row's candidate lists."""
+    info, d = selection.info, head_dim
+    n_q, n_k = selection.indices.shape[2], selection.n_keys
+    n_buckets = int(info["n_buckets"])
+    rounds = 1 if n_buckets == 1 else int(info["n_hashes"])
+    tokens = heads * n_q + kv_heads * n_k
+    flops = elements = 0.0
+    if n_buckets > 1:  # one bucket needs no hashing
+        flops += rounds * tokens * (2 * d * (n_buckets // 2) + n_buckets)
+        elements += rounds * (tokens * d + d * n_buckets // 2)
+    flops += rounds * (kv_heads * n_k * log2(n_k) + heads * n_q * 3 * log2(n_k))
+    elements += rounds * 2 * kv_heads * n_k * (INDEX_BYTES / dtype_bytes)  # sort keys by bucket
+    return flops + merge_flops(selection), elements
+
+
+def lsh_sweep(quick: bool) -> list[dict]:
+    """Pareto settings: hash rounds and bucket size."""
+    settings = ((1, 64), (4, 64)) if quick else ((1, 64), (2, 32), (2, 64), (4, 64), (8, 64), (4, 128))
+    return [{"n_hashes": h, "bucket_size": s} for h, s in settings]
+
+
 @register_method(
     "lsh",
     params=[
@@ -95,6 +122,7 @@ def _round_candidates(qb: Tensor, kb: Tensor, pos: Tensor, window: int, causal: 
     ],
     summary="Reformer angular LSH: 2*bucket_size nearest same-bucket keys per hash round, exactly causal",
     reference="Kitaev et al. 2020 (Reformer)",
+    cost=lsh_cost, sweep=lsh_sweep, color="tab:orange", marker="P",
 )
 def select_lsh(q: Tensor, k: Tensor, *, causal: bool = True, n_hashes: int = 4, n_buckets: int | None = None,
                bucket_size: int = 64, seed: int = 0, include_self: bool = True) -> Selection:
@@ -128,8 +156,8 @@ def select_lsh(q: Tensor, k: Tensor, *, causal: bool = True, n_hashes: int = 4, 
         ``Selection`` with ``indices [B, H, N_q, K]``, ``K <= n_hashes * 2 * bucket_size + 1``,
         ascending, ``-1`` padded, no duplicates, no causally invisible keys.
     """
-    check_positive_int("n_hashes", n_hashes)
-    check_positive_int("bucket_size", bucket_size)
+    check_int("n_hashes", n_hashes)
+    check_int("bucket_size", bucket_size)
     if not isinstance(include_self, bool):
         raise TypeError(f"include_self must be a bool, got {type(include_self).__name__}")
     b, h, n_q, d = q.shape

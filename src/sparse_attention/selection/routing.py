@@ -16,10 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._clustered import block_generator, check_common, clustered_select, route_to_members
+from ..utils.checks import check_int
+from ._clustered import (
+    block_generator,
+    check_common,
+    clustered_select,
+    route_to_members,
+)
 from ._kmeans import kmeans
-from ._util import check_positive_int
 from .base import Param, Selection, register_method
+from .costs import clustered_costs, merge_flops
 
 
 def _check_centroids(centroids, n_clusters, h_kv: int, d: int) -> None:
@@ -33,6 +39,21 @@ def _check_centroids(centroids, n_clusters, h_kv: int, d: int) -> None:
         raise ValueError(f"centroids must have shape [H_kv={h_kv}, n_clusters, D={d}], got {tuple(centroids.shape)}")
     if n_clusters is not None and n_clusters != centroids.shape[1]:
         raise ValueError(f"n_clusters={n_clusters} does not match centroids with {centroids.shape[1]} clusters")
+
+
+def routing_cost(selection: Selection, params: dict, *, heads: int, kv_heads: int, head_dim: int,
+                 dtype_bytes: int) -> tuple[float, float]:
+    """Spherical k-means of keys and context queries per causal block, balanced clusters and the
+    routing of queries (:func:`~sparse_attention.selection.costs.clustered_costs`), plus merging
+    each row's candidate lists."""
+    flops, read = clustered_costs("routing", selection, heads, kv_heads, head_dim, dtype_bytes)
+    return flops + merge_flops(selection), read / dtype_bytes
+
+
+def routing_sweep(quick: bool) -> list[dict]:
+    """Pareto settings: clusters per query, and (full mode) a coarser clustering."""
+    return ([{"clusters_per_query": c} for c in (1, 2)]
+            + ([] if quick else [{"n_clusters": 8}, {"n_clusters": 8, "clusters_per_query": 2}]))
 
 
 @register_method(
@@ -53,6 +74,7 @@ def _check_centroids(centroids, n_clusters, h_kv: int, d: int) -> None:
     ],
     summary="Routing Transformer: balanced spherical k-means clusters of queries and keys",
     reference="Roy et al. 2021, Efficient Content-Based Sparse Attention with Routing Transformers",
+    cost=routing_cost, sweep=routing_sweep, color="tab:purple", marker="v",
 )
 def select_routing(
     q: Tensor,
@@ -84,7 +106,7 @@ def select_routing(
     """
     check_common(n_clusters=n_clusters, clusters_per_query=clusters_per_query, block_size=block_size,
                  iters=iters, seed=seed)
-    check_positive_int("cluster_size", cluster_size, allow_none=True)
+    check_int("cluster_size", cluster_size, allow_none=True)
     h, h_kv, d = q.shape[1], k.shape[1], q.shape[3]
     _check_centroids(centroids, n_clusters, h_kv, d)
     g = h // h_kv

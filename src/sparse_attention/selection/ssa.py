@@ -12,11 +12,32 @@ import math
 
 from torch import Tensor
 
-from ._clustered import block_generator, check_common, clustered_select, members_from_assignments, route_to_members
+from ._clustered import (
+    block_generator,
+    check_common,
+    clustered_select,
+    members_from_assignments,
+    route_to_members,
+)
 from ._kmeans import kmeans
 from .base import Param, Selection, register_method
+from .costs import clustered_costs, merge_flops
 
 _ASSIGN = ("euclidean", "dot")
+
+
+def ssa_cost(selection: Selection, params: dict, *, heads: int, kv_heads: int, head_dim: int,
+             dtype_bytes: int) -> tuple[float, float]:
+    """Per causal block and KV head a k-means of the prefix keys and the routing of the block's
+    queries to the centroids (:func:`~sparse_attention.selection.costs.clustered_costs`), plus
+    merging each row's candidate lists."""
+    flops, read = clustered_costs("ssa", selection, heads, kv_heads, head_dim, dtype_bytes)
+    return flops + merge_flops(selection), read / dtype_bytes
+
+
+def ssa_sweep(quick: bool) -> list[dict]:
+    """Pareto settings: clusters per query."""
+    return [{"clusters_per_query": c} for c in ((1, 3, 5) if quick else (1, 2, 3, 5))]
 
 
 @register_method(
@@ -35,6 +56,7 @@ _ASSIGN = ("euclidean", "dot")
     ],
     summary="k-means over keys; each query attends the keys of its nearest centroids",
     reference="seed study (Spectral Sparse Attention); cf. Roy et al. 2021 (Routing Transformer)",
+    cost=ssa_cost, sweep=ssa_sweep, color="tab:blue", marker="o",
 )
 def select_ssa(
     q: Tensor,

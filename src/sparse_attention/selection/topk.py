@@ -6,8 +6,18 @@ import torch
 from torch import Tensor
 
 from ..ops.kernels.topk_cpu import fused_topk
-from ._util import check_positive_int, chunked_topk, use_fused_scoring
+from ..utils.checks import check_int
+from ._util import chunked_topk, use_fused_scoring
 from .base import Param, Selection, register_method
+from .costs import pairs
+
+
+def topk_cost(selection: Selection, params: dict, *, heads: int, kv_heads: int, head_dim: int,
+              dtype_bytes: int) -> tuple[float, float]:
+    """``H P (2 D + 1)`` FLOPs (score and one top-k comparison per visible pair); reads a key per
+    pair (serving its ``G`` heads) and every query once."""
+    n_q, visible = selection.indices.shape[2], pairs(selection)
+    return heads * visible * (2 * head_dim + 1), kv_heads * visible * head_dim + heads * n_q * head_dim
 
 
 @register_method(
@@ -18,6 +28,7 @@ from .base import Param, Selection, register_method
                   "")],
     summary="exact top-k of q.k per head (oracle upper bound for top-k methods)",
     reference="Gupta et al. 2021 (top-k attention)",
+    budget_param="top_k", cost=topk_cost, color="tab:green", marker="^",
 )
 def select_topk(q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64, scoring: str = "auto") -> Selection:
     """Per query head, the ``top_k`` keys with the largest ``q . k`` (``H_sel = H``).
@@ -25,7 +36,7 @@ def select_topk(q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64, s
     ``scoring="fused"`` scores and selects in one C++ pass (memory O(N_q * K)); ``"chunked"``
     computes scores in query chunks (memory O(chunk * N_k)); ``"auto"`` fused where it runs.
     """
-    check_positive_int("top_k", top_k)
+    check_int("top_k", top_k)
     b, h, n_q, d = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
     g = h // h_kv

@@ -1,0 +1,43 @@
+"""README tables of LM results are generated from the JSON files, and change with them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sparse_attention.report.lm.table import LM_BEGIN, LM_END, lm_tables
+
+
+def comparison(gap: float) -> dict:
+    return {"val_loss_dense": 4.0, "val_loss_sparse": 4.0 * (1 + gap), "relative_val_loss_gap": gap,
+            "recall_after_warmup": 0.91, "recall_final": 0.95, "time_per_step_ratio": 0.5,
+            "machine": {"device": "cpu", "threads": 2}, "config": {"sparse": {"train": {"seq_len": 1024},
+                                                                             "model": {"top_k": 256}}}}
+
+
+def test_tables_follow_the_json(tmp_path):
+    folder = tmp_path / "exp" / "comparison"
+    folder.mkdir(parents=True)
+    (folder / "comparison_metrics.json").write_text(json.dumps(comparison(0.0123)))
+    profile = {"settings": {"batch_size": 2, "top_k_fraction": 0.25}, "rows": [
+        {"seq_len": 128, "top_k": 32, "dense_train_ms": 10.0, "dsa_train_ms": 20.0, "train_time_ratio": 0.5,
+         "dense_forward_ms": 4.0, "dsa_forward_ms": 8.0, "forward_time_ratio": 0.5}]}
+    (tmp_path / "profile.json").write_text(json.dumps(profile))
+    text = lm_tables([tmp_path / "exp", tmp_path / "profile.json"])
+    assert "+1.23 %" in text and "N = 1024, top-k = 256" in text and "| 128 | 32 |" in text
+    (folder / "comparison_metrics.json").write_text(json.dumps(comparison(0.05)))
+    assert "+5.00 %" in lm_tables([tmp_path / "exp"])
+    with pytest.raises(ValueError, match="no such results file"):
+        lm_tables([tmp_path / "missing.json"])
+
+
+def test_cli_rewrites_the_readme_block(tmp_path):
+    from sparse_attention.cli.main import main
+
+    (tmp_path / "c.json").write_text(json.dumps(comparison(0.02)))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{LM_BEGIN}\nold\n{LM_END}\nrest\n")
+    assert main(["experiment", "table", str(tmp_path / "c.json"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and "+2.00 %" in text and text.endswith("rest\n")
