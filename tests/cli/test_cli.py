@@ -39,7 +39,7 @@ def test_bad_arguments_give_one_line_errors(capsys):
         main(["demo", "--length", "0"])
     except SystemExit as exit_:
         assert exit_.code == 2
-    assert "length must be a positive int" in capsys.readouterr().err
+    assert "length must be an int >= 1" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point():

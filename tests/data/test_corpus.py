@@ -55,7 +55,7 @@ def test_real_stdlib_text_is_deterministic_english():
     assert not any(part in EXCLUDED_DIRS for p in relative for part in p.parts[:-1])
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
-def test_rejects_bad_length(bad):
-    with pytest.raises(ValueError, match="max_chars"):
+@pytest.mark.parametrize("bad,error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_rejects_bad_length(bad, error):
+    with pytest.raises(error, match="max_chars must be an int >= 1"):
         stdlib_text(bad)

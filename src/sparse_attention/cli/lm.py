@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -19,13 +18,17 @@ def add_run_arguments(p: argparse.ArgumentParser, *, default_preset: str = "smal
                                   " mqar or needle")
 
 
-def build_config(args: argparse.Namespace, attention: str | None = None):
-    """The :class:`RunConfig` the options describe (preset, then --data, --attention, --set)."""
+def build_config(args: argparse.Namespace, attention: str | None = None, changes: dict | None = None):
+    """The :class:`RunConfig` the options describe: the preset with ``attention``, then --data, then
+    ``changes`` (``{dotted path: value}``, e.g. a command's --quick schedule), then the user's --set."""
     from ..training.config import apply_overrides, preset
 
     config = preset(args.preset, attention)
-    extra = [f"data.source={json.dumps(args.data)}"] if args.data else []
-    return apply_overrides(config, extra + list(args.overrides))
+    if args.data:
+        config = config.with_changes(data={"source": args.data})
+    if changes:
+        config = config.with_paths(changes)
+    return apply_overrides(config, list(args.overrides))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -16,9 +16,15 @@ from pathlib import Path
 from .lm import add_run_arguments, alias_note, build_config
 
 
+def _quick_text() -> str:
+    from ..experiments.lm.compare import QUICK_SCHEDULE
+
+    return ", ".join(f"{path}={value}" for path, value in QUICK_SCHEDULE.items())
+
+
 def _config(args: argparse.Namespace, attention: str | None = None):
     """The run config of the options, with the ``--quick`` settings before the user's ``--set``."""
-    from ..experiments.lm.compare import QUICK_OVERRIDES
+    from ..experiments.lm.compare import QUICK_SCHEDULE
 
     if getattr(args, "threads", 0):
         import torch
@@ -26,9 +32,7 @@ def _config(args: argparse.Namespace, attention: str | None = None):
         if args.threads < 0:
             raise ValueError(f"--threads must be >= 1 (0 = torch's choice), got {args.threads}")
         torch.set_num_threads(args.threads)
-    if getattr(args, "quick", False):
-        args = argparse.Namespace(**{**vars(args), "overrides": [*QUICK_OVERRIDES, *args.overrides]})
-    return build_config(args, attention)
+    return build_config(args, attention, QUICK_SCHEDULE if getattr(args, "quick", False) else None)
 
 
 def _cmd_experiment_dsa(args: argparse.Namespace) -> int:
@@ -105,7 +109,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def add_compare(sub, name: str = "compare", alias_of: str | None = None) -> None:
     """``lm compare``: dense baseline vs DSA with one config (old name: ``experiment dsa``)."""
-    from ..experiments.lm.compare import QUICK_OVERRIDES
 
     p = sub.add_parser(
         name, help=alias_note("train a dense baseline and a DSA run (warm-up + sparse) with one config, then compare"
@@ -115,7 +118,7 @@ def add_compare(sub, name: str = "compare", alias_of: str | None = None) -> None
                     " visualisations of the sparse run.")
     add_run_arguments(p)
     p.add_argument("--quick", action="store_true",
-                   help=f"the preset shortened ({', '.join(QUICK_OVERRIDES)}, before --set): about 1-2 minutes"
+                   help=f"the preset shortened ({_quick_text()}, before --set): about 1-2 minutes"
                         " on 2 CPU cores with --preset small")
     p.add_argument("--out", help="output folder (default results/dsa, or results/dsa-quick with --quick)")
     p.add_argument("--resume", action="store_true",
@@ -151,8 +154,6 @@ def add_visualize(sub, name: str = "visualize", alias_of: str | None = None) -> 
 
 
 def add_ablation(sub, name: str = "ablation", alias_of: str | None = None) -> None:
-    from ..experiments.lm.compare import QUICK_OVERRIDES
-
     p = sub.add_parser(name, help=alias_note("train one run per value of one config key and compare them", alias_of),
                        description="Trains OUT/<key>=<value>/ for every value (finished runs with the same config"
                                    " are skipped, checkpointed ones continued), then writes ablation.json and"
@@ -163,7 +164,7 @@ def add_ablation(sub, name: str = "ablation", alias_of: str | None = None) -> No
     p.add_argument("--values", required=True, help="comma-separated values, e.g. 2,4,8,16")
     p.add_argument("--attention", default="dsa", help="attention of every run (default dsa)")
     p.add_argument("--quick", action="store_true",
-                   help=f"the short schedule of `lm compare --quick` ({', '.join(QUICK_OVERRIDES)})")
+                   help=f"the short schedule of `lm compare --quick` ({_quick_text()})")
     p.add_argument("--out", help="output folder (default results/ablation/KEY)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or eval lines")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")

@@ -30,6 +30,8 @@ import tokenize
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..utils.checks import check_int
+
 #: Directory names skipped anywhere in the tree.
 EXCLUDED_DIRS = frozenset({
     "test", "tests", "idle_test", "idlelib", "lib2to3", "turtledemo", "ensurepip", "pydoc_data", "encodings",
@@ -104,10 +106,8 @@ def stdlib_text(max_chars: int, *, root: Path | None = None, min_chars: int = 1)
         Docstrings joined by a blank line, cut at ``max_chars``. Deterministic for a given
         Python version. Files are parsed lazily, so a short text is cheap.
     """
-    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars <= 0:
-        raise ValueError(f"max_chars must be a positive int, got {max_chars!r}")
-    if isinstance(min_chars, bool) or not isinstance(min_chars, int) or min_chars < 1:
-        raise ValueError(f"min_chars must be an int >= 1, got {min_chars!r}")
+    check_int("max_chars", max_chars)
+    check_int("min_chars", min_chars)
     parts: list[str] = []
     total = 0
     for _, doc in iter_stdlib_docstrings(root):

@@ -7,12 +7,13 @@ import math
 import torch
 from torch import Tensor
 
+from ..utils.checks import check_int
+
 
 def _check_shape(batch: int, heads: int, kv_heads: int, length: int, head_dim: int) -> None:
     for name, value in (("batch", batch), ("heads", heads), ("kv_heads", kv_heads), ("length", length),
                         ("head_dim", head_dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(name, value)
     if heads % kv_heads:
         raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
 

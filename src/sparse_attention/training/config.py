@@ -181,6 +181,29 @@ class RunConfig:
             data[section].update(changes)
         return RunConfig.from_dict(data)
 
+    def with_paths(self, changes: dict[str, Any]) -> RunConfig:
+        """A new, validated config with values set by dotted path, e.g.
+        ``config.with_paths({"train.main.steps": 100, "model.top_k": 32})``. This one is left as it is."""
+        data = self.to_dict()
+        for path, value in changes.items():
+            node, leaf = _locate(data, path, "config path")
+            node[leaf] = value
+        return RunConfig.from_dict(data)
+
+
+def _locate(data: dict, path: str, what: str) -> tuple[dict, str]:
+    """``(the dict holding the leaf, the leaf name)`` of ``a.b.c`` in a config dict; ValueError naming
+    ``what`` (e.g. ``--set``) and the path when a section or key does not exist."""
+    keys = path.strip().split(".")
+    node = data
+    for depth, key in enumerate(keys[:-1]):
+        if not isinstance(node, dict) or key not in node or not isinstance(node[key], dict):
+            raise ValueError(f"{what} {path}: unknown config section {'.'.join(keys[:depth + 1])!r}")
+        node = node[key]
+    if keys[-1] not in node:
+        raise ValueError(f"{what} {path}: unknown key {keys[-1]!r}; known keys here: {', '.join(sorted(node))}")
+    return node, keys[-1]
+
 
 def _stage(steps: int, lr: float, lr_warmup_steps: int = 0) -> StageConfig:
     return StageConfig(steps=steps, lr=lr, lr_warmup_steps=lr_warmup_steps)
@@ -261,15 +284,6 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE (e.g. train.main.steps=100), got {item!r}")
         path, text = item.split("=", 1)
-        keys = path.strip().split(".")
-        node = data
-        for depth, key in enumerate(keys[:-1]):
-            if not isinstance(node, dict) or key not in node or not isinstance(node[key], dict):
-                raise ValueError(f"--set {path}: unknown config section {'.'.join(keys[:depth + 1])!r}")
-            node = node[key]
-        leaf = keys[-1]
-        if leaf not in node:
-            known = ", ".join(sorted(node))
-            raise ValueError(f"--set {path}: unknown key {leaf!r}; known keys here: {known}")
+        node, leaf = _locate(data, path, "--set")
         node[leaf] = _coerce(path, node[leaf], _parse_value(text.strip()))
     return RunConfig.from_dict(data)

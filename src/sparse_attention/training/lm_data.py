@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ..data import corpus
+from ..utils.checks import check_int
 from ..utils.results_io import atomic_write
 from .config import DataConfig
 from .tasks import TASKS, make_task
@@ -55,14 +56,6 @@ TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst")
 FILE_SEPARATOR = "\n\n"
 #: Bump when the cached files or the text read from a source change meaning.
 CACHE_FORMAT = 1
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    """TypeError for a non-int (bools included), ValueError below ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 def step_generator(*parts) -> torch.Generator:
@@ -107,10 +100,10 @@ class LMData:
             ``inputs [batch_size, N]`` int64 and ``targets [batch_size, N]`` int64: the inputs
             shifted left by one, ``-100`` where a position is not scored.
         """
-        _check_int("step", step, 0)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("world_size", world_size, 1)
-        _check_int("rank", rank, 0)
+        check_int("step", step, 0)
+        check_int("batch_size", batch_size, 1)
+        check_int("world_size", world_size, 1)
+        check_int("rank", rank, 0)
         if rank >= world_size:
             raise ValueError(f"rank must be < world_size ({world_size}), got {rank}")
         gen = step_generator(self.seed, "train", int(step))
@@ -123,8 +116,8 @@ class LMData:
         seeds are scored on the same tokens; batch ``i`` is the same for any ``n_batches > i``
         (text: as long as the windows need not overlap).
         """
-        _check_int("n_batches", n_batches, 1)
-        _check_int("batch_size", batch_size, 1)
+        check_int("n_batches", n_batches, 1)
+        check_int("batch_size", batch_size, 1)
         return self._validation(n_batches, batch_size)
 
     def _sample(self, gen: torch.Generator, global_batch: int, rows: slice) -> tuple[Tensor, Tensor]:
@@ -379,8 +372,8 @@ def load_data(config: DataConfig, seq_len: int, *, seed: int = 0, progress: bool
     """
     if not isinstance(config, DataConfig):
         raise TypeError(f"config must be a DataConfig, got {type(config).__name__}")
-    _check_int("seq_len", seq_len, 1)
-    _check_int("seed", seed, 0)
+    check_int("seq_len", seq_len, 1)
+    check_int("seed", seed, 0)
     if config.source in TASKS:
         task = make_task(config.source, seq_len)
         description = f"{task.description} (generated per step; data.tokenizer ignored)"

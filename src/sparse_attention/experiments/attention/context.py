@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from ...selection.base import budget_params, get_method, list_methods
+from ...utils.checks import check_int
 
 
 def all_methods() -> tuple[str, ...]:
@@ -55,8 +56,10 @@ class SuiteConfig:
         if "dense" not in self.methods:
             self.methods = ("dense", *self.methods)
         self.methods = tuple(dict.fromkeys(self.methods))
-        if not self.lengths or any(not isinstance(n, int) or n < 16 for n in self.lengths):
-            raise ValueError(f"lengths must be integers >= 16, got {self.lengths}")
+        if not self.lengths:
+            raise ValueError("lengths must hold at least one length")
+        for n in self.lengths:
+            check_int("lengths", n, 16)
         self.lengths = tuple(sorted(set(self.lengths)))
         if self.budget <= 0:
             raise ValueError(f"budget must be positive, got {self.budget}")

@@ -32,15 +32,15 @@ from ...utils.results_io import write_json
 
 #: ``--quick``: applied after the preset (``small``) and before the user's ``--set`` values.
 #: With ``--preset small``: about a minute for both runs on 2 idle CPU cores.
-QUICK_OVERRIDES = (
-    "train.seq_len=128",
-    "model.top_k=32",
-    "train.warmup.steps=40",
-    "train.main.steps=200",
-    "train.main.lr_warmup_steps=10",
-    "train.eval_every=40",
-    "train.eval_batches=2",
-)
+QUICK_SCHEDULE = {
+    "train.seq_len": 128,
+    "model.top_k": 32,
+    "train.warmup.steps": 40,
+    "train.main.steps": 200,
+    "train.main.lr_warmup_steps": 10,
+    "train.eval_every": 40,
+    "train.eval_batches": 2,
+}
 
 
 #: Every key of :func:`comparison_metrics` besides ``dense``/``sparse``, with its meaning.

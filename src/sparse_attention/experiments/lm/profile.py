@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ...training.config import RunConfig
+from ...utils.checks import check_int
 from ...utils.machine import machine_info
 from ...utils.memory import peak_memory_bytes, peak_memory_unavailable
 from ...utils.results_io import write_json
@@ -151,8 +152,7 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
     lengths = parse_lengths(seq_lengths)
     batch_size = config.train.batch_size if batch_size is None else batch_size
     for name, value in (("--batch-size", batch_size), ("--repeats", repeats)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_int(name, value)
     if top_k_fraction is not None and not 0 < top_k_fraction <= 1:
         raise ValueError(f"--top-k-fraction must be in (0, 1], got {top_k_fraction!r}")
     device = resolve_device(config.train.device)

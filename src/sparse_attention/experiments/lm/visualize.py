@@ -29,6 +29,7 @@ from torch import Tensor
 from ...ops.dense import dense_probabilities
 from ...ops.validation import resolve_scale
 from ...report.style import save
+from ...utils.checks import check_int
 from ...utils.results_io import write_json
 
 #: At most this many bins in the selected-distance histogram.
@@ -83,8 +84,7 @@ def _sample(run_config, sample: int, progress: bool) -> tuple[Tensor, Tensor, st
     """Validation sequence number ``sample`` (in the trainer's validation order), with its text."""
     from ...training.lm_data import load_data
 
-    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
-        raise ValueError(f"--sample must be an int >= 0, got {sample!r}")
+    check_int("--sample", sample, 0)
     train = run_config.train
     data = load_data(run_config.data, train.seq_len, seed=train.seed, progress=progress)
     batch, row = divmod(sample, train.batch_size)
