@@ -4,22 +4,16 @@ import pytest
 import torch
 from helpers import assert_close, grads, make_qkv
 
-from sparse_attention import attention, dense_attention, list_methods, select
+from sparse_attention import attention, dense_attention, get_method, list_methods, select
 
 METHODS = [m.name for m in list_methods()]
 
 
 def full_coverage(method: str, n: int) -> dict:
-    """Settings under which each method selects every (causal) key."""
-    return {
-        "dense": {},
-        "local": {"window": 2 * n},  # centred when not causal
-        "topk": {"top_k": n},
-        "dsa": {"top_k": n},
-        "ssa": {"clusters_per_query": 10**6},
-        "routing": {"clusters_per_query": 10**6, "cluster_size": n},
-        "lsh": {"n_buckets": 1, "bucket_size": n},
-    }[method]
+    """Settings under which the method selects every (causal) key: from its spec."""
+    spec = get_method(method)
+    assert spec.full_coverage is not None, f"{method}: give its spec a full_coverage"
+    return spec.full_coverage(n)
 
 
 def sparse_setting(method: str) -> dict:

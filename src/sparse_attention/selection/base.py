@@ -57,6 +57,8 @@ class Param:
 CostModel = Callable[..., "tuple[float, float]"]
 #: ``sweep(quick) -> [params, ...]``: settings the Pareto experiment tries besides the default.
 Sweep = Callable[[bool], "list[dict[str, Any]]"]
+#: ``full_coverage(n_keys) -> params`` under which the method selects every visible key.
+FullCoverage = Callable[[int], "dict[str, Any]"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,9 @@ class MethodSpec:
         cost: the selection's counted cost model, or None (the energy and Pareto experiments
             then report the selection's cost as not modelled).
         sweep: the Pareto experiment's other settings (besides the budget sweep), or None.
+        full_coverage: parameters under which the method selects every visible key of
+            ``n_keys`` (then its attention equals dense attention), or None; the tests of
+            every method use it.
         label, color, marker: how reports and plots show the method.
     """
 
@@ -82,6 +87,7 @@ class MethodSpec:
     budget_param: str | None = None
     cost: CostModel | None = None
     sweep: Sweep | None = None
+    full_coverage: FullCoverage | None = None
     label: str = ""
     color: str = "tab:brown"
     marker: str = "X"
@@ -108,14 +114,16 @@ _METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(name: str, *, params: list[Param], summary: str, reference: str, budget_param: str | None = None,
-                    cost: CostModel | None = None, sweep: Sweep | None = None, label: str = "",
+                    cost: CostModel | None = None, sweep: Sweep | None = None,
+                    full_coverage: FullCoverage | None = None, label: str = "",
                     color: str = "tab:brown", marker: str = "X"):
     """Decorator registering ``fn(q, k, *, causal, **params) -> Selection`` under ``name``; the
     keyword arguments are the :class:`MethodSpec` fields."""
 
     def decorate(fn: Callable[..., Selection]) -> Callable[..., Selection]:
         _METHODS[name] = MethodSpec(name, fn, tuple(params), summary, reference, budget_param=budget_param,
-                                    cost=cost, sweep=sweep, label=label, color=color, marker=marker)
+                                    cost=cost, sweep=sweep, full_coverage=full_coverage, label=label,
+                                    color=color, marker=marker)
         return fn
 
     return decorate

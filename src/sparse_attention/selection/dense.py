@@ -20,6 +20,7 @@ def dense_cost(selection: Selection, params: dict, **shape) -> tuple[float, floa
     summary="all keys; attention(method='dense') runs SDPA directly",
     reference="Vaswani et al. 2017",
     cost=dense_cost, color="black", marker="o",
+    full_coverage=lambda n: {},
 )
 def select_dense(q: Tensor, k: Tensor, *, causal: bool = True) -> Selection:
     """Select all ``N_k`` keys for every query (``H_sel = 1``, ``K = N_k``).

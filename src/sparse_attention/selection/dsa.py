@@ -166,6 +166,7 @@ def dsa_cost(selection: Selection, params: dict, *, heads: int, kv_heads: int, h
     summary="DeepSeek lightning indexer + top-k, one selection shared by all heads",
     reference="DeepSeek-AI 2025, DeepSeek-V3.2-Exp (DSA)",
     budget_param="top_k", cost=dsa_cost, color="tab:red", marker="D",
+    full_coverage=lambda n: {"top_k": n},
 )
 def select_dsa(
     q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64, n_heads: int = 4, head_dim: int = 64,

@@ -25,6 +25,7 @@ def local_cost(selection: Selection, params: dict, **shape) -> tuple[float, floa
     summary="sliding window of exactly `window` keys (+ optional sink tokens)",
     reference="Beltagy et al. 2020 (Longformer); Xiao et al. 2023 (sinks)",
     budget_param="window", cost=local_cost, color="tab:gray", marker="s",
+    full_coverage=lambda n: {"window": 2 * n},  # 2N: a centred window covers every key too
 )
 def select_local(q: Tensor, k: Tensor, *, causal: bool = True, window: int = 256, sinks: int = 0) -> Selection:
     """Each query sees exactly ``window`` keys (fewer only at the sequence edges).

@@ -123,6 +123,7 @@ def lsh_sweep(quick: bool) -> list[dict]:
     summary="Reformer angular LSH: 2*bucket_size nearest same-bucket keys per hash round, exactly causal",
     reference="Kitaev et al. 2020 (Reformer)",
     cost=lsh_cost, sweep=lsh_sweep, color="tab:orange", marker="P",
+    full_coverage=lambda n: {"n_buckets": 1, "bucket_size": n},
 )
 def select_lsh(q: Tensor, k: Tensor, *, causal: bool = True, n_hashes: int = 4, n_buckets: int | None = None,
                bucket_size: int = 64, seed: int = 0, include_self: bool = True) -> Selection:

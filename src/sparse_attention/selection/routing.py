@@ -75,6 +75,7 @@ def routing_sweep(quick: bool) -> list[dict]:
     summary="Routing Transformer: balanced spherical k-means clusters of queries and keys",
     reference="Roy et al. 2021, Efficient Content-Based Sparse Attention with Routing Transformers",
     cost=routing_cost, sweep=routing_sweep, color="tab:purple", marker="v",
+    full_coverage=lambda n: {"clusters_per_query": 10**6, "cluster_size": n},
 )
 def select_routing(
     q: Tensor,

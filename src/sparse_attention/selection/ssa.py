@@ -57,6 +57,7 @@ def ssa_sweep(quick: bool) -> list[dict]:
     summary="k-means over keys; each query attends the keys of its nearest centroids",
     reference="seed study (Spectral Sparse Attention); cf. Roy et al. 2021 (Routing Transformer)",
     cost=ssa_cost, sweep=ssa_sweep, color="tab:blue", marker="o",
+    full_coverage=lambda n: {"clusters_per_query": 10**6},  # more than the clusters: all of them
 )
 def select_ssa(
     q: Tensor,

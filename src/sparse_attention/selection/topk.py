@@ -29,6 +29,7 @@ def topk_cost(selection: Selection, params: dict, *, heads: int, kv_heads: int, 
     summary="exact top-k of q.k per head (oracle upper bound for top-k methods)",
     reference="Gupta et al. 2021 (top-k attention)",
     budget_param="top_k", cost=topk_cost, color="tab:green", marker="^",
+    full_coverage=lambda n: {"top_k": n},
 )
 def select_topk(q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64, scoring: str = "auto") -> Selection:
     """Per query head, the ``top_k`` keys with the largest ``q . k`` (``H_sel = H``).
