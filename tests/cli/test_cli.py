@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from sparse_attention.cli.main import main
 
 
@@ -45,3 +47,11 @@ def test_bad_arguments_give_one_line_errors(capsys):
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "sparse_attention", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "methods" in result.stdout
+
+
+def test_version(capsys):
+    import sparse_attention
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"sparse-attention {sparse_attention.__version__}"

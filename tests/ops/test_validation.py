@@ -1,5 +1,6 @@
 """Bad input raises ValueError/TypeError naming the argument."""
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_qkv
@@ -80,3 +81,27 @@ def test_bad_method_parameters(method, params, match):
     q, k, v, _ = _inputs()
     with pytest.raises((ValueError, TypeError), match=match):
         attention(q, k, v, method, **params)
+
+
+def test_zero_heads_empty_batch_and_meta_tensors_are_clear_errors():
+    import sparse_attention as sa
+
+    k = torch.randn(1, 1, 16, 8)
+    with pytest.raises(ValueError, match="at least one head"):
+        sa.attention(torch.randn(1, 0, 16, 8), k, k, method="topk", top_k=4)
+    with pytest.raises(ValueError, match="empty batch"):
+        sa.attention(torch.randn(0, 2, 16, 8), torch.randn(0, 1, 16, 8), torch.randn(0, 1, 16, 8))
+    meta = [torch.empty(1, 2, 16, 8, device="meta"), torch.empty(1, 1, 16, 8, device="meta"),
+            torch.empty(1, 1, 16, 8, device="meta")]
+    with pytest.raises(ValueError, match="q is a meta tensor"):
+        sa.attention(*meta, method="topk", top_k=4)
+
+
+@pytest.mark.parametrize("method,params", [("topk", {"top_k": np.int64(4)}), ("dsa", {"top_k": np.int32(4)}),
+                                           ("local", {"window": np.int64(4), "sinks": np.int64(1)})])
+def test_numpy_integers_are_accepted(method, params):
+    import sparse_attention as sa
+
+    q, k, v = torch.randn(1, 2, 16, 8), torch.randn(1, 1, 16, 8), torch.randn(1, 1, 16, 8)
+    expected = sa.attention(q, k, v, method=method, **{name: int(value) for name, value in params.items()})
+    torch.testing.assert_close(sa.attention(q, k, v, method=method, **params), expected)

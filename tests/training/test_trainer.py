@@ -100,12 +100,37 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path, tiny_data):
 def test_resume_refuses_a_changed_config(tmp_path, tiny_data):
     train(tiny_config(tmp_path, "dense", "train.checkpoint_every=1"), tmp_path / "run", progress=False,
           data=tiny_data, stop_after=1)
-    with pytest.raises(ValueError, match="config differs"):
+    with pytest.raises(ValueError, match=r"config differs .* in train\.main\.lr: 0\.003 -> 0\.1\. Only"):
         train(tiny_config(tmp_path, "dense", "train.checkpoint_every=1", "train.main.lr=0.1"), tmp_path / "run",
               resume=True,
               progress=False, data=tiny_data)
+    with pytest.raises(ValueError, match=r"train\.main\.steps: 3 -> 2"):  # a schedule may grow, not shrink
+        train(tiny_config(tmp_path, "dense", "train.checkpoint_every=1", "train.main.steps=2"), tmp_path / "run",
+              resume=True, progress=False, data=tiny_data)
     with pytest.raises(ValueError, match="no checkpoint"):
         train(tiny_config(tmp_path, "dense"), tmp_path / "empty", resume=True, progress=False, data=tiny_data)
+
+
+def test_a_finished_run_extends_with_more_main_steps(tmp_path, tiny_data):
+    # Training 3 steps, then resuming the finished run with train.main.steps=5, trains steps 4-5
+    # from the saved weights and optimizer moments; a run trained for 5 steps from the start with
+    # the same schedule after step 3 is not the reference (its cosine schedule differs), so the
+    # check is on what must hold: the first 3 losses kept, 2 more, a new results file and config.
+    short = train(tiny_config(tmp_path, "dense"), tmp_path / "run", progress=False, data=tiny_data)
+    longer = train(tiny_config(tmp_path, "dense", "train.main.steps=5"), tmp_path / "run", resume=True,
+                   progress=False, data=tiny_data)
+    losses = [r["loss"] for r in longer["train_losses"]]
+    assert losses[:3] == [r["loss"] for r in short["train_losses"]] and len(losses) == 5
+    assert longer["final_eval"]["step"] == 5
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["main"]["steps"] == 5
+
+
+def test_eval_lines_use_significant_digits():
+    from sparse_attention.training.trainer import _format_eval
+
+    line = _format_eval({"stage": "warmup", "step": 2, "val_loss": 3.2e-5, "val_accuracy": 0.5, "val_perplexity": 1.0,
+                         "time_per_step": 0.01, "indexer_kl": 4.2e-5})
+    assert "val loss 3.2e-05" in line and "KL 4.2e-05" in line
 
 
 def test_run_folder_holds_results_metrics_and_weights(tmp_path, tiny_data):
@@ -173,5 +198,7 @@ def test_cli_train_runs_the_tiny_preset(tmp_path, capsys):
     cache = json.dumps(str(tmp_path / "cache"))
     assert main(["train", "--preset", "tiny", "--attention", "dsa", "--quiet", "--out", str(tmp_path / "run"),
                  "--set", f"data.cache_dir={cache}"]) == 0
-    assert "val loss" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "val loss" in out  # the final summary line
+    assert "[warmup" not in out and "[sparse" not in out  # --quiet: no eval lines
     assert (tmp_path / "run" / "training_results.json").exists()

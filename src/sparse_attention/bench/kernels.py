@@ -327,6 +327,8 @@ def markdown_table(results: dict) -> str:
     notes = []
     for r in results["rows"]:
         status = r["status"]
+        if status == "unsupported" and r.get("reason"):
+            status += ": " + r["reason"].split("cannot run these inputs: ", 1)[-1]
         if r.get("kind") == "peer":
             if status == "ok":
                 status += " (peer: own attention, not checked)"

@@ -28,7 +28,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
     from ..ops import backends
 
     for b in backends():
-        print(f"{b.name} (priority {b.priority}): {b.description}")
+        print(f"{b.name} (priority {b.priority}, {b.status()}): {b.description}")
     return 0
 
 
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sparse-attention",
         description="Sparse attention research toolkit: selection methods, one sparse kernel, measured comparisons.",
     )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"sparse-attention {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("methods", help="list selection methods with their parameters and defaults")

@@ -8,9 +8,11 @@ when none fits (or an explicit choice does not fit) the error lists every backen
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import torch
 from torch import Tensor
 
 from .kernels import cpu as _cpu
@@ -30,6 +32,8 @@ class Backend:
         kernel: ``kernel(q, k, v, indices, *, causal, scale) -> Tensor``.
         supports: ``supports(q, k, v, indices, needs_grad) -> None | reason``.
         description: one line for ``sparse-attention backends`` and docs.
+        unavailable: ``unavailable() -> None | reason`` this backend cannot run here at all
+            (extension that fails to build, package not installed); asked by ``backends`` only.
         checks_index_range: the kernel itself raises ValueError for an index outside
             ``[-1, N_k - 1]`` (so :func:`sparse_attention` skips its own pass over the indices).
     """
@@ -40,6 +44,12 @@ class Backend:
     supports: SupportCheck
     description: str
     checks_index_range: bool = False
+    unavailable: Callable[[], Optional[str]] = lambda: None
+
+    def status(self) -> str:
+        """``available`` or ``unavailable: <reason>`` (for ``sparse-attention backends``)."""
+        reason = self.unavailable()
+        return "available" if reason is None else f"unavailable: {reason}"
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -73,9 +83,22 @@ def choose_backend(name: str, q: Tensor, k: Tensor, v: Tensor, indices: Tensor, 
     for candidate in backends():
         reason = candidate.supports(q, k, v, indices, needs_grad)
         if reason is None:
+            if candidate.name == "reference" and q.device.type == "cpu" and q.dtype == torch.float16:
+                _say_once("sparse-attention: float16 on CPU runs on the reference backend (the CPU kernel takes"
+                          " float32 and bfloat16; cast to bfloat16 for speed)")
             return candidate
         reasons.append(f"{candidate.name}: {reason}")
     raise ValueError("no sparse attention backend supports these inputs:\n  " + "\n  ".join(reasons))
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """A RuntimeWarning the first time this process meets ``message`` (documented fallbacks)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def _reference_supports(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, needs_grad: bool) -> Optional[str]:
@@ -102,6 +125,7 @@ register_backend(
         description="C++ kernel: per-token GEMMs over gathered keys shared by a KV group, fused softmax,"
         " fp32/bf16, forward and backward (compiled on first use)",
         checks_index_range=True,
+        unavailable=lambda: _cpu.load_error(),
     )
 )
 
@@ -122,5 +146,6 @@ register_backend(
         supports=lambda q, k, v, indices, needs_grad: _triton_module().supports(q, k, v, indices, needs_grad),
         description="Triton kernel, forward and backward (CUDA; CPU only under TRITON_INTERPRET=1); shared or"
         " per-KV-head selections",
+        unavailable=lambda: _triton_module().unavailable_reason(),
     )
 )

@@ -28,6 +28,9 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError(
             f"q, k and v must be on one device, got q={q.device}, k={k.device}, v={v.device}"
         )
+    if q.is_meta:
+        raise ValueError("q is a meta tensor (shape only, no data): sparse attention needs real tensors (the"
+                         " selection and the index checks read values)")
     b, h, n_q, d = q.shape
     if k.shape[0] != b or v.shape[0] != b:
         raise ValueError(f"batch size mismatch: q has {b}, k has {k.shape[0]}, v has {v.shape[0]}")
@@ -37,8 +40,12 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError(f"k and v must have the same number of heads, got {k.shape[1]} and {v.shape[1]}")
     if v.shape[2] != k.shape[2]:
         raise ValueError(f"k and v must have the same length, got {k.shape[2]} and {v.shape[2]}")
+    if b == 0:
+        raise ValueError("empty batch: q, k and v have batch size 0")
     h_kv = k.shape[1]
-    if h_kv == 0 or h % h_kv != 0:
+    if h == 0 or h_kv == 0:
+        raise ValueError(f"q and k/v need at least one head, got q heads {h}, k/v heads {h_kv}")
+    if h % h_kv != 0:
         raise ValueError(f"q heads ({h}) must be a multiple of k/v heads ({h_kv}) for GQA/MQA")
     if n_q == 0 or k.shape[2] == 0:
         raise ValueError(f"empty sequence: q length {n_q}, k length {k.shape[2]}")

@@ -187,7 +187,10 @@ class Trainer:
     Args:
         config: the run's configuration (``model.vocab_size`` 0 is filled in from the data).
         run_dir: output folder (created).
-        resume: continue from ``run_dir``'s checkpoint (its config must match).
+        resume: continue from ``run_dir``'s checkpoint. Its config must match except for the
+            keys of :data:`RESUME_MAY_CHANGE`; a larger ``train.main.steps`` extends a run, a
+            finished one too (the cosine schedule is recomputed for the new length from the
+            resumed step on).
         progress: show a progress bar (main process only).
         data: an already loaded :class:`~sparse_attention.training.lm_data.LMData` (else loaded from
             ``config.data``).
@@ -240,20 +243,32 @@ class Trainer:
         if path is None:
             raise ValueError(f"--resume: no checkpoint in {self.run_dir}")
         saved = RunConfig.from_dict(json.loads((path / "config.json").read_text()))
-        if saved.to_dict() != self.config.to_dict():
-            raise ValueError(f"--resume: the config differs from the checkpoint's ({path / 'config.json'});"
-                             " resume with the same preset and --set values")
+        changed = config_differences(saved.to_dict(), self.config.to_dict())
+        refused = [key for key in changed if key not in RESUME_MAY_CHANGE
+                   or (key == "train.main.steps" and not 0 < saved.train.main.steps <= self.config.train.main.steps)]
+        if refused:
+            shown = "; ".join(f"{key}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in refused)
+            raise ValueError(f"--resume: the config differs from the checkpoint's ({path / 'config.json'}) in {shown}."
+                             f" Only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume"
+                             " (train.main.steps may only grow); resume with the same preset and --set values")
         state = load_checkpoint(path, self.model)
         self.stage_index, self.step, self.train_time = state["stage"], state["step"], state["train_time"]
+        if self.stage_index == len(self.stages) and self.config.train.main.steps > saved.train.main.steps:
+            # A finished run with a longer main stage: go back into its last stage.
+            self.stage_index, self.step = len(self.stages) - 1, saved.train.main.steps
+        if changed and self.ctx.is_main:
+            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         self.resumed_state = state
         self.log.truncate_after(self._position(self.stage_index, self.step))
 
     def _save(self, stage: Stage) -> None:
         if self.ctx.is_main:
+            last_done = self.stage_index == len(self.stages)
             save_checkpoint(self.run_dir, self.model, {
                 "stage": self.stage_index, "step": self.step, "train_time": self.train_time, "stage_name": stage.name,
-                # at a stage end the next stage starts with a fresh optimizer
-                "optimizer": self.optimizer.state_dict() if self.step > 0 else None,
+                # at a stage end the next stage starts with a fresh optimizer; the last stage keeps its own,
+                # so that a run extended on resume (a larger train.main.steps) continues with its moments
+                "optimizer": self.optimizer.state_dict() if self.step > 0 or last_done else None,
             }, self.config.to_dict())
         self.ctx.barrier()
 
@@ -335,12 +350,13 @@ class Trainer:
                         record["indexer_loss"] = out.indexer_loss.item()
                     self.log.write(record)
                     bar.update(1)
-                    bar.set_postfix(stage=stage.name, loss=f"{record['loss']:.4f}")
+                    bar.set_postfix(stage=stage.name, loss=f"{record['loss']:.4g}")
                     finished = self.step == stage.config.steps
                     if self.ctx.is_main and (self.step % train.eval_every == 0 or finished):
                         rec = self._eval_record(stage, self.step, window, peak_memory_since_reset(self.ctx.device))
                         self.log.write(rec)
-                        bar.write(_format_eval(rec))
+                        if self.progress:  # --quiet: nothing printed
+                            bar.write(_format_eval(rec))
                         window = []
                         reset_peak_memory(self.ctx.device)
                     self.ctx.barrier()
@@ -391,13 +407,31 @@ class Trainer:
 
 
 def _format_eval(record: dict) -> str:
-    parts = [f"[{record['stage']} {record['step']}] val loss {record['val_loss']:.4f}",
+    """One line per evaluation; losses and KL with 4 significant digits (a warm-up KL is ~1e-5)."""
+    parts = [f"[{record['stage']} {record['step']}] val loss {record['val_loss']:.4g}",
              f"acc {record['val_accuracy']:.3f}", f"ppl {record['val_perplexity']:.2f}",
              f"{record['time_per_step'] * 1000:.0f} ms/step"]
-    for key, label in (("recall", "recall"), ("indexer_kl", "KL"), ("sparsity", "sparsity")):
+    for key, label, spec in (("recall", "recall", ".3f"), ("indexer_kl", "KL", ".4g"), ("sparsity", "sparsity", ".3f")):
         if key in record:
-            parts.append(f"{label} {record[key]:.3f}")
+            parts.append(f"{label} {record[key]:{spec}}")
     return ", ".join(parts)
+
+
+#: Config keys a resumed run may change: they extend the schedule or re-time evaluations and
+#: checkpoints, and change nothing of what was trained before the checkpoint.
+RESUME_MAY_CHANGE = frozenset({"train.main.steps", "train.eval_every", "train.eval_batches", "train.checkpoint_every"})
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """``{dotted path: (old value, new value)}`` of the leaves where two config dicts differ."""
+    found: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(old) | set(new)):
+        a, b, path = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            found.update(config_differences(a, b, path + "."))
+        elif a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+            found[path] = (a, b)
+    return found
 
 
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,

@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -110,14 +111,46 @@ def _extension_name(level: str) -> str:
     """Name with the level and a hash of every source and header, so an edited header forces a
     rebuild (PyTorch's JIT cache only hashes the listed sources) and each level has its own build."""
     digest = hashlib.sha1(" ".join(_compile_flags(level)).encode())
+    # The sources' own path too: PyTorch rebuilds a cache entry whose source paths changed, so two
+    # installs (a clone and a wheel, say) sharing one name would rebuild each other's build silently.
+    digest.update(str(_CSRC.resolve()).encode())
     for path in sorted(_CSRC.iterdir()):
         digest.update(path.name.encode() + path.read_bytes())
     return f"sparse_attention_cpu_{level}_{digest.hexdigest()[:10]}"
 
 
+#: A build lock older than this is left by a build that was killed (a real build takes ~1 minute).
+STALE_LOCK_S = 600
+
+
+def _build_lock(level: str) -> Path | None:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return Path(_get_build_directory(_extension_name(level), False)) / "lock"
+    except Exception:  # private helper moved: no lock to look at
+        return None
+
+
+def clear_stale_lock(level: str) -> None:
+    """Remove the build lock of a killed build (PyTorch would wait on it forever), saying so; report
+    a fresh one, since then another process is compiling and this one waits for it."""
+    lock = _build_lock(level)
+    if lock is None or not lock.exists():
+        return
+    age = time.time() - lock.stat().st_mtime
+    if age > STALE_LOCK_S:
+        warnings.warn(f"sparse-attention: removing a stale CPU-kernel build lock ({lock}, {age / 60:.0f} min old,"
+                      " left by a killed build)", RuntimeWarning, stacklevel=4)
+        lock.unlink(missing_ok=True)
+    else:
+        sys.stderr.write(f"sparse-attention: another process is compiling the CPU kernel ({lock}); waiting\n")
+
+
 def _build(level: str):
     from torch.utils.cpp_extension import load
 
+    clear_stale_lock(level)
     sources = [str(path) for path in sorted(_CSRC.glob("*.cpp"))]
     return load(name=_extension_name(level), sources=sources, extra_cflags=_compile_flags(level),
                 extra_ldflags=["-fopenmp"], verbose=os.environ.get("SPARSE_ATTENTION_VERBOSE_BUILD") == "1")

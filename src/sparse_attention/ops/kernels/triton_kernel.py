@@ -187,6 +187,15 @@ def sparse_attention_triton(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, *,
     return _SparseAttentionTriton.apply(q, k, v, indices.long().contiguous(), causal, float(scale))
 
 
+def unavailable_reason() -> str | None:
+    """Why this backend cannot run on this machine at all (None when it can run somewhere here)."""
+    if _IMPORT_ERROR is not None:
+        return _IMPORT_ERROR
+    if not torch.cuda.is_available() and not INTERPRET:
+        return "no CUDA device (set TRITON_INTERPRET=1 for the CPU interpreter)"
+    return None
+
+
 def supports(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, needs_grad: bool) -> str | None:
     """None when this backend can run the inputs, else the reason."""
     if _IMPORT_ERROR is not None:
