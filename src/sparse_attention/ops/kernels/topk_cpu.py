@@ -67,8 +67,8 @@ def fused_topk(q: Tensor, k: Tensor, weights: Tensor | None, *, top_k: int, caus
         isa: the kernel build to run (``cpu.ISA_LEVELS``; default ``cpu.isa_level()``).
     Returns:
         ``[R, N_q, K]`` int64 positions in no particular order, ``-1`` in slots a query
-        cannot fill (fewer visible keys). Ties at the K-th score keep the earlier key; NaN
-        scores are never selected.
+        cannot fill (fewer visible keys). Ties at the K-th score keep the earlier key; a NaN
+        score ranks above every number (as in ``torch.topk``).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

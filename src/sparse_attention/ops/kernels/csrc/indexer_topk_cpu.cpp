@@ -13,7 +13,9 @@
 // pairs for the AVX512-BF16 dot product), so one panel row is four aligned vector loads
 // shared by every head and query that uses it. Work is one (row, block of queries); blocks
 // are interleaved first/last so that the static thread split of at::parallel_for gets equal
-// causal work. Ties at the threshold keep the key seen first; NaN scores are never selected.
+// causal work. Ties at the threshold keep the key seen first. A NaN score ranks above every number
+// (it is offered as +inf, as torch.topk orders NaN first), so a key whose score is NaN is selected
+// wherever it is visible, and the attention over it then carries the NaN, as dense attention does.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -36,6 +38,7 @@ namespace {
 constexpr int64_t kPanel = 64;  // keys per panel: 4 AVX-512 registers of floats
 constexpr int64_t kGrow = 2;  // a candidate buffer is cut back to K when it holds kGrow * K
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kPosInf = std::numeric_limits<float>::infinity();
 
 struct TopKShapes {
   int64_t R, J, Nq, Nk, D, K, group, offset, panels;
@@ -163,7 +166,7 @@ struct Candidates {
   // Add the panel's scores above the threshold (scores: kPanel floats for keys key0 ...).
   void offer(const float* panel_scores, int64_t key0, int64_t valid) {
     for (int64_t l = 0; l < valid; ++l) {
-      const float s = panel_scores[l];
+      const float s = panel_scores[l] != panel_scores[l] ? kPosInf : panel_scores[l];  // NaN ranks first
       if (s > threshold) {
         score[count] = s;
         key[count] = static_cast<int32_t>(key0 + l);
@@ -176,15 +179,17 @@ struct Candidates {
   // Same, from four registers (keys key0 + 16c + lane); lanes at or beyond ``valid`` are ignored.
   void offer(const simd::F16* s, int64_t key0, int64_t valid) {
     const __m512 thr = _mm512_set1_ps(threshold);
+    const __m512 inf = _mm512_set1_ps(kPosInf);
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (int c = 0; c < 4; ++c) {
       const int64_t rest = valid - 16 * c;
       if (rest <= 0) break;
-      __mmask16 m = _mm512_cmp_ps_mask(s[c], thr, _CMP_GT_OQ);
+      const __m512 x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s[c], s[c], _CMP_UNORD_Q), s[c], inf);  // NaN -> +inf
+      __mmask16 m = _mm512_cmp_ps_mask(x, thr, _CMP_GT_OQ);
       if (rest < 16) m &= static_cast<__mmask16>((1u << rest) - 1u);
       if (!m) continue;
       const __m512i keys = _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int32_t>(key0 + 16 * c)));
-      _mm512_mask_compressstoreu_ps(score.data() + count, m, s[c]);
+      _mm512_mask_compressstoreu_ps(score.data() + count, m, x);
       _mm512_mask_compressstoreu_epi32(key.data() + count, m, keys);
       count += __builtin_popcount(m);
     }
@@ -193,10 +198,12 @@ struct Candidates {
   // Same on AVX2 (no compress store): one compare per 8 keys, then the rare survivors one by one.
   void offer(const simd::F16* s, int64_t key0, int64_t valid) {
     const __m256 thr = _mm256_set1_ps(threshold);
+    const __m256 inf = _mm256_set1_ps(kPosInf);
     for (int c = 0; c < 8; ++c) {
       const int64_t rest = valid - 8 * c;
       if (rest <= 0) break;
-      const __m256 x = (c & 1) ? s[c / 2].hi : s[c / 2].lo;
+      const __m256 raw = (c & 1) ? s[c / 2].hi : s[c / 2].lo;
+      const __m256 x = _mm256_blendv_ps(raw, inf, _mm256_cmp_ps(raw, raw, _CMP_UNORD_Q));  // NaN -> +inf
       uint32_t m = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(x, thr, _CMP_GT_OQ)));
       if (rest < 8) m &= (1u << rest) - 1u;
       if (!m) continue;
@@ -251,7 +258,7 @@ inline void add_weighted_heads(const TopKShapes& sh, const simd::F16 (*acc)[4], 
     for (int h = 0; h < HB; ++h) {
       const simd::F16 wv = simd::set1(w ? w[qn][j0 + h] : 1.0f);
       for (int c = 0; c < 4; ++c) {
-        const simd::F16 a = sh.relu ? simd::max(acc[qn * HB + h][c], zero) : acc[qn * HB + h][c];
+        const simd::F16 a = sh.relu ? simd::max(zero, acc[qn * HB + h][c]) : acc[qn * HB + h][c];  // max(0, NaN) = NaN
         s[qn][c] = simd::fmadd(wv, a, s[qn][c]);
       }
     }
@@ -538,7 +545,7 @@ void select_rows_amx(const TopKShapes& s, const AlignedVector<at::BFloat16>& pan
             const __m512 wv = _mm512_set1_ps(s.has_weights ? w[(r * s.Nq + t) * s.J + j] : 1.0f);
             for (int c = 0; c < 4; ++c) {
               const __m512 x = _mm512_loadu_ps(row + 16 * c);
-              sc[c] = _mm512_fmadd_ps(wv, s.relu ? _mm512_max_ps(x, zero) : x, sc[c]);
+              sc[c] = _mm512_fmadd_ps(wv, s.relu ? _mm512_max_ps(zero, x) : x, sc[c]);
             }
           }
           Candidates& c = cand[t - t0];
