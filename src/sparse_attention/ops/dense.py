@@ -84,7 +84,9 @@ def masked_dense_attention(
     valid key give zeros), as ``softmax_j(s_ij + log c_ij)`` over ``N_k``-wide rows for a chunk
     of queries at a time, instead of the reference kernel's per-slot gathers: faster for the
     short sequences of tests and analyses, and an independent check of the kernels. Memory is
-    O(chunk * N_k) per head, never ``N_q x N_k`` at once. Float64 inputs compute in float64,
+    O(chunk * N_k) per head, never ``N_q x N_k`` at once. Dense products over every key also carry a NaN or Inf
+    in a key or value the row does not select (0 * NaN): for finite inputs only; the kernels'
+    NaN rule is checked against the reference kernel. Float64 inputs compute in float64,
     others in float32; the output has the dtype of ``q``.
 
     Args:

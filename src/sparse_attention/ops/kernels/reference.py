@@ -83,6 +83,9 @@ def sparse_attention_reference(
         safe = torch.where(valid, idx_c, torch.zeros_like(idx_c)).reshape(b, h_kv, -1, 1)
         k_sel = torch.gather(k, 2, safe.expand(-1, -1, -1, d)).reshape(b, h_kv, s_heads, c, n_slots, d)
         v_sel = torch.gather(v, 2, safe.expand(-1, -1, -1, d_v)).reshape(b, h_kv, s_heads, c, n_slots, d_v)
+        # Invalid slots read key 0 as a stand-in; zero its values there, or a NaN/Inf in value 0 would
+        # reach every row with an empty slot through 0 * NaN (a NaN key 0 is masked out with its score).
+        v_sel = v_sel.masked_fill(~valid.unsqueeze(-1), 0.0)
 
         q_c = q_grouped[:, :, :, start:stop].unsqueeze(-2)  # [B, H_kv, G, C, 1, D]
         scores = (q_c @ k_sel.transpose(-1, -2)).squeeze(-2) * scale  # [B, H_kv, G, C, K]
