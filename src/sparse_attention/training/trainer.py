@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..models.decoder import STAT_KEYS, SparseLM
 from ..utils.machine import machine_info
 from ..utils.memory import peak_memory_since_reset, reset_peak_memory
-from ..utils.results_io import write_json
+from ..utils.results_io import write_json, write_text
 from .checkpoint import (
     find_checkpoint,
     load_checkpoint,
@@ -126,12 +126,12 @@ class MetricsLog:
                 self.writer = None
 
     def truncate_after(self, position: int) -> None:
-        """Drop records past ``position`` (written after the checkpoint a resume starts from)."""
+        """Drop records past ``position`` (written after the checkpoint a resume starts from), and a
+        last line cut short by a killed process; the file is replaced atomically."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["position"] <= position]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [json.dumps(record) for record in self.read() if record["position"] <= position]
+        write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -144,9 +144,12 @@ class MetricsLog:
                     self.writer.add_scalar(f"{record['kind']}/{key}", value, record["position"])
 
     def read(self) -> list[dict]:
+        """Every record; a last line without its newline (the write of a killed process) is not one."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        text = self.path.read_text()
+        complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def close(self) -> None:
         if self.writer is not None:
@@ -232,7 +235,7 @@ class Trainer:
         elif self.ctx.is_main:
             if self.log.path.exists():
                 self.log.path.unlink()
-            (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+            write_text(self.run_dir / "config.json", json.dumps(config.to_dict(), indent=2))
 
     # -- positions: a global counter over all stages, used to order records ----------------
     def _position(self, stage_index: int, step: int) -> int:
@@ -257,7 +260,7 @@ class Trainer:
             # A finished run with a longer main stage: go back into its last stage.
             self.stage_index, self.step = len(self.stages) - 1, saved.train.main.steps
         if changed and self.ctx.is_main:
-            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+            write_text(self.run_dir / "config.json", json.dumps(self.config.to_dict(), indent=2))
         self.resumed_state = state
         self.log.truncate_after(self._position(self.stage_index, self.step))
 
