@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Sequence
 
@@ -52,8 +51,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print("recall = dense attention mass on the selected keys; cosine / rel. L2 = output vs dense.")
     print(format_table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": vars(config), "rows": rows}, f, indent=2)
+        from ..utils.results_io import write_json
+
+        write_json(args.json, {"config": vars(config), "rows": rows})
     return 0
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..selection.base import MethodSpec, list_methods
+from ..utils.results_io import atomic_write
 
 
 def style(method: str) -> dict:
@@ -16,10 +19,15 @@ def style(method: str) -> dict:
 
 
 def save(fig, out_dir, name: str) -> str:
-    """Save ``fig`` as ``name`` in ``out_dir`` and close it; returns the file name."""
+    """Save ``fig`` as ``name`` in ``out_dir`` (atomically: never a half-written image) and close
+    it; returns the file name."""
+    import io
+
     if not fig.get_layout_engine():
         fig.tight_layout()
-    fig.savefig(out_dir / name, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format=Path(name).suffix.lstrip(".") or "png")
+    atomic_write(Path(out_dir) / name, buffer.getvalue())
     import matplotlib.pyplot as plt
 
     plt.close(fig)
