@@ -21,6 +21,26 @@ def test_triton_backend_matches_reference_under_interpreter():
     assert result.stdout.strip().endswith("ok")
 
 
+def test_triton_follows_the_nan_rule_under_interpreter():
+    here = Path(__file__).parent
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(here.parent)}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "triton",
+                             str(here.parent / "selection" / "test_nan_rule.py")], env=env, capture_output=True,
+                            text=True, timeout=600, cwd=here.parent.parent)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+def test_triton_passes_the_fuzz_tests_under_interpreter():
+    here = Path(__file__).parent
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(here.parent), "SPARSE_ATTENTION_FUZZ_EXAMPLES": "30"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "backends",
+                             str(here.parent / "fuzz")], env=env, capture_output=True, text=True, timeout=900,
+                            cwd=here.parent.parent)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
+
+
 def test_triton_declines_cpu_tensors_without_interpreter():
     import torch
 

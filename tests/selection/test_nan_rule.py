@@ -16,10 +16,21 @@ import torch
 from helpers import make_qkv
 
 import sparse_attention as sa
-from sparse_attention.ops.kernels import cpu
+from sparse_attention.ops.backends import choose_backend
 
 SCORERS = [("topk", "fused"), ("topk", "chunked"), ("dsa", "fused"), ("dsa", "chunked")]
-BACKENDS = ["reference"] + (["cpu"] if cpu.load_error() is None else [])
+#: The CPU backends, and Triton where it can run (CUDA, or TRITON_INTERPRET=1: tests/ops/test_triton_kernel.py
+#: runs this file so under the interpreter).
+BACKENDS = ["reference"] + [b.name for b in sa.backends() if b.name != "reference" and b.unavailable() is None]
+
+
+def run_or_skip(backend: str, q, k, v, indices, causal: bool):
+    """``sparse_attention`` on ``backend``; skipped where the backend declines these inputs."""
+    try:
+        choose_backend(backend, q, k, v, indices, needs_grad=False)
+    except ValueError as err:
+        pytest.skip(str(err))
+    return sa.sparse_attention(q, k, v, indices, causal=causal, backend=backend)
 N, H, H_KV, D = 40, 4, 2, 16
 
 
@@ -46,7 +57,8 @@ def rows_reaching(selection, key: int, kv_head: int) -> torch.Tensor:
 def test_nan_in_a_query_row_stays_in_that_row(method, scoring, backend, causal):
     q, k, v = make_qkv(1, H, H_KV, N, d=D, seed=1)
     q[0, 1, 7, 3] = float("nan")
-    out = sa.attention(q, k, v, method=method, causal=causal, backend=backend, top_k=8, scoring=scoring)
+    selection = sa.select(q, k, method, causal=causal, top_k=8, scoring=scoring)
+    out = run_or_skip(backend, q, k, v, selection.indices, causal)
     expected = torch.zeros(1, H, N, dtype=torch.bool)
     expected[0, 1, 7] = True
     assert torch.equal(nan_rows(out), expected)
@@ -62,12 +74,12 @@ def test_top_k_scorers_select_a_nan_key_like_dense_attention(method, scoring, ba
         k[0, 0, 3, 5] = float("nan")
     else:
         v[0, 0, 3, 5] = float("nan")
-    out = sa.attention(q, k, v, method=method, causal=causal, backend=backend, top_k=8, scoring=scoring)
+    selection = sa.select(q, k, method, causal=causal, top_k=8, scoring=scoring)
+    out = run_or_skip(backend, q, k, v, selection.indices, causal)
     dense = sa.dense_attention(q, k, v, causal=causal)
     if where == "key":  # a NaN key makes its score NaN: selected wherever visible
         assert torch.equal(nan_rows(out), nan_rows(dense))
     else:  # a NaN value only reaches the rows that select it
-        selection = sa.select(q, k, method, causal=causal, top_k=8, scoring=scoring)
         assert torch.equal(nan_rows(out), rows_reaching(selection, 3, kv_head=0))
 
 
@@ -79,5 +91,5 @@ def test_every_method_confines_a_nan_key_or_value_to_the_rows_that_select_it(met
     (k if where == "key" else v)[0, 1, 11, 0] = float("nan")
     params = {"top_k": 8} if method in ("topk", "dsa") else {"window": 8} if method == "local" else {}
     selection = sa.select(q, k, method, causal=True, **params)
-    out = sa.sparse_attention(q, k, v, selection.indices, causal=True, backend=backend)
+    out = run_or_skip(backend, q, k, v, selection.indices, True)
     assert torch.equal(nan_rows(out), rows_reaching(selection, 11, kv_head=1))

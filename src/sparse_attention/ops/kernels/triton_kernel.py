@@ -79,7 +79,7 @@ if triton is not None:
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(tl.float32)
             m_i = m_new
-        has = l_i > 0
+        has = (l_i > 0) | (l_i != l_i)  # a NaN score makes l_i NaN: the row is NaN (the NaN rule), not empty
         out = tl.where(has[:, None], acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
         o_ptr = O + b * sob + (g * G + heads)[:, None] * soh + t * son + vdims[None, :]
         tl.store(o_ptr, out.to(O.dtype.element_ty), mask=hmask[:, None])
