@@ -10,11 +10,12 @@ the shared sparse attention kernel. Each forward call runs in one of three modes
 * ``sparse``: the method's selection and the sparse kernel. For DSA the indexer selects the
   top-k keys and, when it is being trained, gets the KL restricted to its selection, with a
   detached input, so the LM loss never reaches the indexer (indices are integers) and the KL
-  never reaches the model. DSA stage 2. Training scores all ``[B, N, N]`` key pairs with
-  autograd (at the harness's lengths that is smaller than gathering ``[B, N, K, D_I]``
-  indexer keys); otherwise (no gradient, no ``collect``/``keep_scores``) the selection is the
-  fused scoring + top-k of :func:`~sparse_attention.selection.dsa.dsa_select`, memory O(N K),
-  and no indexer loss is computed.
+  never reaches the model. DSA stage 2. The selection is the fused scoring + top-k of
+  :func:`~sparse_attention.selection.dsa.dsa_select` (no gradient, no score matrix); when the
+  indexer is trained, its logits at the selected keys come from
+  :func:`~sparse_attention.layers.selected_scores.selected_indexer_scores` and the KL target from
+  the sparse attention over the same keys, so the step holds O(N K), never ``[B, N, N]``.
+  Only ``collect``/``keep_scores`` (statistics, visualisation) score all ``[B, N, N]`` pairs.
 
 For DSA, ``top_k``, ``scoring`` and ``precision`` come from ``config.method_params`` (over the
 method's defaults) on every path.
@@ -39,6 +40,7 @@ from .attention_stats import layer_stats, topk_from_scores
 from .indexer import LightningIndexer, indexer_scores_for_training
 from .indexer_loss import dense_attention_target, kl_to_indexer, sparse_attention_target
 from .rope import apply_rope
+from .selected_scores import selected_indexer_scores
 
 ATTENTION_MODES = ("dense", "warmup", "sparse")
 
@@ -213,7 +215,18 @@ class SparseSelfAttention(nn.Module):
         aux = AttentionAux()
         scores = None
         indexer_params = self.indexer_selection_params() if self.indexer is not None else {}
-        if self.indexer is not None and ((mode != "dense" and train_indexer) or collect or keep_scores):
+        if mode == "sparse" and self.indexer is not None and train_indexer and not (collect or keep_scores):
+            # DSA sparse training in O(N K): the fused selection (no gradient, no score matrix), the
+            # indexer logits at the selected keys only, and the KL target from the sparse attention.
+            aux.selection = self.indexer.select(x, causal=c.causal, **indexer_params)
+            indices = aux.selection.indices[:, 0]  # [B, N, K]
+            index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
+            if indexer_params["precision"] == "bfloat16":
+                index_q, index_k = index_q.bfloat16().float(), index_k.bfloat16().float()
+            selected = selected_indexer_scores(index_q.float(), index_k.float(), weights.float(), indices)
+            target = sparse_attention_target(q.detach(), k.detach(), indices)
+            aux.indexer_loss = kl_to_indexer(target, selected, indices >= 0)
+        elif self.indexer is not None and ((mode != "dense" and train_indexer) or collect or keep_scores):
             index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
             if indexer_params["precision"] == "bfloat16":
                 # The rounding dsa_select applies, here differentiable (the cast passes gradients on).
@@ -221,7 +234,7 @@ class SparseSelfAttention(nn.Module):
             scores = indexer_scores_for_training(index_q, index_k, weights).float()  # [B, N, N]
             scores = scores.masked_fill(~causal_mask(n, n, x.device), float("-inf"))
         if mode == "sparse":
-            if scores is not None:
+            if scores is not None:  # statistics or kept scores asked for: select from the full scores
                 indices = topk_from_scores(scores.detach(), self.top_k)  # [B, N, K]
                 aux.selection = Selection(indices[:, None], n, True, "dsa",
                                           {"top_k": self.top_k, "scoring": "torch.topk of the training scores",
@@ -230,7 +243,7 @@ class SparseSelfAttention(nn.Module):
                     target = sparse_attention_target(q.detach(), k.detach(), indices)
                     selected = scores.gather(-1, indices.clamp(min=0))
                     aux.indexer_loss = kl_to_indexer(target, selected, indices >= 0)
-            else:
+            elif aux.selection is None:
                 aux.selection = self.select(x, q, k)
             out = sparse_attention(q, k, v, aux.selection.indices, causal=c.causal, backend=c.backend)
         else:

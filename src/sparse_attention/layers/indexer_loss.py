@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..ops.dense import _repeat_kv, dense_probabilities
+from ..ops.dense import dense_probabilities
 
 
 @torch.no_grad()
@@ -45,15 +45,23 @@ def sparse_attention_target(q: Tensor, k: Tensor, indices: Tensor, *, scale: flo
         ``p [B, N, K]`` float32 over the slots; empty slots 0; rows sum to 1 where a key is selected.
     """
     b, h, n, d = q.shape
+    h_kv = k.shape[1]
     scale = d**-0.5 if scale is None else scale
-    valid = indices >= 0  # [B, N, K]
-    safe = indices.clamp(min=0)
-    # Logits of every head at the selected keys, gathered from the dense logits: at top-k = N/4
-    # the [B, H, N, N] logits take less memory than gathering [B, H_kv, N, K, D] key rows.
-    logits = (q.float() @ _repeat_kv(k, h).float().transpose(-1, -2)) * scale  # [B, H, N, N]
-    logits = logits.gather(-1, safe[:, None].expand(b, h, n, safe.shape[-1]))  # [B, H, N, K]
-    logits = logits.masked_fill(~valid[:, None], float("-inf"))
-    p = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0).sum(dim=1)  # [B, N, K]
+    top_k = indices.shape[-1]
+    # Per chunk of queries, the logits of every head at its selected keys only: [B, H_kv, G, C, K],
+    # gathering [B, H_kv, C, K, D] key rows, so memory is O(N K) per chunk, never [B, H, N, N].
+    chunk = max(1, (1 << 24) // max(1, b * h_kv * top_k * d))
+    qg = q.float().view(b, h_kv, h // h_kv, n, d)
+    p = q.new_zeros(b, n, top_k, dtype=torch.float32)
+    for start in range(0, n, chunk):
+        rows = slice(start, min(start + chunk, n))
+        idx = indices[:, rows]  # [B, C, K]
+        c = idx.shape[1]
+        flat = idx.clamp(min=0).reshape(b, 1, c * top_k, 1).expand(b, h_kv, c * top_k, d)
+        keys = k.float().gather(2, flat).view(b, h_kv, c, top_k, d)  # [B, H_kv, C, K, D]
+        logits = torch.einsum("bgjcd,bgckd->bgjck", qg[:, :, :, rows], keys) * scale  # [B, H_kv, G, C, K]
+        logits = logits.masked_fill((idx < 0)[:, None, None], float("-inf"))
+        p[:, rows] = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0).sum(dim=(1, 2))  # [B, C, K]
     total = p.sum(dim=-1, keepdim=True)
     return p / torch.where(total > 0, total, torch.ones_like(total))
 
