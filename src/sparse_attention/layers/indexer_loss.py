@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..ops.dense import dense_probabilities
+from .selected_scores import CHUNK_ELEMENTS, gather_rows
 
 
 @torch.no_grad()
@@ -50,15 +51,15 @@ def sparse_attention_target(q: Tensor, k: Tensor, indices: Tensor, *, scale: flo
     top_k = indices.shape[-1]
     # Per chunk of queries, the logits of every head at its selected keys only: [B, H_kv, G, C, K],
     # gathering [B, H_kv, C, K, D] key rows, so memory is O(N K) per chunk, never [B, H, N, N].
-    chunk = max(1, (1 << 24) // max(1, b * h_kv * top_k * d))
+    chunk = max(1, CHUNK_ELEMENTS // max(1, b * h_kv * top_k * d))
     qg = q.float().view(b, h_kv, h // h_kv, n, d)
     p = q.new_zeros(b, n, top_k, dtype=torch.float32)
     for start in range(0, n, chunk):
         rows = slice(start, min(start + chunk, n))
         idx = indices[:, rows]  # [B, C, K]
         c = idx.shape[1]
-        flat = idx.clamp(min=0).reshape(b, 1, c * top_k, 1).expand(b, h_kv, c * top_k, d)
-        keys = k.float().gather(2, flat).view(b, h_kv, c, top_k, d)  # [B, H_kv, C, K, D]
+        keys = gather_rows(k.float().reshape(b * h_kv, -1, d),
+                           idx.repeat_interleave(h_kv, dim=0)).view(b, h_kv, c, top_k, d)  # [B, H_kv, C, K, D]
         logits = torch.einsum("bgjcd,bgckd->bgjck", qg[:, :, :, rows], keys) * scale  # [B, H_kv, G, C, K]
         logits = logits.masked_fill((idx < 0)[:, None, None], float("-inf"))
         p[:, rows] = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0).sum(dim=(1, 2))  # [B, C, K]
