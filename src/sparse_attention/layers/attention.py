@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..ops.dense import causal_mask, dense_attention
 from ..ops.sparse_attention import sparse_attention
 from ..selection.base import Selection, get_method, select
+from ..selection.dsa import dsa_select
 from ..utils.checks import check_int
 from .attention_stats import layer_stats, topk_from_scores
 from .indexer import LightningIndexer, indexer_scores_for_training
@@ -215,24 +216,25 @@ class SparseSelfAttention(nn.Module):
         aux = AttentionAux()
         scores = None
         indexer_params = self.indexer_selection_params() if self.indexer is not None else {}
-        if mode == "sparse" and self.indexer is not None and train_indexer and not (collect or keep_scores):
-            # DSA sparse training in O(N K): the fused selection (no gradient, no score matrix), the
-            # indexer logits at the selected keys only, and the KL target from the sparse attention.
-            aux.selection = self.indexer.select(x, causal=c.causal, **indexer_params)
-            indices = aux.selection.indices[:, 0]  # [B, N, K]
+        if self.indexer is not None and ((mode != "dense" and train_indexer) or collect or keep_scores):
             index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
-            if indexer_params["precision"] == "bfloat16":
-                index_q, index_k = index_q.bfloat16().float(), index_k.bfloat16().float()
-            selected = selected_indexer_scores(index_q.float(), index_k.float(), weights.float(), indices)
-            target = sparse_attention_target(q.detach(), k.detach(), indices)
-            aux.indexer_loss = kl_to_indexer(target, selected, indices >= 0)
-        elif self.indexer is not None and ((mode != "dense" and train_indexer) or collect or keep_scores):
-            index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
+            rounded_q, rounded_k = index_q, index_k
             if indexer_params["precision"] == "bfloat16":
                 # The rounding dsa_select applies, here differentiable (the cast passes gradients on).
-                index_q, index_k = index_q.bfloat16().float(), index_k.bfloat16().float()
-            scores = indexer_scores_for_training(index_q, index_k, weights).float()  # [B, N, N]
-            scores = scores.masked_fill(~causal_mask(n, n, x.device), float("-inf"))
+                rounded_q, rounded_k = index_q.bfloat16().float(), index_k.bfloat16().float()
+            if mode == "sparse" and not (collect or keep_scores):
+                # DSA sparse training in O(N K): the fused selection on the same indexer outputs (no
+                # gradient, no score matrix), the logits at the selected keys only, and the KL target
+                # from the sparse attention over them.
+                aux.selection = dsa_select(index_q.detach(), index_k.detach(), weights.detach(), causal=c.causal,
+                                           **indexer_params)
+                indices = aux.selection.indices[:, 0]  # [B, N, K]
+                selected = selected_indexer_scores(rounded_q.float(), rounded_k.float(), weights.float(), indices)
+                target = sparse_attention_target(q.detach(), k.detach(), indices)
+                aux.indexer_loss = kl_to_indexer(target, selected, indices >= 0)
+            else:
+                scores = indexer_scores_for_training(rounded_q, rounded_k, weights).float()  # [B, N, N]
+                scores = scores.masked_fill(~causal_mask(n, n, x.device), float("-inf"))
         if mode == "sparse":
             if scores is not None:  # statistics or kept scores asked for: select from the full scores
                 indices = topk_from_scores(scores.detach(), self.top_k)  # [B, N, K]
