@@ -5,13 +5,15 @@ tested in depth by test_cpu_kernel.py and test_cpu_amx.py; here the other levels
 shape set that still reaches each of their code paths: the lane kernels (groups of 9-16 heads),
 the per-(head, key) score kernel (1-8 heads), the portable loops (D not a multiple of 16, and
 everything in the ``generic`` build), keys walked in several ranges, bf16 storage, rows without
-keys, out-of-range indices, and the fused scoring + top-k in both precisions. A level the CPU
+keys, out-of-range indices, the fused scoring + top-k in both precisions, and the fused DSA
+indexer loss. A level the CPU
 cannot run is skipped with the reason (``avx512`` on an AVX2-only CPU).
 """
 
 import pytest
 import torch
 from helpers import make_qkv
+from indexer_kl_checks import check_fused_against_float64, kl_inputs
 from kernel_checks import compare, random_indices
 from topk_checks import check_rows, indexer_inputs, visible
 
@@ -112,6 +114,11 @@ def test_fused_topk(isa, precision, h_i, n, d, top_k):
         idx = topk_cpu.fused_topk(index_q, index_k, weights, top_k=top_k, causal=causal, relu=True,
                                   precision=precision, isa=isa)
         check_rows(idx, indexer_scores(q64, k64, weights.double()), top_k, visible(n, n, causal))
+
+
+@pytest.mark.parametrize("h, h_kv, d, h_i, d_i", [(4, 2, 32, 4, 64), (3, 3, 12, 5, 20)])
+def test_fused_indexer_loss(isa, h, h_kv, d, h_i, d_i):
+    check_fused_against_float64(kl_inputs(2, h, h_kv, 41, d, h_i, d_i, 9, empty_rows=2, duplicates=True), isa=isa)
 
 
 def test_unknown_level_is_a_clear_error(monkeypatch):

@@ -39,9 +39,8 @@ from ..selection.dsa import dsa_select
 from ..utils.checks import check_int
 from .attention_stats import layer_stats, topk_from_scores
 from .indexer import LightningIndexer, indexer_scores_for_training
-from .indexer_loss import dense_attention_target, kl_to_indexer, sparse_attention_target
+from .indexer_loss import dense_attention_target, kl_to_indexer, sparse_attention_target, sparse_indexer_loss
 from .rope import apply_rope
-from .selected_scores import selected_indexer_scores
 
 ATTENTION_MODES = ("dense", "warmup", "sparse")
 
@@ -228,10 +227,8 @@ class SparseSelfAttention(nn.Module):
                 # from the sparse attention over them.
                 aux.selection = dsa_select(index_q.detach(), index_k.detach(), weights.detach(), causal=c.causal,
                                            **indexer_params)
-                indices = aux.selection.indices[:, 0]  # [B, N, K]
-                selected = selected_indexer_scores(rounded_q.float(), rounded_k.float(), weights.float(), indices)
-                target = sparse_attention_target(q.detach(), k.detach(), indices)
-                aux.indexer_loss = kl_to_indexer(target, selected, indices >= 0)
+                aux.indexer_loss = sparse_indexer_loss(q.detach(), k.detach(), rounded_q, rounded_k, weights,
+                                                       aux.selection.indices[:, 0])
             else:
                 scores = indexer_scores_for_training(rounded_q, rounded_k, weights).float()  # [B, N, N]
                 scores = scores.masked_fill(~causal_mask(n, n, x.device), float("-inf"))

@@ -18,7 +18,13 @@ import torch
 from torch import Tensor
 
 from ..ops.dense import dense_probabilities
-from .selected_scores import CHUNK_ELEMENTS, gather_rows
+from ..ops.kernels import indexer_kl_cpu
+from .selected_scores import CHUNK_ELEMENTS, gather_rows, selected_indexer_scores
+
+#: Implementations of :func:`sparse_indexer_loss`: ``auto`` (the fused CPU kernel where it runs,
+#: else the chunked PyTorch formulation), ``fused`` (the kernel; an error where it cannot run) and
+#: ``reference`` (the PyTorch formulation).
+SPARSE_LOSS_IMPLEMENTATIONS = ("auto", "fused", "reference")
 
 
 @torch.no_grad()
@@ -84,3 +90,44 @@ def kl_to_indexer(target: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
     terms = torch.where(target > 0, target * (log_p - log_q.masked_fill(~mask, 0.0)), torch.zeros_like(target))
     rows = mask.any(dim=-1)
     return terms.sum(dim=-1)[rows].mean() if rows.any() else scores.sum() * 0.0
+
+
+def sparse_indexer_loss_reference(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor,
+                                  indices: Tensor, *, scale: float | None = None) -> Tensor:
+    """The sparse-stage indexer loss in PyTorch, chunked over queries (O(N K) memory): the
+    indexer logits at the selected keys (:func:`selected_indexer_scores`), the sparse attention
+    target (:func:`sparse_attention_target`) and the KL (:func:`kl_to_indexer`). Arguments as
+    :func:`sparse_indexer_loss`."""
+    target = sparse_attention_target(q.detach(), k.detach(), indices, scale=scale)
+    selected = selected_indexer_scores(index_q.float(), index_k.float(), weights.float(), indices)
+    return kl_to_indexer(target, selected, indices >= 0)
+
+
+def sparse_indexer_loss(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor, indices: Tensor,
+                        *, scale: float | None = None, implementation: str = "auto") -> Tensor:
+    """DSA sparse-stage indexer loss (report Eq. 4): mean over queries of
+    ``KL(p || softmax(I))`` over each query's selected keys, ``p`` = the sparse attention over
+    them (each head's softmax restricted to the selection, summed over heads, normalised),
+    ``I`` = the indexer logits there. Trains ``index_q``, ``index_k``, ``weights`` only.
+
+    Args:
+        q: ``[B, H, N, D]``; k: ``[B, H_kv, N, D]`` (no gradient flows into them).
+        index_q: ``[B, H_I, N, D_I]``; index_k: ``[B, N, D_I]``; weights: ``[B, N, H_I]``.
+        indices: ``[B, N, K]`` selected key positions shared by all heads, ``-1`` = empty slot.
+        scale: attention softmax scale (default ``D ** -0.5``).
+        implementation: one of :data:`SPARSE_LOSS_IMPLEMENTATIONS`.
+    Returns:
+        a scalar.
+    """
+    if implementation not in SPARSE_LOSS_IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {SPARSE_LOSS_IMPLEMENTATIONS}, got {implementation!r}")
+    if indices.dim() != 3 or indices.shape[:2] != (q.shape[0], q.shape[2]):
+        raise ValueError(f"indices must be [B, N, K] = [{q.shape[0]}, {q.shape[2]}, K], got {tuple(indices.shape)}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if implementation != "reference":
+        reason = indexer_kl_cpu.unsupported_reason(q, k, index_q, index_k, weights)
+        if reason is None:
+            return indexer_kl_cpu.indexer_kl_cpu(q, k, index_q, index_k, weights, indices, scale=scale)
+        if implementation == "fused":
+            raise ValueError(f"implementation='fused' cannot run here: {reason}")
+    return sparse_indexer_loss_reference(q, k, index_q, index_k, weights, indices, scale=scale)

@@ -24,6 +24,7 @@
 
 #include "aligned_vector.h"
 #include "amx_attention.h"
+#include "exp_neg.h"
 #include "lanes.h"
 #include "lanes_blocks.h"
 #include "lanes_rows.h"
@@ -119,28 +120,6 @@ inline float to_float(at::BFloat16 x) { return static_cast<float>(x); }
 
 template <typename T>
 inline T from_float(float x) { return static_cast<T>(x); }
-
-// exp(x) for x <= 0 (softmax arguments), vectorisable: 2^(x log2 e) with a degree-6
-// polynomial on the fraction. Relative error ~2e-7. Arguments below -87 give 0.
-inline float exp_neg(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float t = x * 1.44269504088896341f;
-  const float fi = std::floor(t);
-  const float f = t - fi;  // [0, 1)
-  float p = 1.535336188319500e-4f;
-  p = p * f + 1.339887440266574e-3f;
-  p = p * f + 9.618437357674640e-3f;
-  p = p * f + 5.550332471162809e-2f;
-  p = p * f + 2.402264791363012e-1f;
-  p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.0f;
-  int32_t bits;
-  std::memcpy(&bits, &p, sizeof(bits));
-  bits += static_cast<int32_t>(fi) << 23;
-  float r;
-  std::memcpy(&r, &bits, sizeof(r));
-  return x <= -87.0f ? 0.0f : r;
-}
 
 struct Shapes {
   int64_t B, H, Hkv, G, Hsel, Nq, Nk, D, Dv, K, offset;
@@ -794,6 +773,10 @@ at::Tensor fused_topk(at::Tensor q, at::Tensor k, at::Tensor w, int64_t top_k, b
                       int64_t group, int64_t bf16);
 std::string fused_topk_bf16_path();
 
+// indexer_kl_cpu.cpp
+std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at::Tensor ik, at::Tensor w,
+                                   at::Tensor idx, double scale, bool need_grad);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "sparse attention forward (CPU); bf16 items use AMX tiles where allowed and possible",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("idx"), py::arg("causal"), py::arg("scale"),
@@ -834,4 +817,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   }, "instruction sets this build's code may use, and which lane kernels it has");
   m.def("fused_topk", &fused_topk, "fused scoring + top-k selection (CPU)");
   m.def("fused_topk_bf16_path", &fused_topk_bf16_path, "bf16 scoring path: amx, avx512_bf16 or empty");
+  m.def("indexer_kl", &indexer_kl, "DSA sparse-stage indexer KL per query row and its gradient (CPU)");
 }
