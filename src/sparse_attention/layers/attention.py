@@ -14,8 +14,10 @@ the shared sparse attention kernel. Each forward call runs in one of three modes
   :func:`~sparse_attention.selection.dsa.dsa_select` (no gradient, no score matrix); when the
   indexer is trained, its logits at the selected keys come from
   :func:`~sparse_attention.layers.selected_scores.selected_indexer_scores` and the KL target from
-  the sparse attention over the same keys, so the step holds O(N K), never ``[B, N, N]``.
-  Only ``collect``/``keep_scores`` (statistics, visualisation) score all ``[B, N, N]`` pairs.
+  the sparse attention over the same keys (one fused CPU kernel, :func:`~sparse_attention.layers.
+  indexer_loss.sparse_indexer_loss`), so the step holds O(N K), never ``[B, N, N]``. Warm-up and
+  ``collect`` statistics walk query chunks (O(N * chunk) memory, O(N^2) time: their target is
+  the dense attention). Only ``keep_scores`` (visualisation) holds all ``[B, N, N]`` scores.
 
 For DSA, ``top_k``, ``scoring`` and ``precision`` come from ``config.method_params`` (over the
 method's defaults) on every path.
@@ -39,7 +41,7 @@ from ..selection.dsa import dsa_select
 from ..utils.checks import check_int
 from .attention_stats import layer_stats, topk_from_scores
 from .indexer import LightningIndexer, indexer_scores_for_training
-from .indexer_loss import dense_attention_target, kl_to_indexer, sparse_attention_target, sparse_indexer_loss
+from .indexer_loss import dense_indexer_loss, sparse_indexer_loss
 from .rope import apply_rope
 
 ATTENTION_MODES = ("dense", "warmup", "sparse")
@@ -200,10 +202,10 @@ class SparseSelfAttention(nn.Module):
         """``x [B, N, dim]`` -> ``(y [B, N, dim], AttentionAux)``.
 
         ``collect`` measures statistics (no gradient; costs an extra dense pass);
-        ``keep_scores`` returns the masked indexer scores for visualisation; ``train_indexer``
-        computes the DSA indexer loss (``warmup`` and ``sparse`` modes) from the ``[B, N, N]``
-        training scores; by default always in ``warmup`` and in ``sparse`` when autograd is on or
-        statistics are asked for.
+        ``keep_scores`` returns the masked ``[B, N, N]`` indexer scores for visualisation (and
+        selects from them); ``train_indexer`` computes the DSA indexer loss (``warmup``: dense
+        target by query chunks; ``sparse``: over the selected keys); by default always in
+        ``warmup`` and in ``sparse`` when autograd is on or statistics are asked for.
         """
         mode = self.default_mode if mode is None else mode
         self._check_input(x, mode)
@@ -215,43 +217,41 @@ class SparseSelfAttention(nn.Module):
         aux = AttentionAux()
         scores = None
         indexer_params = self.indexer_selection_params() if self.indexer is not None else {}
+        indexer_out = None  # (index_q, index_k, weights) as the selection rounds them
         if self.indexer is not None and ((mode != "dense" and train_indexer) or collect or keep_scores):
             index_q, index_k, weights = self.indexer(x.detach())  # detached: the KL trains only the indexer
-            rounded_q, rounded_k = index_q, index_k
+            indexer_out = (index_q, index_k, weights)
             if indexer_params["precision"] == "bfloat16":
                 # The rounding dsa_select applies, here differentiable (the cast passes gradients on).
-                rounded_q, rounded_k = index_q.bfloat16().float(), index_k.bfloat16().float()
-            if mode == "sparse" and not (collect or keep_scores):
-                # DSA sparse training in O(N K): the fused selection on the same indexer outputs (no
-                # gradient, no score matrix), the logits at the selected keys only, and the KL target
-                # from the sparse attention over them.
-                aux.selection = dsa_select(index_q.detach(), index_k.detach(), weights.detach(), causal=c.causal,
-                                           **indexer_params)
-                aux.indexer_loss = sparse_indexer_loss(q.detach(), k.detach(), rounded_q, rounded_k, weights,
-                                                       aux.selection.indices[:, 0])
-            else:
-                scores = indexer_scores_for_training(rounded_q, rounded_k, weights).float()  # [B, N, N]
+                indexer_out = (index_q.bfloat16().float(), index_k.bfloat16().float(), weights)
+            if keep_scores:  # for visualisation only: every [B, N, N] score
+                scores = indexer_scores_for_training(*indexer_out).float()
                 scores = scores.masked_fill(~causal_mask(n, n, x.device), float("-inf"))
         if mode == "sparse":
-            if scores is not None:  # statistics or kept scores asked for: select from the full scores
+            if scores is not None:  # kept scores: select from them, so the picture shows the selection used
                 indices = topk_from_scores(scores.detach(), self.top_k)  # [B, N, K]
                 aux.selection = Selection(indices[:, None], n, True, "dsa",
                                           {"top_k": self.top_k, "scoring": "torch.topk of the training scores",
                                            "precision": indexer_params["precision"]})
-                if train_indexer:
-                    target = sparse_attention_target(q.detach(), k.detach(), indices)
-                    selected = scores.gather(-1, indices.clamp(min=0))
-                    aux.indexer_loss = kl_to_indexer(target, selected, indices >= 0)
-            elif aux.selection is None:
+            elif indexer_out is not None:
+                # The fused selection on the indexer outputs already computed (no gradient, no score matrix).
+                aux.selection = dsa_select(index_q.detach(), index_k.detach(), weights.detach(), causal=c.causal,
+                                           **indexer_params)
+            else:
                 aux.selection = self.select(x, q, k)
+            if indexer_out is not None and train_indexer:
+                # DSA sparse stage in O(N K): the KL over the selected keys only.
+                aux.indexer_loss = sparse_indexer_loss(q.detach(), k.detach(), *indexer_out,
+                                                       aux.selection.indices[:, 0])
             out = sparse_attention(q, k, v, aux.selection.indices, causal=c.causal, backend=c.backend)
         else:
             out = dense_attention(q, k, v, causal=c.causal)
             if mode == "warmup" and train_indexer:
-                target = dense_attention_target(q.detach(), k.detach())
-                aux.indexer_loss = kl_to_indexer(target, scores, causal_mask(n, n, x.device).expand(b, n, n))
+                # Dense warm-up: the KL to the dense attention by query chunks (O(N * chunk) memory).
+                aux.indexer_loss = dense_indexer_loss(q.detach(), k.detach(), *indexer_out)
         if collect:
-            aux.stats = layer_stats(q.detach(), k.detach(), scores, aux.selection, self.top_k)
+            detached = None if indexer_out is None else tuple(t.detach() for t in indexer_out)
+            aux.stats = layer_stats(q.detach(), k.detach(), detached, aux.selection, self.top_k)
         if keep_scores and scores is not None:
             aux.indexer_scores = scores.detach()
         y = self.o_proj(out.transpose(1, 2).reshape(b, n, c.n_heads * c.head_dim))

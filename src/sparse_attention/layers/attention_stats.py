@@ -7,8 +7,9 @@ from torch import Tensor
 
 from ..ops.dense import causal_mask
 from ..selection.base import Selection
+from ..selection.dsa import indexer_scores
 from ..selection.stats import attention_recall, selection_stats
-from .indexer_loss import dense_attention_target, kl_to_indexer
+from .indexer_loss import causal_rows, dense_target_rows, kl_to_indexer, query_chunks
 
 
 def topk_from_scores(scores: Tensor, top_k: int) -> Tensor:
@@ -28,22 +29,50 @@ def coverage(indices: Tensor, n_k: int) -> float:
 
 
 @torch.no_grad()
-def layer_stats(q: Tensor, k: Tensor, scores: Tensor | None, selection: Selection | None, top_k: int) -> dict:
+def indexer_dense_stats(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor, top_k: int,
+                        ) -> tuple[dict, Tensor, Tensor]:
+    """Statistics that compare the indexer with the dense attention, by query chunks (never an
+    ``[B, N, N]`` tensor): ``indexer_kl`` (the warm-up loss) and ``oracle_recall``.
+
+    Returns ``(stats, oracle [B, N, K], indexer_top_k [B, N, K])``: the top-k of the head-summed
+    dense attention (the best any selection shared by all heads can reach) and of the indexer scores.
+    """
+    b, h, n, _ = q.shape
+    kl_sum, oracle_parts, own_parts = 0.0, [], []
+    for rows in query_chunks(n, b * max(h, 2) * n):
+        target = dense_target_rows(q, k, rows)  # [B, C, N]
+        visible = causal_rows(rows, n, q.device).expand_as(target)
+        scores = indexer_scores(index_q, index_k, weights, query_slice=rows).float().masked_fill(~visible,
+                                                                                              float("-inf"))
+        kl_sum += kl_to_indexer(target, scores, visible).item() * b * (rows.stop - rows.start)
+        oracle_parts.append(topk_from_scores(target.masked_fill(~visible, float("-inf")), top_k))
+        own_parts.append(topk_from_scores(scores, top_k))
+    oracle = torch.cat(oracle_parts, dim=1)
+    stats = {"indexer_kl": kl_sum / (b * n),
+             "oracle_recall": float(attention_recall(Selection(oracle[:, None], n, True, "oracle", {"top_k": top_k}),
+                                                     q, k))}
+    return stats, oracle, torch.cat(own_parts, dim=1)
+
+
+@torch.no_grad()
+def layer_stats(q: Tensor, k: Tensor, indexer_outputs: tuple[Tensor, Tensor, Tensor] | None,
+                selection: Selection | None, top_k: int) -> dict:
     """Sparsity, dense-mass recall, KL, coverage and distance of the selection this layer
-    uses (``sparse`` mode) or would use (the indexer's top-k in the other modes)."""
+    uses (``sparse`` mode) or would use (the indexer's top-k in the other modes), in O(N * chunk)
+    memory.
+
+    Args:
+        q: ``[B, H, N, D]``; k: ``[B, H_kv, N, D]``.
+        indexer_outputs: ``(index_q, index_k, weights)`` of a DSA layer, or None.
+        selection: the selection used, or None.
+        top_k: keys per query of the oracle (and of the indexer's own top-k).
+    """
     n = q.shape[2]
     stats: dict = {}
-    if scores is not None:
-        target = dense_attention_target(q, k)
-        visible = causal_mask(n, n, q.device).expand_as(scores)
-        stats["indexer_kl"] = kl_to_indexer(target, scores, visible).item()
-        # The best any selection shared by all heads can do: top-k of the head-summed attention.
-        oracle = topk_from_scores(target.masked_fill(~visible, float("-inf")), top_k)
-        stats["oracle_recall"] = float(attention_recall(
-            Selection(oracle[:, None], n, True, "oracle", {"top_k": top_k}), q, k))
+    if indexer_outputs is not None:
+        stats, _, indexer_top_k = indexer_dense_stats(q, k, *indexer_outputs, top_k)
         if selection is None:
-            indices = topk_from_scores(scores, top_k)
-            selection = Selection(indices[:, None], n, True, "dsa", {"top_k": top_k})
+            selection = Selection(indexer_top_k[:, None], n, True, "dsa", {"top_k": top_k})
     if selection is None:
         return stats
     summary = selection_stats(selection)

@@ -17,14 +17,17 @@ from torch import Tensor
 
 from . import cpu
 
+#: input dtypes the kernel takes (converted to float32 without rounding).
+EXACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 
 def unsupported_reason(*tensors: Tensor, isa: str | None = None) -> str | None:
     """None when :func:`indexer_kl_cpu` can run on these tensors, else why not."""
     for t in tensors:
         if t.device.type != "cpu":
             return f"the fused indexer loss runs on CPU tensors only, got {t.device.type}"
-        if t.is_floating_point() and t.dtype != torch.float32:
-            return f"the fused indexer loss computes in float32, got {t.dtype}"
+        if t.is_floating_point() and t.dtype not in EXACT_DTYPES:
+            return f"the fused indexer loss computes in float32; {t.dtype} inputs would lose precision"
     return cpu.load_error(isa)
 
 
