@@ -47,6 +47,11 @@ from .rope import apply_rope
 ATTENTION_MODES = ("dense", "warmup", "sparse")
 
 
+def _float32(device: torch.device):
+    """Autocast off: the indexer loss and the statistics compute in float32 under bf16 training."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 @dataclass
 class AttentionConfig:
     """Configuration of :class:`SparseSelfAttention`.
@@ -241,17 +246,20 @@ class SparseSelfAttention(nn.Module):
                 aux.selection = self.select(x, q, k)
             if indexer_out is not None and train_indexer:
                 # DSA sparse stage in O(N K): the KL over the selected keys only.
-                aux.indexer_loss = sparse_indexer_loss(q.detach(), k.detach(), *indexer_out,
-                                                       aux.selection.indices[:, 0])
+                with _float32(x.device):
+                    aux.indexer_loss = sparse_indexer_loss(q.detach(), k.detach(), *indexer_out,
+                                                           aux.selection.indices[:, 0])
             out = sparse_attention(q, k, v, aux.selection.indices, causal=c.causal, backend=c.backend)
         else:
             out = dense_attention(q, k, v, causal=c.causal)
             if mode == "warmup" and train_indexer:
                 # Dense warm-up: the KL to the dense attention by query chunks (O(N * chunk) memory).
-                aux.indexer_loss = dense_indexer_loss(q.detach(), k.detach(), *indexer_out)
+                with _float32(x.device):
+                    aux.indexer_loss = dense_indexer_loss(q.detach(), k.detach(), *indexer_out)
         if collect:
-            detached = None if indexer_out is None else tuple(t.detach() for t in indexer_out)
-            aux.stats = layer_stats(q.detach(), k.detach(), detached, aux.selection, self.top_k)
+            detached = None if indexer_out is None else tuple(t.detach().float() for t in indexer_out)
+            with _float32(x.device):
+                aux.stats = layer_stats(q.detach().float(), k.detach().float(), detached, aux.selection, self.top_k)
         if keep_scores and scores is not None:
             aux.indexer_scores = scores.detach()
         y = self.o_proj(out.transpose(1, 2).reshape(b, n, c.n_heads * c.head_dim))

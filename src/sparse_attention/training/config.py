@@ -65,6 +65,8 @@ class TrainConfig:
         seed: seeds parameters, data order and dropout.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         dtype: ``float32`` or ``bfloat16`` (autocast on the forward pass).
+        precision: ``fp32`` or ``bf16``: bf16 autocast plus the DSA indexer scored in bf16, where
+            the device has bf16 arithmetic, else fp32 with a warning (:mod:`.precision`).
     """
 
     batch_size: int = 16
@@ -83,6 +85,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         owner = "train"
@@ -105,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"train.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if not isinstance(self.device, str) or self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
             raise ValueError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 

@@ -45,6 +45,7 @@ from .checkpoint import (
 )
 from .config import RunConfig, StageConfig
 from .distributed import DistContext, init_distributed, shutdown_distributed
+from .precision import apply_precision
 
 #: Each stage draws its batches from its own range of steps, so stages never reuse each other's
 #: batches while every run's stage of one name sees the same ones.
@@ -211,6 +212,7 @@ class Trainer:
             data = load_data(config.data, config.train.seq_len, seed=config.train.seed, progress=self.progress)
         self.data = data
         config = RunConfig.from_dict(config.to_dict())  # a copy: the caller's config is not changed
+        config, self.precision_note = apply_precision(config, self.ctx.device)
         if config.model.vocab_size == 0:
             config.model.vocab_size = self.data.vocab_size
         elif config.model.vocab_size < self.data.vocab_size:
@@ -390,6 +392,7 @@ class Trainer:
             "data": self.data.description,
             "machine": machine_info(self.ctx.device),
             "world_size": self.ctx.world_size,
+            "precision_note": self.precision_note,
             "stages": [{"name": s.name, "steps": s.config.steps, "lr": s.config.lr, "mode": s.mode} for s in self.stages],
             "final": final,
             "final_eval": evals[-1] if evals else None,

@@ -148,6 +148,7 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
     from tqdm import tqdm
 
     from ...training.distributed import resolve_device
+    from ...training.precision import apply_precision
 
     lengths = parse_lengths(seq_lengths)
     batch_size = config.train.batch_size if batch_size is None else batch_size
@@ -156,6 +157,7 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
     if top_k_fraction is not None and not 0 < top_k_fraction <= 1:
         raise ValueError(f"--top-k-fraction must be in (0, 1], got {top_k_fraction!r}")
     device = resolve_device(config.train.device)
+    config, precision_note = apply_precision(config, device)
     vocab = profile_vocab_size(config)
     rows = []
     for n in tqdm(lengths, desc="profile", unit="length", disable=not progress):
@@ -195,7 +197,8 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         "config": config.to_dict(),
         "settings": {"seq_lengths": lengths, "batch_size": batch_size, "repeats": repeats,
                      "top_k_fraction": top_k_fraction, "vocab_size": vocab, "device": str(device),
-                     "dtype": config.train.dtype, "memory_unavailable": peak_memory_unavailable(device),
+                     "dtype": config.train.dtype, "precision": config.train.precision,
+                     "precision_note": precision_note, "memory_unavailable": peak_memory_unavailable(device),
                      "timing": "median of interleaved single-call samples after one warm-up call each"},
         "rows": rows,
     }
