@@ -202,3 +202,31 @@ def test_cli_train_runs_the_tiny_preset(tmp_path, capsys):
     assert "val loss" in out  # the final summary line
     assert "[warmup" not in out and "[sparse" not in out  # --quiet: no eval lines
     assert (tmp_path / "run" / "training_results.json").exists()
+
+
+def test_a_dsa_run_started_from_a_dense_pretraining_equals_one_that_pretrains_itself(tmp_path, tiny_data):
+    extra = ("train.pretrain.steps=3", "train.warmup.steps=2", "train.main.steps=3", "train.eval_every=2")
+    dense = train(tiny_config(tmp_path, "dense", *extra), tmp_path / "dense", progress=False, data=tiny_data)
+    assert dense is not None and (tmp_path / "dense" / "pretrain_checkpoint" / "model.safetensors").exists()
+    own = train(tiny_config(tmp_path, "dsa", *extra), tmp_path / "own", progress=False, data=tiny_data)
+    reused = train(tiny_config(tmp_path, "dsa", *extra), tmp_path / "reused", progress=False, data=tiny_data,
+                   pretrained=tmp_path / "dense" / "pretrain_checkpoint")
+    after_pretraining = [r for r in own["train_losses"] if r["stage"] != "pretrain"]
+    assert [r["loss"] for r in reused["train_losses"]] == [r["loss"] for r in after_pretraining]
+    assert reused["final_eval"]["val_loss"] == own["final_eval"]["val_loss"]
+    assert reused["pretrained_from"] == str(tmp_path / "dense" / "pretrain_checkpoint")
+
+
+def test_starting_from_a_pretraining_refuses_another_config(tmp_path, tiny_data):
+    extra = ("train.pretrain.steps=2", "train.warmup.steps=1", "train.main.steps=1")
+    train(tiny_config(tmp_path, "dense", *extra), tmp_path / "dense", progress=False, data=tiny_data)
+    checkpoint = tmp_path / "dense" / "pretrain_checkpoint"
+    with pytest.raises(ValueError, match="pre-trained with another config .*train.pretrain.lr"):
+        Trainer(tiny_config(tmp_path, "dsa", *extra, "train.pretrain.lr=0.01"), tmp_path / "a", progress=False,
+                data=tiny_data, pretrained=checkpoint)
+    with pytest.raises(ValueError, match="no pretrain stage"):
+        Trainer(tiny_config(tmp_path, "dsa", "train.warmup.steps=1", "train.main.steps=1"), tmp_path / "b",
+                progress=False, data=tiny_data, pretrained=checkpoint)
+    with pytest.raises(ValueError, match="not a pre-training checkpoint"):
+        Trainer(tiny_config(tmp_path, "dsa", *extra), tmp_path / "c", progress=False, data=tiny_data,
+                pretrained=tmp_path / "nowhere")

@@ -20,6 +20,8 @@ from torch import nn
 from .._optional import require
 
 CHECKPOINT_DIR = "checkpoint"
+#: The model and state at the end of the dense pre-training stage, kept for later runs to start from.
+PRETRAIN_CHECKPOINT_DIR = "pretrain_checkpoint"
 #: What needs ``safetensors`` (named by the error when it is not installed).
 WEIGHTS_FEATURE = "saving and loading LM weights (model.safetensors)"
 
@@ -38,8 +40,13 @@ def save_weights(model: nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    model.load_state_dict(safetensors_torch().load_file(str(path)), strict=True)
+def load_weights(model: nn.Module, path: Path, *, strict: bool = True) -> list[str]:
+    """Load ``path`` into ``model``; returns the names of parameters the file lacks (only with
+    ``strict=False``). ValueError when the file holds a parameter the model does not have."""
+    missing, unexpected = model.load_state_dict(safetensors_torch().load_file(str(path)), strict=strict)
+    if unexpected:
+        raise ValueError(f"{path} holds parameters this model lacks: {', '.join(unexpected[:5])}")
+    return list(missing)
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,12 +62,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, state: dict[str, Any], config: dict) -> None:
-    """Write ``run_dir/checkpoint`` atomically. ``state`` holds optimizer/scheduler state dicts,
-    the position (``stage``, ``step``) and anything else the trainer needs to continue."""
-    final = run_dir / CHECKPOINT_DIR
-    tmp = run_dir / (CHECKPOINT_DIR + ".tmp")
-    old = run_dir / (CHECKPOINT_DIR + ".old")
+def save_checkpoint(run_dir: Path, model: nn.Module, state: dict[str, Any], config: dict, *,
+                    name: str = CHECKPOINT_DIR) -> None:
+    """Write ``run_dir/<name>`` (default ``checkpoint``) atomically. ``state`` holds optimizer/scheduler
+    state dicts, the position (``stage``, ``step``) and anything else the trainer needs to continue."""
+    final = run_dir / name
+    tmp = run_dir / (name + ".tmp")
+    old = run_dir / (name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(model, tmp / "model.safetensors")
@@ -83,9 +91,11 @@ def find_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` and return the saved state (RNG restored)."""
-    load_weights(model, path / "model.safetensors")
+def load_checkpoint(path: Path, model: nn.Module, *, strict: bool = True) -> dict[str, Any]:
+    """Load weights into ``model`` and return the saved state (RNG restored). ``strict=False``
+    lets parameters the checkpoint lacks keep their values (a DSA model's indexers, started from
+    a dense run's pre-training)."""
+    load_weights(model, path / "model.safetensors", strict=strict)
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
     set_rng_state(state.pop("rng"))
     return state

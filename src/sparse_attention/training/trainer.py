@@ -37,11 +37,14 @@ from ..utils.machine import machine_info
 from ..utils.memory import peak_memory_since_reset, reset_peak_memory
 from ..utils.results_io import write_json, write_text
 from .checkpoint import (
+    PRETRAIN_CHECKPOINT_DIR,
     find_checkpoint,
     load_checkpoint,
+    load_weights,
     safetensors_torch,
     save_checkpoint,
     save_weights,
+    set_rng_state,
 )
 from .config import RunConfig, StageConfig
 from .distributed import DistContext, init_distributed, shutdown_distributed
@@ -201,7 +204,7 @@ class Trainer:
     """
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-                 data: Any = None):
+                 data: Any = None, pretrained: str | Path | None = None):
         safetensors_torch()  # weights are saved as safetensors: a missing package fails here, not at a checkpoint
         self.ctx: DistContext = init_distributed(config.train.device)
         self.run_dir = Path(run_dir)
@@ -232,12 +235,16 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ctx.barrier()
         self.log = MetricsLog(self.run_dir, self.ctx.is_main)
+        self.pretrained_from: str | None = None
         if resume:
             self._resume()
-        elif self.ctx.is_main:
-            if self.log.path.exists():
-                self.log.path.unlink()
-            write_text(self.run_dir / "config.json", json.dumps(config.to_dict(), indent=2))
+        else:
+            if self.ctx.is_main:
+                if self.log.path.exists():
+                    self.log.path.unlink()
+                write_text(self.run_dir / "config.json", json.dumps(config.to_dict(), indent=2))
+            if pretrained is not None:
+                self._start_from_pretraining(Path(pretrained))
 
     # -- positions: a global counter over all stages, used to order records ----------------
     def _position(self, stage_index: int, step: int) -> int:
@@ -266,6 +273,32 @@ class Trainer:
         self.resumed_state = state
         self.log.truncate_after(self._position(self.stage_index, self.step))
 
+    def _start_from_pretraining(self, path: Path) -> None:
+        """Skip this run's ``pretrain`` stage: take the weights, RNG state and training time that another
+        run of the same config (but its attention) had at the end of its own (its
+        ``pretrain_checkpoint``). Parameters that run lacks (the indexers) keep their initial values,
+        which the pre-training stage leaves untouched here too, so the later stages are the same as
+        after pre-training in this run."""
+        if not self.stages or self.stages[0].name != "pretrain":
+            raise ValueError("pretrained: this run has no pretrain stage (train.pretrain.steps is 0)")
+        if not (path / "state.pt").exists():
+            raise ValueError(f"pretrained: {path} is not a pre-training checkpoint (no state.pt)")
+        saved = RunConfig.from_dict(json.loads((path / "config.json").read_text()))
+        changed = {key: value for key, value in config_differences(saved.to_dict(), self.config.to_dict()).items()
+                   if not key.startswith(("model.attention", "model.method_params", "train.main.", "train.warmup."))}
+        if changed:
+            shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            raise ValueError(f"pretrained: {path} was pre-trained with another config ({shown})")
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+        if state.get("stage_name") != "pretrain" or state.get("stage") != 1:
+            raise ValueError(f"pretrained: {path} is not the end of a pretrain stage")
+        missing = load_weights(self.model, path / "model.safetensors", strict=False)
+        if any(".indexer." not in name for name in missing):
+            raise ValueError(f"pretrained: {path} lacks model parameters: {', '.join(missing[:5])}")
+        set_rng_state(state["rng"])
+        self.stage_index, self.step, self.train_time = 1, 0, state["train_time"]
+        self.pretrained_from = str(path)
+
     def _save(self, stage: Stage) -> None:
         if self.ctx.is_main:
             last_done = self.stage_index == len(self.stages)
@@ -275,6 +308,10 @@ class Trainer:
                 # so that a run extended on resume (a larger train.main.steps) continues with its moments
                 "optimizer": self.optimizer.state_dict() if self.step > 0 or last_done else None,
             }, self.config.to_dict())
+            if stage.name == "pretrain" and self.step == 0 and self.stage_index == 1:  # the pretrain stage just ended
+                save_checkpoint(self.run_dir, self.model, {"stage": 1, "step": 0, "train_time": self.train_time,
+                                                           "stage_name": "pretrain", "optimizer": None},
+                                self.config.to_dict(), name=PRETRAIN_CHECKPOINT_DIR)
         self.ctx.barrier()
 
     def _batch(self, stage: Stage, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,6 +430,7 @@ class Trainer:
             "machine": machine_info(self.ctx.device),
             "world_size": self.ctx.world_size,
             "precision_note": self.precision_note,
+            "pretrained_from": self.pretrained_from,
             "stages": [{"name": s.name, "steps": s.config.steps, "lr": s.config.lr, "mode": s.mode} for s in self.stages],
             "final": final,
             "final_eval": evals[-1] if evals else None,
@@ -441,9 +479,9 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> dict[str, tupl
 
 
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          data: Any = None, stop_after: int | None = None) -> dict | None:
+          data: Any = None, stop_after: int | None = None, pretrained: str | Path | None = None) -> dict | None:
     """Train one run; see :class:`Trainer`. Returns the results (main process) or None."""
-    trainer = Trainer(config, run_dir, resume=resume, progress=progress, data=data)
+    trainer = Trainer(config, run_dir, resume=resume, progress=progress, data=data, pretrained=pretrained)
     try:
         return trainer.run(stop_after=stop_after)
     finally:

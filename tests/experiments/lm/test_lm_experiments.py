@@ -74,6 +74,14 @@ def test_experiment_writes_both_runs_and_the_comparison(experiment):
             "indexer_heads_layer1.png"} <= names
 
 
+def test_the_dsa_run_starts_from_the_dense_runs_pretraining(tmp_path, cache):
+    run_dsa_experiment(tiny(cache, "train.pretrain.steps=2"), tmp_path, progress=False, visualize=False)
+    sparse = load_results(tmp_path / "sparse")
+    assert sparse["pretrained_from"] == str(tmp_path / "dense" / "pretrain_checkpoint")
+    assert not any(r["stage"] == "pretrain" for r in sparse["train_losses"])
+    assert load_results(tmp_path / "dense")["pretrained_from"] is None
+
+
 def test_comparison_metrics_are_the_runs_own_numbers(experiment):
     out, returned = experiment
     metrics = json.loads((out / "comparison" / "comparison_metrics.json").read_text())

@@ -2,7 +2,9 @@
 
 :func:`run_dsa_experiment` trains both runs with :func:`~sparse_attention.training.trainer.train` on the
 same data and batch order (the config differs only in ``model.attention``) into ``OUT/dense/``
-and ``OUT/sparse/``, then writes ``OUT/comparison/``:
+and ``OUT/sparse/``; with ``train.pretrain.steps`` > 0 the DSA run starts from the dense run's
+pre-training checkpoint (``OUT/dense/pretrain_checkpoint``; the two runs are identical up to
+there) instead of training it again. Then it writes ``OUT/comparison/``:
 
 * ``comparison_metrics.json``: :func:`comparison_metrics` (every number read from the two
   runs' ``training_results.json``), machine info and both configs;
@@ -26,6 +28,7 @@ from ...report.lm.plots import plot_training_curves
 from ...report.lm.summary import finite as _finite
 from ...report.lm.summary import ratio as _ratio
 from ...report.lm.summary import run_summary
+from ...training.checkpoint import PRETRAIN_CHECKPOINT_DIR
 from ...training.config import RunConfig
 from ...utils.machine import machine_info
 from ...utils.results_io import write_json
@@ -107,12 +110,14 @@ def _normalised(config: dict, vocab_size: int | None = None) -> dict:
 
 
 def train_or_load(config: RunConfig, run_dir: str | Path, *, skip_finished: bool, resume: bool,
-                  data: Callable[[], Any] | None = None, progress: bool = True) -> tuple[dict, bool]:
+                  data: Callable[[], Any] | None = None, progress: bool = True,
+                  pretrained: Path | None = None) -> tuple[dict, bool]:
     """Train one run into ``run_dir``, or load it when ``skip_finished`` and it has finished.
 
     A finished run must have been trained with ``config`` (ValueError otherwise). ``resume``
     continues from the folder's checkpoint when it has one. ``data`` returns the loaded data
-    (shared between runs). Returns ``(results, trained)``.
+    (shared between runs). ``pretrained``: a pre-training checkpoint a fresh run starts from
+    instead of pre-training itself. Returns ``(results, trained)``.
     """
     from ...training.checkpoint import find_checkpoint
     from ...training.run_dir import load_results
@@ -126,8 +131,9 @@ def train_or_load(config: RunConfig, run_dir: str | Path, *, skip_finished: bool
             raise ValueError(f"{run_dir} holds a finished run with another config; choose another --out"
                              " or delete it")
         return results, False
-    results = train(config, run_dir, resume=resume and find_checkpoint(run_dir) is not None, progress=progress,
-                    data=data() if data is not None else None)
+    resuming = resume and find_checkpoint(run_dir) is not None
+    results = train(config, run_dir, resume=resuming, progress=progress, data=data() if data is not None else None,
+                    pretrained=None if resuming else pretrained)
     assert results is not None, "train() returns the results of a finished single-process run"
     plot_training_curves(results, run_dir / "training_curves.png")
     return results, True
@@ -163,10 +169,13 @@ def run_dsa_experiment(config: RunConfig, out_dir: str | Path, *, resume: bool =
 
     results = {}
     for name, run_config in configs.items():
+        # The DSA run starts from the dense run's pre-training (identical up to there) instead of repeating it.
+        pretrained = out / "dense" / PRETRAIN_CHECKPOINT_DIR if name == "sparse" and config.train.pretrain.steps else None
         if progress:
-            print(f"== {name} run ({run_config.model.attention}) -> {out / name}", flush=True)
+            print(f"== {name} run ({run_config.model.attention}) -> {out / name}"
+                  + (f", from the dense run's pre-training ({pretrained})" if pretrained else ""), flush=True)
         results[name], _ = train_or_load(run_config, out / name, skip_finished=resume, resume=resume, data=data,
-                                         progress=progress)
+                                         progress=progress, pretrained=pretrained)
     comparison = out / "comparison"
     comparison.mkdir(parents=True, exist_ok=True)
     metrics = comparison_metrics(results["dense"], results["sparse"])
