@@ -81,21 +81,30 @@ inline void head_dots(const float* const* a, int64_t J, const float* rows, const
 }
 
 // out[j] = sum_s G[j * stride + s] * rows[keys[s]] for j < J (n features): a small GEMM over
-// gathered rows, accumulated in registers four heads at a time.
+// gathered rows, accumulated in registers for four heads x 16 features at a time.
 inline void gathered_gemm(const float* G, int64_t J, int64_t stride, const float* rows, const int64_t* keys,
                           int64_t count, int64_t n, float* const* out) {
   for (int64_t j0 = 0; j0 < J; j0 += 4) {
     const int64_t jn = std::min<int64_t>(4, J - j0);
     int64_t d = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-    for (; d + 8 <= n; d += 8) {
-      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (; d + 16 <= n; d += 16) {
+      __m256 lo[4], hi[4];
+      for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm256_setzero_ps();
       for (int64_t s = 0; s < count; ++s) {
-        const __m256 row = _mm256_loadu_ps(rows + keys[s] * n + d);
-        for (int64_t j = 0; j < jn; ++j)
-          acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(G[(j0 + j) * stride + s]), row, acc[j]);
+        const float* row = rows + keys[s] * n + d;
+        const __m256 r0 = _mm256_loadu_ps(row), r1 = _mm256_loadu_ps(row + 8);
+        for (int64_t j = 0; j < jn; ++j) {
+          const __m256 g = _mm256_broadcast_ss(G + (j0 + j) * stride + s);
+          lo[j] = _mm256_fmadd_ps(g, r0, lo[j]);
+          hi[j] = _mm256_fmadd_ps(g, r1, hi[j]);
+        }
       }
-      for (int64_t j = 0; j < jn; ++j) _mm256_storeu_ps(out[j0 + j] + d, _mm256_add_ps(_mm256_loadu_ps(out[j0 + j] + d), acc[j]));
+      for (int64_t j = 0; j < jn; ++j) {
+        float* o = out[j0 + j] + d;
+        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), lo[j]));
+        _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(o + 8), hi[j]));
+      }
     }
 #endif
     for (; d < n; ++d)
@@ -111,20 +120,30 @@ inline void gathered_gemm(const float* G, int64_t J, int64_t stride, const float
 // the key gradients, one read-modify-write of each selected row.
 inline void scatter_rows(const float* G, int64_t J, int64_t stride, const float* const* a, const int64_t* keys,
                          int64_t count, int64_t n, float* table) {
+  constexpr int64_t kHeads = 8;  // gradients of up to 8 heads held in registers per key
+  constexpr int64_t kAhead = 8;  // rows prefetched ahead: they mostly come from L3
   for (int64_t s = 0; s < count; ++s) {
-    float* row = table + keys[s] * n;
-    int64_t d = 0;
+    float* __restrict row = table + keys[s] * n;
+    if (s + kAhead < count) __builtin_prefetch(table + keys[s + kAhead] * n, 1);
+    for (int64_t j0 = 0; j0 < J; j0 += kHeads) {
+      const int64_t jn = std::min(kHeads, J - j0);
+      float g[kHeads];
+      for (int64_t j = 0; j < jn; ++j) g[j] = G[(j0 + j) * stride + s];
+      int64_t d = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-    for (; d + 8 <= n; d += 8) {
-      __m256 acc = _mm256_loadu_ps(row + d);
-      for (int64_t j = 0; j < J; ++j) acc = _mm256_fmadd_ps(_mm256_set1_ps(G[j * stride + s]), _mm256_loadu_ps(a[j] + d), acc);
-      _mm256_storeu_ps(row + d, acc);
-    }
+      __m256 gv[kHeads];
+      for (int64_t j = 0; j < jn; ++j) gv[j] = _mm256_set1_ps(g[j]);
+      for (; d + 8 <= n; d += 8) {
+        __m256 acc = _mm256_loadu_ps(row + d);
+        for (int64_t j = 0; j < jn; ++j) acc = _mm256_fmadd_ps(gv[j], _mm256_loadu_ps(a[j0 + j] + d), acc);
+        _mm256_storeu_ps(row + d, acc);
+      }
 #endif
-    for (; d < n; ++d) {
-      float acc = row[d];
-      for (int64_t j = 0; j < J; ++j) acc += G[j * stride + s] * a[j][d];
-      row[d] = acc;
+      for (; d < n; ++d) {
+        float acc = row[d];
+        for (int64_t j = 0; j < jn; ++j) acc += g[j] * a[j0 + j][d];
+        row[d] = acc;
+      }
     }
   }
 }
@@ -306,11 +325,14 @@ std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at
       for (int64_t j = 0; j < HI; ++j) {
         w_.diq_rows[j] = diqp + ((b * HI + j) * N + t) * DI;
         float* Gj = dots + j * Kp;
+        const float wj = w_row[j];
         float dwj = 0.f;
+        // Branch-free (the ReLU passes about half the keys: a branch would mispredict).
+#pragma omp simd reduction(+ : dwj)
         for (int64_t s = 0; s < n; ++s) {
-          const float d = Gj[s] > 0.f ? Gj[s] : 0.f;
-          dwj += logits[s] * d;
-          Gj[s] = d > 0.f ? logits[s] * w_row[j] : 0.f;
+          const float pass = Gj[s] > 0.f ? 1.f : 0.f;
+          dwj += logits[s] * Gj[s] * pass;
+          Gj[s] = pass * logits[s] * wj;
         }
         dw_row[j] = dwj;
       }
