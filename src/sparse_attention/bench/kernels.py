@@ -24,7 +24,6 @@ flash-attention convention). Dense counts its causal pairs the same way.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -274,23 +273,12 @@ def run_kernel_bench(cfg: KernelBenchConfig, progress: Callable[[Iterable, str],
     config = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     machine = machine_info(cfg.device)
     if torch.device(cfg.device).type == "cpu":
-        machine["cpu_kernel"] = cpu_kernel_info()
+        machine["cpu_kernel"] = cpu_kernels.cpu_kernel_info()
     return {"machine": machine, "config": config, "rows": rows,
             "flop_model": {"forward_per_edge_per_head": "4 * D", "backward_factor": BACKWARD_FLOP_FACTOR}}
 
 
 #: Variables that hold PyTorch's own CPU kernels (SDPA's) to an instruction set, for the AVX2 emulation.
-ISA_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-
-
-def cpu_kernel_info() -> dict:
-    """What the CPU kernel was built for, what the CPU has, and the ISA PyTorch's dense kernels use."""
-    info = cpu_kernels.build_info()
-    info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    info["isa_caps"] = {name: os.environ[name] for name in ISA_CAP_VARIABLES if name in os.environ}
-    return info
-
-
 def describe_cpu_kernel(machine: dict) -> str:
     """One sentence on the kernel's build and the CPU, for tables ('' for results without it)."""
     c = machine.get("cpu_kernel")

@@ -98,7 +98,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     except OSError as err:
         raise ValueError(f"--json {args.json}: cannot create its folder ({err})") from None
     document = profile_lengths(config, args.seq_lengths, batch_size=args.batch_size, repeats=args.repeats,
-                               top_k_fraction=args.top_k_fraction, progress=not args.quiet)
+                               top_k_fraction=args.top_k_fraction, max_top_k=args.max_top_k,
+                               progress=not args.quiet)
     json_path, png = write_profile(document, args.json)
     print(format_table(document))
     print("ratio = dense / dsa, measured in this run (> 1: dsa faster or smaller); mem = extra peak memory of one"
@@ -183,6 +184,8 @@ def add_profile(sub, name: str = "profile", alias_of: str | None = None) -> None
     p.add_argument("--repeats", type=int, default=5, help="timed samples per variant and length (default 5)")
     p.add_argument("--top-k-fraction", type=float,
                    help="DSA keys per query as a fraction of the length, e.g. 0.25 (default: model.top_k)")
+    p.add_argument("--max-top-k", type=int,
+                   help="with --top-k-fraction: at most this many keys per query, e.g. 1024 (N/8 up to N=8192)")
     p.add_argument("--json", default="results/profile/profile.json",
                    help="output JSON (default results/profile/profile.json; profile.png is written next to it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..ops.dense import causal_mask
 from ..selection.base import Selection
 from ..selection.dsa import indexer_scores
 from ..selection.stats import attention_recall, selection_stats

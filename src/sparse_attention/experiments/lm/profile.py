@@ -134,7 +134,8 @@ def _ratio(a, b) -> float | None:
 
 
 def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batch_size: int | None = None,
-                    repeats: int = 5, top_k_fraction: float | None = None, progress: bool = True) -> dict:
+                    repeats: int = 5, top_k_fraction: float | None = None, max_top_k: int | None = None,
+                    progress: bool = True) -> dict:
     """Measure every length (module docstring); returns ``{"machine", "config", "settings", "rows"}``.
 
     Args:
@@ -144,6 +145,7 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         batch_size: sequences per step (default ``train.batch_size``).
         repeats: timed samples per variant (after one untimed warm-up call each).
         top_k_fraction: DSA keys per query as a fraction of ``N`` (default: ``model.top_k``).
+        max_top_k: with ``top_k_fraction``, at most this many keys per query.
     """
     from tqdm import tqdm
 
@@ -156,12 +158,18 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         check_int(name, value)
     if top_k_fraction is not None and not 0 < top_k_fraction <= 1:
         raise ValueError(f"--top-k-fraction must be in (0, 1], got {top_k_fraction!r}")
+    if max_top_k is not None:
+        check_int("--max-top-k", max_top_k)
+        if top_k_fraction is None:
+            raise ValueError("--max-top-k caps --top-k-fraction; give both (or set model.top_k)")
     device = resolve_device(config.train.device)
     config, precision_note = apply_precision(config, device)
     vocab = profile_vocab_size(config)
     rows = []
     for n in tqdm(lengths, desc="profile", unit="length", disable=not progress):
         top_k = max(1, round(top_k_fraction * n)) if top_k_fraction is not None else config.model.top_k
+        if max_top_k is not None:
+            top_k = min(top_k, max_top_k)
         dense_config, dense, sparse_config, sparse = _models(config, n, top_k, vocab, batch_size)
         gen = torch.Generator().manual_seed(config.train.seed)
         tokens = torch.randint(vocab, (batch_size, n + 1), generator=gen)
@@ -192,11 +200,16 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         row["train_memory_ratio"] = _ratio(row["dense_train_peak_mb"], row["dsa_train_peak_mb"])
         row["forward_memory_ratio"] = _ratio(row["dense_forward_peak_mb"], row["dsa_forward_peak_mb"])
         rows.append(row)
+    machine = machine_info(device)
+    if device.type == "cpu":
+        from ...ops.kernels.cpu import cpu_kernel_info
+
+        machine["cpu_kernel"] = cpu_kernel_info()
     return {
-        "machine": machine_info(device),
+        "machine": machine,
         "config": config.to_dict(),
         "settings": {"seq_lengths": lengths, "batch_size": batch_size, "repeats": repeats,
-                     "top_k_fraction": top_k_fraction, "vocab_size": vocab, "device": str(device),
+                     "top_k_fraction": top_k_fraction, "max_top_k": max_top_k, "vocab_size": vocab, "device": str(device),
                      "dtype": config.train.dtype, "precision": config.train.precision,
                      "precision_note": precision_note, "memory_unavailable": peak_memory_unavailable(device),
                      "timing": "median of interleaved single-call samples after one warm-up call each"},
@@ -247,7 +260,8 @@ def plot_profile(document: dict, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     s = document["settings"]
-    top_k = (f"top_k = {s['top_k_fraction']} N" if s["top_k_fraction"] is not None
+    cap = f" (at most {s['max_top_k']})" if s.get("max_top_k") else ""
+    top_k = (f"top_k = {s['top_k_fraction']} N{cap}" if s["top_k_fraction"] is not None
              else f"top_k = {document['config']['model']['top_k']}")
     fig.suptitle(f"dense vs DSA LM, batch {s['batch_size']}, {top_k}, {document['machine']['device_name']}",
                  fontsize=11)

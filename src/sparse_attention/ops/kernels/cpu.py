@@ -220,6 +220,18 @@ def build_info(isa: str | None = None) -> dict:
     return info
 
 
+#: Variables that hold PyTorch's own CPU kernels to an instruction set (recorded with results).
+ISA_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_kernel_info() -> dict:
+    """:func:`build_info` plus the ISA PyTorch's dense kernels use and any ISA caps set, for result files."""
+    info = build_info()
+    info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    info["isa_caps"] = {name: os.environ[name] for name in ISA_CAP_VARIABLES if name in os.environ}
+    return info
+
+
 def amx_attention_available(isa: str | None = None) -> bool:
     """Whether bf16 attention runs on AMX tiles here (a CPU with AMX-BF16 that the OS lets use)."""
     ext = extension(isa)
