@@ -21,8 +21,13 @@ def _f(value, spec: str = ".4f") -> str:
 
 def _machine(doc: dict) -> str:
     m = doc.get("machine") or {}
+    kernel = m.get("cpu_kernel")
+    isa = ""
+    if kernel:  # results written since the kernel build is recorded
+        flags = ", ".join(kernel.get("cpu_flags", [])) or "none of avx2/avx512/amx"
+        isa = f", CPU kernel built for {kernel.get('isa_level', '?')} (CPU flags: {flags})"
     return (f"{m.get('device_name', '?')} ({m.get('device', '?')}), {m.get('threads', '?')} threads,"
-            f" torch {m.get('torch', '?')}, git {str(m.get('git_sha', '?'))[:12]}")
+            f" torch {m.get('torch', '?')}, git {str(m.get('git_sha', '?'))[:12]}{isa}")
 
 
 def comparison_table(doc: dict, source: str) -> str:
@@ -69,7 +74,9 @@ def profile_table(doc: dict, source: str) -> str:
     settings = doc.get("settings", {})
     lines = [
         f"From `{source}` (machine: {_machine(doc)}; batch {settings.get('batch_size', '?')},"
-        f" top-k = {settings.get('top_k_fraction', '?')} x N, {settings.get('timing', '')}).",
+        f" top-k = {settings.get('top_k_fraction', '?')} x N"
+        + (f" (at most {settings['max_top_k']})" if settings.get("max_top_k") else "")
+        + f", {settings.get('timing', '')}).",
         "",
         "| N | top-k | backend | dense step ms | DSA step ms | step x dense | dense fwd ms | DSA fwd ms | fwd x dense |"
         " step peak MB dense / DSA |",
