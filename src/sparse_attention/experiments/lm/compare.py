@@ -171,6 +171,8 @@ def run_dsa_experiment(config: RunConfig, out_dir: str | Path, *, resume: bool =
     for name, run_config in configs.items():
         # The DSA run starts from the dense run's pre-training (identical up to there) instead of repeating it.
         pretrained = out / "dense" / PRETRAIN_CHECKPOINT_DIR if name == "sparse" and config.train.pretrain.steps else None
+        if pretrained is not None and not (pretrained / "state.pt").exists():
+            pretrained = None  # a dense run finished before runs kept their pre-training: pre-train again
         if progress:
             print(f"== {name} run ({run_config.model.attention}) -> {out / name}"
                   + (f", from the dense run's pre-training ({pretrained})" if pretrained else ""), flush=True)
