@@ -202,9 +202,9 @@ inline float log_sum_exp(const float* x, int64_t n) {
 struct Scratch {
   std::vector<int64_t> keys;  // [K] valid key positions of the row
   std::vector<float> dots;    // [H_I, Kp] indexer head dot products (before ReLU)
-  std::vector<float> logits;  // [K] indexer logits, then their gradient
+  std::vector<float> logits;  // [Kp] indexer logits, then their gradient
   std::vector<float> head;    // [H / H_kv, Kp] attention logits of one KV head's query heads
-  std::vector<float> target;  // [K]
+  std::vector<float> target;  // [Kp]
   std::vector<const float*> iq_rows, q_rows;  // this query's indexer rows [H_I], attention rows [H / H_kv]
   std::vector<float*> diq_rows;               // [H_I]
 };
@@ -295,7 +295,7 @@ std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at
         for (int64_t s = 0; s < n; ++s) logits[s] += w_row[j] * std::max(dots[j * Kp + s], 0.f);
       // Target: each head's softmax over the selected keys, averaged over heads.
       float* target = w_.target.data();
-      float* head = w_.head.data();  // [group, K]: the query heads of one KV head
+      float* head = w_.head.data();  // [group, Kp]: the query heads of one KV head
       std::fill(target, target + n, 0.f);
       for (int64_t g = 0; g < Hkv; ++g) {
         for (int64_t h = 0; h < group; ++h) w_.q_rows[h] = qp + ((b * H + g * group + h) * N + t) * D;
