@@ -6,18 +6,18 @@ the shared sparse attention kernel. Each forward call runs in one of three modes
 
 * ``dense``: SDPA. The dense baseline, and DSA models for inspection.
 * ``warmup``: dense attention output; the lightning indexer (fed ``x.detach()``) is scored
-  against the dense attention of the layer (:func:`dense_attention_target`). DSA stage 1.
+  against the dense attention of the layer (:func:`~sparse_attention.layers.indexer_loss.
+  dense_indexer_loss`, by query chunks: O(N * chunk) memory, O(N^2) time). DSA stage 1.
 * ``sparse``: the method's selection and the sparse kernel. For DSA the indexer selects the
   top-k keys and, when it is being trained, gets the KL restricted to its selection, with a
   detached input, so the LM loss never reaches the indexer (indices are integers) and the KL
   never reaches the model. DSA stage 2. The selection is the fused scoring + top-k of
-  :func:`~sparse_attention.selection.dsa.dsa_select` (no gradient, no score matrix); when the
-  indexer is trained, its logits at the selected keys come from
-  :func:`~sparse_attention.layers.selected_scores.selected_indexer_scores` and the KL target from
-  the sparse attention over the same keys (one fused CPU kernel, :func:`~sparse_attention.layers.
-  indexer_loss.sparse_indexer_loss`), so the step holds O(N K), never ``[B, N, N]``. Warm-up and
-  ``collect`` statistics walk query chunks (O(N * chunk) memory, O(N^2) time: their target is
-  the dense attention). Only ``keep_scores`` (visualisation) holds all ``[B, N, N]`` scores.
+  :func:`~sparse_attention.selection.dsa.dsa_select` (no gradient, no score matrix); the KL over
+  the selected keys (:func:`~sparse_attention.layers.indexer_loss.sparse_indexer_loss`: one fused
+  CPU kernel, chunked PyTorch elsewhere) holds O(N K), never ``[B, N, N]``.
+
+``collect`` statistics walk query chunks as the warm-up does. Only ``keep_scores``
+(visualisation) holds all ``[B, N, N]`` indexer scores.
 
 For DSA, ``top_k``, ``scoring`` and ``precision`` come from ``config.method_params`` (over the
 method's defaults) on every path.
