@@ -41,9 +41,7 @@ def dense_attention_target(q: Tensor, k: Tensor, *, scale: float | None = None) 
     Returns:
         ``p [B, N, N]`` float32, rows sum to 1, zero above the diagonal.
     """
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    p = dense_probabilities(q, k, causal=True, scale=scale).sum(dim=1)  # [B, N, N]
-    return p / p.sum(dim=-1, keepdim=True)
+    return dense_target_rows(q, k, slice(0, q.shape[2]), scale=scale)
 
 
 def query_chunks(n: int, row_elements: int, chunk: int | None = None, *, budget: int = CHUNK_ELEMENTS) -> list[slice]:
