@@ -111,3 +111,19 @@ def test_large_key_matrix_uses_the_huge_page_copy(dtype):
     q, k, v = make_qkv(1, 4, 1, 5, n_k=n_k, d=d, dtype=torch.float64)
     assert k.numel() * torch.empty(0, dtype=dtype).element_size() >= 4 << 20
     compare(q, k, v, random_indices(1, 1, 5, n_k, 300, empty_fraction=0.1), False, dtype)
+
+
+def test_selection_is_saved_as_int32_for_the_backward():
+    q, k, v = (t.float().requires_grad_() for t in make_qkv(1, 4, 2, 40, d=16, dtype=torch.float64))
+    idx = random_indices(1, 2, 40, 40, 9)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = sparse_attention(q, k, v, idx, backend="cpu")
+    assert [t.dtype for t in saved if t.shape == idx.shape] == [torch.int32]
+    out.sum().backward()
+    compare(q.detach().double(), k.detach().double(), v.detach().double(), idx, True, torch.float32)

@@ -32,6 +32,24 @@ def test_tables_follow_the_json(tmp_path):
         lm_tables([tmp_path / "missing.json"])
 
 
+def test_profile_table_shows_the_phase_split(tmp_path):
+    phases = {"train_ms": {"dense_attention": 30.0, "indexer_projection": 1.0, "selection": 12.0,
+                           "sparse_attention": 20.0, "indexer_kl": 7.0},
+              "train_gflop": {"dense_attention": 3.0, "indexer_projection": 0.1, "selection": 1.5,
+                              "sparse_attention": 0.5, "indexer_kl": 0.4},
+              "forward_ms": {"dense_attention": 9.0, "indexer_projection": 0.5, "selection": 12.0,
+                             "sparse_attention": 5.5},
+              "dsa_train_ms": 40.0, "dsa_forward_ms": 18.0, "flop_bound_train": 1.0, "flop_bound_forward": 0.4,
+              "rest_train_ms": {"dense": 50.0, "dsa": 61.0}, "rest_forward_ms": {"dense": 5.0, "dsa": 6.0}}
+    row = {"seq_len": 4096, "top_k": 512, "dense_train_ms": 170.0, "dsa_train_ms": 221.0, "dense_forward_ms": 41.0,
+           "dsa_forward_ms": 78.0, "dense_train_saved_mb": 250.0, "dsa_train_saved_mb": 270.0, "phases": phases}
+    (tmp_path / "profile.json").write_text(json.dumps({"settings": {"batch_size": 1}, "rows": [row]}))
+    text = lm_tables([tmp_path / "profile.json"])
+    assert "| 250 / 270 |" in text  # saved for backward
+    assert "| 4096 | 512 | 30.0 (3.00) | 1.0 (0.10) | 12.0 (1.50) | 20.0 (0.50) | 7.0 (0.40) | 40.0 | 0.75 | 1.00" \
+        " | 50 / 61 | 0.50 (0.40) |" in text
+
+
 def test_cli_rewrites_the_readme_block(tmp_path):
     from sparse_attention.cli.main import main
 

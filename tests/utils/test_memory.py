@@ -75,3 +75,19 @@ def test_cuda_peak_matches_allocation():
 
     _, peak = peak_memory_bytes(alloc, "cuda")
     assert 64 * MIB <= peak <= 80 * MIB
+
+
+def test_saved_tensor_bytes_counts_the_saved_storages():
+    x = torch.randn(1000, requires_grad=True)  # 4000 bytes
+    w = torch.randn(1000)
+
+    def forward():
+        y = x * w  # saves w (for x's gradient)
+        return (y * x).sum()  # saves y and x
+
+    loss, saved = memory.saved_tensor_bytes(forward)
+    assert saved == 3 * 4000
+    loss.backward()
+    assert torch.allclose(x.grad, 2 * w * x)
+    with torch.no_grad():
+        assert memory.saved_tensor_bytes(forward)[1] == 0

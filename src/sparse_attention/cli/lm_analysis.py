@@ -99,11 +99,15 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         raise ValueError(f"--json {args.json}: cannot create its folder ({err})") from None
     document = profile_lengths(config, args.seq_lengths, batch_size=args.batch_size, repeats=args.repeats,
                                top_k_fraction=args.top_k_fraction, max_top_k=args.max_top_k,
-                               progress=not args.quiet)
+                               phases=not args.no_phases, progress=not args.quiet)
     json_path, png = write_profile(document, args.json)
     print(format_table(document))
     print("ratio = dense / dsa, measured in this run (> 1: dsa faster or smaller); mem = extra peak memory of one"
           " training step")
+    if not args.no_phases:
+        from ..report.lm.table import phase_table
+
+        print(phase_table(document))
     print(f"wrote {json_path} and {png}")
     return 0
 
@@ -188,6 +192,9 @@ def add_profile(sub, name: str = "profile", alias_of: str | None = None) -> None
                    help="with --top-k-fraction: at most this many keys per query, e.g. 1024 (N/8 up to N=8192)")
     p.add_argument("--json", default="results/profile/profile.json",
                    help="output JSON (default results/profile/profile.json; profile.png is written next to it)")
+    p.add_argument("--no-phases", action="store_true",
+                   help="skip the time split of one attention layer (dense attention vs DSA's indexer projections,"
+                        " scoring + top-k, sparse attention and KL, with counted FLOPs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     p.set_defaults(func=_cmd_profile)

@@ -159,3 +159,26 @@ def peak_memory_since_reset(device: torch.device | str) -> int | None:
     if torch.device(device).type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return _status_kib("VmHWM") * 1024
+
+
+def saved_tensor_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Run ``fn()`` (a forward pass) and count the bytes autograd saves for the backward meanwhile.
+
+    Every tensor a backward will need (the activations of autograd ops and what custom
+    functions pass to ``save_for_backward``) goes through a saved-tensors pack hook; distinct
+    storages are counted once, whole. Unlike :func:`peak_memory_bytes` this is exact and the same
+    on every device and run; it leaves out the temporaries of the forward and the backward.
+
+    Returns:
+        ``(fn(), bytes)``.
+    """
+    storages: dict[tuple[str, int], int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages.setdefault((str(tensor.device), storage.data_ptr()), storage.nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = fn()
+    return result, sum(storages.values())

@@ -11,6 +11,7 @@ from sparse_attention.experiments.lm.compare import (
     comparison_metrics,
     run_dsa_experiment,
 )
+from sparse_attention.experiments.lm.phases import DSA_PHASES, attention_phases
 from sparse_attention.experiments.lm.profile import (
     _models,
     parse_lengths,
@@ -267,8 +268,37 @@ def test_profile_rows_and_files(tmp_path):
             assert row[key] > 0 and math.isfinite(row[key])
         assert row["train_time_ratio"] == pytest.approx(row["dense_train_ms"] / row["dsa_train_ms"])
         assert len(row["samples_ms"]["train"]["dense"]) == 2 and row["backend"]
+        assert 0 < row["dense_train_saved_mb"] < row["dsa_train_saved_mb"]  # DSA also keeps its selection
+        split = row["phases"]
+        assert set(split["train_ms"]) == {"dense_attention", *DSA_PHASES}
+        assert set(split["forward_ms"]) == {"dense_attention", *DSA_PHASES} - {"indexer_kl"}
+        assert all(value > 0 for value in split["train_ms"].values())
+        assert split["dsa_train_ms"] == pytest.approx(sum(split["train_ms"][name] for name in DSA_PHASES))
+        layers = preset("tiny").model.n_layers
+        assert split["rest_train_ms"]["dsa"] == pytest.approx(row["dsa_train_ms"] - layers * split["dsa_train_ms"])
     json_path, png = write_profile(document, tmp_path / "p" / "profile.json")
     assert json.loads(json_path.read_text())["rows"][0]["seq_len"] == 16 and png.stat().st_size > 0
+    assert "phases" not in profile_lengths(preset("tiny"), [16], batch_size=1, repeats=1, phases=False,
+                                           progress=False)["rows"][0]
+
+
+def test_attention_phases_count_the_flops_of_each_phase():
+    model = preset("tiny").model
+    n, top_k = 24, 5
+    split = attention_phases(model, n, top_k, batch_size=2, repeats=1)
+    h, d, h_i, d_i = model.n_heads, model.head_dim, model.indexer_heads, model.indexer_head_dim
+    causal_pairs = n * (n + 1) // 2
+    sparse_pairs = sum(min(top_k, i + 1) for i in range(n))  # every causal row holds min(K, i + 1) keys
+    assert (split["dense_pairs"], split["sparse_pairs"]) == (causal_pairs, sparse_pairs)
+    gflop = split["train_gflop"]
+    assert gflop["dense_attention"] * 1e9 == pytest.approx(2 * h * causal_pairs * 14 * d)
+    assert gflop["sparse_attention"] * 1e9 == pytest.approx(2 * h * sparse_pairs * 14 * d)
+    assert split["forward_gflop"]["sparse_attention"] * 1e9 == pytest.approx(2 * h * sparse_pairs * 4 * d)
+    assert gflop["indexer_kl"] * 1e9 == pytest.approx(2 * sparse_pairs * (2 * d * h + 6 * d_i * h_i))
+    # The dsa method's own cost model: H_I (2 D_I + 3) + 1 FLOPs per causal pair, plus the index writes.
+    assert gflop["selection"] * 1e9 == pytest.approx(2 * causal_pairs * (h_i * (2 * d_i + 3) + 1))
+    dsa = sum(gflop[name] for name in DSA_PHASES)
+    assert split["flop_bound_train"] == pytest.approx(gflop["dense_attention"] / dsa)
 
 
 def test_profile_errors():

@@ -11,7 +11,13 @@ model lacks). On one batch of random tokens it measures, in the same process:
   sample so that a busy machine slows both alike;
 * the forward pass alone (no gradient), timed the same way;
 * the extra memory at the peak of one training step and of one forward pass
-  (:func:`~sparse_attention.utils.memory.peak_memory_bytes`; never timed together).
+  (:func:`~sparse_attention.utils.memory.peak_memory_bytes`; never timed together), and the
+  bytes the step's forward saves for its backward
+  (:func:`~sparse_attention.utils.memory.saved_tensor_bytes`: exact, no temporaries);
+* with ``phases`` (default), the time split of one attention layer, dense attention against
+  DSA's indexer projections, selection, sparse attention and KL, with each phase's FLOPs
+  (:func:`~sparse_attention.experiments.lm.phases.attention_phases`), and the rest of the
+  model: the step time outside the ``n_layers`` attention layers.
 
 Ratios are dense / DSA (> 1: DSA is faster or smaller). The sparse attention backend that
 ``model.backend`` resolves to is recorded in every row.
@@ -29,9 +35,10 @@ import torch
 from ...training.config import RunConfig
 from ...utils.checks import check_int
 from ...utils.machine import machine_info
-from ...utils.memory import peak_memory_bytes, peak_memory_unavailable
+from ...utils.memory import peak_memory_bytes, peak_memory_unavailable, saved_tensor_bytes
 from ...utils.results_io import write_json
 from ...utils.timing import synchronize, time_call
+from .phases import attention_phases, rest_of_model_ms
 
 
 def parse_lengths(text: str | Sequence[int]) -> list[int]:
@@ -83,8 +90,9 @@ def _backend_name(config: RunConfig, batch_size: int, n: int, top_k: int, device
     return choose_backend(m.backend, q, kv, kv, indices, needs_grad=True).name
 
 
-def _step_functions(config: RunConfig, model, inputs, targets, device) -> tuple[Callable, Callable]:
-    """``(train_step, forward)`` closures for ``model`` in its main-stage mode."""
+def _step_functions(config: RunConfig, model, inputs, targets, device) -> tuple[Callable, Callable, Callable]:
+    """``(train_step, forward, training_loss)`` closures for ``model`` in its main-stage mode
+    (``training_loss``: the step's forward with autograd on, returning the loss)."""
     from ...training.trainer import make_optimizer, plan_stages, set_trainable
 
     stage = plan_stages(config)[-1]  # the main stage: dense for dense, sparse for dsa
@@ -97,12 +105,16 @@ def _step_functions(config: RunConfig, model, inputs, targets, device) -> tuple[
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def train_step():
+    def training_loss():
         with autocast():
             out = model(inputs, targets, mode=stage.mode)
         loss = out.loss + coef * out.aux_loss
         if out.indexer_loss is not None:
             loss = loss + train.kl_coef * out.indexer_loss
+        return loss
+
+    def train_step():
+        loss = training_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if train.grad_clip > 0:
@@ -113,7 +125,7 @@ def _step_functions(config: RunConfig, model, inputs, targets, device) -> tuple[
         with torch.no_grad(), autocast():
             model(inputs, targets, mode=stage.mode)
 
-    return train_step, forward
+    return train_step, forward, training_loss
 
 
 def _interleaved(fns: dict[str, Callable], device, repeats: int) -> dict[str, list[float]]:
@@ -123,6 +135,20 @@ def _interleaved(fns: dict[str, Callable], device, repeats: int) -> dict[str, li
         for name, fn in fns.items():
             samples[name].append(time_call(fn, device, repeats=1, warmup=0)["median_ms"])
     return samples
+
+
+def _phases_with_rest(config: RunConfig, row: dict, device, repeats: int) -> dict:
+    """One layer's phase split (:func:`attention_phases`) plus the rest of each model's step."""
+    split = attention_phases(config.model, row["seq_len"], row["top_k"], batch_size=row["batch_size"],
+                             repeats=repeats, device=device, seed=config.train.seed)
+    layers = config.model.n_layers
+    split["rest_train_ms"] = {
+        "dense": rest_of_model_ms(row["dense_train_ms"], split["train_ms"]["dense_attention"], layers),
+        "dsa": rest_of_model_ms(row["dsa_train_ms"], split["dsa_train_ms"], layers)}
+    split["rest_forward_ms"] = {
+        "dense": rest_of_model_ms(row["dense_forward_ms"], split["forward_ms"]["dense_attention"], layers),
+        "dsa": rest_of_model_ms(row["dsa_forward_ms"], split["dsa_forward_ms"], layers)}
+    return split
 
 
 def _mb(value: int | None) -> float | None:
@@ -135,7 +161,7 @@ def _ratio(a, b) -> float | None:
 
 def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batch_size: int | None = None,
                     repeats: int = 5, top_k_fraction: float | None = None, max_top_k: int | None = None,
-                    progress: bool = True) -> dict:
+                    phases: bool = True, progress: bool = True) -> dict:
     """Measure every length (module docstring); returns ``{"machine", "config", "settings", "rows"}``.
 
     Args:
@@ -146,6 +172,7 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         repeats: timed samples per variant (after one untimed warm-up call each).
         top_k_fraction: DSA keys per query as a fraction of ``N`` (default: ``model.top_k``).
         max_top_k: with ``top_k_fraction``, at most this many keys per query.
+        phases: also time the phases of one attention layer (module docstring).
     """
     from tqdm import tqdm
 
@@ -174,8 +201,10 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         gen = torch.Generator().manual_seed(config.train.seed)
         tokens = torch.randint(vocab, (batch_size, n + 1), generator=gen)
         inputs, targets = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
-        dense_train, dense_forward = _step_functions(dense_config, dense.to(device), inputs, targets, device)
-        sparse_train, sparse_forward = _step_functions(sparse_config, sparse.to(device), inputs, targets, device)
+        dense_train, dense_forward, dense_loss = _step_functions(dense_config, dense.to(device), inputs, targets,
+                                                                 device)
+        sparse_train, sparse_forward, sparse_loss = _step_functions(sparse_config, sparse.to(device), inputs,
+                                                                    targets, device)
         for fn in (dense_train, sparse_train, dense_forward, sparse_forward):  # warm-up (allocators, kernels)
             fn()
         synchronize(device)
@@ -193,12 +222,16 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
             "dsa_forward_ms": statistics.median(forward_ms["dsa"]),
             "dense_train_peak_mb": peaks["dense_train"], "dsa_train_peak_mb": peaks["dsa_train"],
             "dense_forward_peak_mb": peaks["dense_forward"], "dsa_forward_peak_mb": peaks["dsa_forward"],
+            "dense_train_saved_mb": _mb(saved_tensor_bytes(dense_loss)[1]),
+            "dsa_train_saved_mb": _mb(saved_tensor_bytes(sparse_loss)[1]),
             "samples_ms": {"train": train_ms, "forward": forward_ms},
         }
         row["train_time_ratio"] = _ratio(row["dense_train_ms"], row["dsa_train_ms"])
         row["forward_time_ratio"] = _ratio(row["dense_forward_ms"], row["dsa_forward_ms"])
         row["train_memory_ratio"] = _ratio(row["dense_train_peak_mb"], row["dsa_train_peak_mb"])
         row["forward_memory_ratio"] = _ratio(row["dense_forward_peak_mb"], row["dsa_forward_peak_mb"])
+        if phases:
+            row["phases"] = _phases_with_rest(config, row, device, repeats)
         rows.append(row)
     machine = machine_info(device)
     if device.type == "cpu":

@@ -238,18 +238,25 @@ def amx_attention_available(isa: str | None = None) -> bool:
     return bool(ext is not None and ext.amx_attention_available())
 
 
+def _saved_indices(indices: Tensor, n_keys: int) -> Tensor:
+    """``indices`` as int32 when every key position fits (half the saved bytes), else as they are."""
+    return indices.int() if n_keys < 2**31 else indices
+
+
 class _SparseAttentionCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, indices, causal, scale, ext):
         out, lse = ext.forward(q, k, v, indices, causal, scale)
-        ctx.save_for_backward(q, k, v, indices, out, lse)
+        # Kept as int32 until the backward: the selection is the largest tensor a sparse layer
+        # saves (N x K per selection head), and key positions fit 32 bits.
+        ctx.save_for_backward(q, k, v, _saved_indices(indices, k.shape[2]), out, lse)
         ctx.causal, ctx.scale, ctx.ext = causal, scale, ext
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, indices, out, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.ext.backward(q, k, v, indices, ctx.causal, ctx.scale, out, lse, grad_out.contiguous())
+        dq, dk, dv = ctx.ext.backward(q, k, v, indices.long(), ctx.causal, ctx.scale, out, lse, grad_out.contiguous())
         return dq, dk, dv, None, None, None, None
 
 

@@ -79,8 +79,8 @@ def profile_table(doc: dict, source: str) -> str:
         + f", {settings.get('timing', '')}).",
         "",
         "| N | top-k | backend | dense step ms | DSA step ms | step x dense | dense fwd ms | DSA fwd ms | fwd x dense |"
-        " step peak MB dense / DSA |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " step peak MB dense / DSA | saved for backward MB dense / DSA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in doc.get("rows", []):
         lines.append(
@@ -88,8 +88,52 @@ def profile_table(doc: dict, source: str) -> str:
             f" {_f(row['dsa_train_ms'], '.1f')} | {_f(row.get('train_time_ratio'), '.2f')} |"
             f" {_f(row['dense_forward_ms'], '.1f')} | {_f(row['dsa_forward_ms'], '.1f')} |"
             f" {_f(row.get('forward_time_ratio'), '.2f')} | {_f(row.get('dense_train_peak_mb'), '.0f')} /"
-            f" {_f(row.get('dsa_train_peak_mb'), '.0f')} |")
-    lines += ["", "`x dense` = dense time / DSA time measured in the same run (> 1: DSA is faster)."]
+            f" {_f(row.get('dsa_train_peak_mb'), '.0f')} | {_f(row.get('dense_train_saved_mb'), '.0f')} /"
+            f" {_f(row.get('dsa_train_saved_mb'), '.0f')} |")
+    lines += ["", "`x dense` = dense time / DSA time measured in the same run (> 1: DSA is faster). `step peak`:"
+              " the extra resident memory at the step's peak; `saved for backward`: the bytes autograd holds"
+              " between the forward and the backward (exact, temporaries excluded)."]
+    if any("phases" in row for row in doc.get("rows", [])):
+        lines += ["", phase_table(doc)]
+    return "\n".join(lines)
+
+
+#: Columns of the phase table: (JSON phase, heading).
+_PHASE_COLUMNS = (("indexer_projection", "indexer proj."), ("selection", "scoring + top-k"),
+                  ("sparse_attention", "sparse attn"), ("indexer_kl", "indexer KL"))
+
+
+def phase_table(doc: dict) -> str:
+    """Where one attention layer's training-step time goes (``lm profile`` phases): dense attention
+    against DSA's phases, ms (GFLOP), the FLOP bound of the ratio and the rest of the model."""
+    lines = [
+        "Time split of one attention layer's training step (forward + backward), ms (GFLOP counted), float32:",
+        "",
+        "| N | top-k | dense attn | " + " | ".join(h for _, h in _PHASE_COLUMNS)
+        + " | DSA layer | layer x dense | FLOP bound | rest of model dense / DSA | DSA fwd layer x dense (bound) |",
+        "|---|---|---|" + "---|" * len(_PHASE_COLUMNS) + "---|---|---|---|---|",
+    ]
+    for row in doc.get("rows", []):
+        split = row.get("phases")
+        if not split:
+            continue
+        ms, gflop = split["train_ms"], split["train_gflop"]
+
+        def cell(name: str) -> str:
+            return f"{_f(ms.get(name), '.1f')} ({_f(gflop.get(name), '.2f')})"
+
+        forward = split["forward_ms"]
+        lines.append(
+            f"| {row['seq_len']} | {row['top_k']} | {cell('dense_attention')} | "
+            + " | ".join(cell(name) for name, _ in _PHASE_COLUMNS)
+            + f" | {_f(split['dsa_train_ms'], '.1f')} | {_f(ms['dense_attention'] / split['dsa_train_ms'], '.2f')}"
+            f" | {_f(split['flop_bound_train'], '.2f')} | {_f(split['rest_train_ms']['dense'], '.0f')} /"
+            f" {_f(split['rest_train_ms']['dsa'], '.0f')}"
+            f" | {_f(forward['dense_attention'] / split['dsa_forward_ms'], '.2f')}"
+            f" ({_f(split['flop_bound_forward'], '.2f')}) |")
+    lines += ["", "`FLOP bound` = dense attention's FLOPs / the DSA layer's: the layer's dense/DSA time ratio if every"
+              " phase ran at one FLOP rate. `rest of model` = step time minus the attention layers' (a negative"
+              " value means the layers timed alone ran slower than inside the step)."]
     return "\n".join(lines)
 
 
