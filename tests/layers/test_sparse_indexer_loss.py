@@ -51,6 +51,26 @@ def test_fused_equals_the_pytorch_path_in_float32():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+@needs_kernel
+@pytest.mark.parametrize("ascending", [False, True])
+def test_fused_walks_keys_in_several_ranges(ascending):
+    # With D_I = 64 and 2 KV heads of D = 32 a key range of the kernel holds 512 keys (the
+    # indexer key row twice, its gradient row and the attention key rows: 512 KiB), so 3000 keys
+    # are 6 ranges; blocks of rows are then 128 wide. Against the PyTorch path.
+    q, k, iq, ik, w, idx = kl_inputs(1, 4, 2, 3000, 32, 4, 64, 40, seed=11, empty_rows=3, duplicates=True)
+    idx[0, -1, :4] = torch.tensor([0, 511, 512, 2999])  # range edges
+    if ascending:
+        idx = idx.sort(dim=-1).values  # -1 slots first
+    results = {}
+    for implementation in ("fused", "reference"):
+        leaves = [t.clone().requires_grad_() for t in (iq, ik, w)]
+        loss = sparse_indexer_loss(q, k, *leaves, idx, implementation=implementation)
+        loss.backward()
+        results[implementation] = [loss] + [t.grad for t in leaves]
+    for name, got, want in zip(("loss", "index_q", "index_k", "weights"), results["fused"], results["reference"]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_reference_equals_float64():
     inputs = kl_inputs(1, 4, 2, 45, 16, 3, 16, 8, seed=5, empty_rows=2, duplicates=True)
     q, k, iq, ik, w, idx = inputs

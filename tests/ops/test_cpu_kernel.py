@@ -44,14 +44,15 @@ def test_long_sequence_mqa():
     compare(q, k, v, random_indices(1, 1, 4096, 4096, 64, empty_fraction=0.05), True, torch.float32)
 
 
-@pytest.mark.parametrize("h, h_kv, layout", [(16, 1, "shared"), (4, 2, "per_head")])
+@pytest.mark.parametrize("h, h_kv, layout", [(16, 1, "shared"), (4, 2, "shared"), (4, 2, "per_head")])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("ascending", [False, True])
 def test_keys_walked_in_several_ranges(h, h_kv, layout, causal, ascending):
-    # fp32 with D = D_v = 64: a key range holds 4096 keys (2 MiB of K and V), so 20000 keys are
-    # 5 ranges merged per token by the online softmax, and blocks are 128 tokens wide: the 150
-    # queries (the last 150 positions) are one full and one partial block. Ascending rows (with
-    # -1 slots first) take the grouping's sorted shortcut.
+    # fp32 with D = D_v = 64: a forward key range holds 4096 keys (2 MiB of K and V), so 20000
+    # keys are 5 ranges merged per token by the online softmax, and blocks are 128 tokens wide:
+    # the 150 queries (the last 150 positions) are one full and one partial block. The backward
+    # of groups of up to 8 heads (4:2 here) walks ranges of 512 keys (K, V, dK and dV rows).
+    # Ascending rows (with -1 slots first) take the grouping's sorted shortcut.
     q, k, v = make_qkv(1, h, h_kv, 150, n_k=20000, d=64, dtype=torch.float64)
     h_sel = {"shared": 1, "per_head": h}[layout]
     idx = random_indices(1, h_sel, 150, 20000, 300, seed=5, empty_fraction=0.1)

@@ -1,4 +1,4 @@
-// DSA sparse-stage indexer loss on CPU, fused: forward and gradient in one pass, O(N * K) work
+// DSA sparse-stage indexer loss on CPU, fused: forward and gradient in one kernel, O(N * K) work
 // and no gathered [N, K, D] copies.
 //
 // For every (batch b, query t) with selected key slots S = idx[b, t, :] (-1 = empty slot):
@@ -9,15 +9,20 @@
 //   over heads: the head-summed target L1-normalised, since every head's softmax sums to 1)
 //   row loss       KL(p || softmax(I over S)),
 // and, since the loss of a row depends only on that row's logits, its gradient in the same
-// pass: dL/dI[s] = softmax(I)[s] - p[s], then through the weighted ReLU sum to dw[t, :],
+// call: dL/dI[s] = softmax(I)[s] - p[s], then through the weighted ReLU sum to dw[t, :],
 // diq[:, t] and dik[s] (scatter-added into a per-thread buffer, summed at the end).
-// Slots are taken one by one as they come (a key selected twice counts twice), exactly as the
-// PyTorch formulation over slots does.
+// The selected keys are scattered over tables (ik, dik, k) far larger than L2 at long lengths,
+// so a block of consecutive rows walks its keys one range of key positions at a time
+// (key_ranges.h), twice: the logits, then (after each row's softmax) the gradients; while the
+// block works in one range its rows stay in L2 or near it.
+// Every slot counts (a key selected twice counts twice), as in the PyTorch formulation over
+// slots; only the order of a row's sums follows the ranges.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include "exp_neg.h"
+#include "key_ranges.h"
 #include "simd16.h"
 
 #include <algorithm>
@@ -68,22 +73,24 @@ inline void dot4(const float* a, const float* b0, const float* b1, const float* 
 // dots[j * stride + s] = a[j] . rows[keys[s]] for j < J, s < count (rows: a [*, n] table). Keys
 // are the outer loop, four at a time, so each gathered row comes from memory once and every
 // head reuses it from L1.
-inline void head_dots(const float* const* a, int64_t J, const float* rows, const int64_t* keys, int64_t count,
-                      int64_t n, float* dots, int64_t stride) {
+template <typename I>
+inline void head_dots(const float* const* a, int64_t J, const float* rows, const I* keys, int64_t count, int64_t n,
+                      float* dots, int64_t stride) {
   int64_t s = 0;
   for (; s + 4 <= count; s += 4) {
-    const float *r0 = rows + keys[s] * n, *r1 = rows + keys[s + 1] * n, *r2 = rows + keys[s + 2] * n,
-                *r3 = rows + keys[s + 3] * n;
+    const float *r0 = rows + int64_t{keys[s]} * n, *r1 = rows + int64_t{keys[s + 1]} * n,
+                *r2 = rows + int64_t{keys[s + 2]} * n, *r3 = rows + int64_t{keys[s + 3]} * n;
     for (int64_t j = 0; j < J; ++j) dot4(a[j], r0, r1, r2, r3, n, dots + j * stride + s);
   }
   for (; s < count; ++s)
-    for (int64_t j = 0; j < J; ++j) dots[j * stride + s] = dot(a[j], rows + keys[s] * n, n);
+    for (int64_t j = 0; j < J; ++j) dots[j * stride + s] = dot(a[j], rows + int64_t{keys[s]} * n, n);
 }
 
 // out[j] = sum_s G[j * stride + s] * rows[keys[s]] for j < J (n features): a small GEMM over
 // gathered rows, accumulated in registers for four heads x 16 features at a time.
-inline void gathered_gemm(const float* G, int64_t J, int64_t stride, const float* rows, const int64_t* keys,
-                          int64_t count, int64_t n, float* const* out) {
+template <typename I>
+inline void gathered_gemm(const float* G, int64_t J, int64_t stride, const float* rows, const I* keys, int64_t count,
+                          int64_t n, float* const* out) {
   for (int64_t j0 = 0; j0 < J; j0 += 4) {
     const int64_t jn = std::min<int64_t>(4, J - j0);
     int64_t d = 0;
@@ -92,7 +99,7 @@ inline void gathered_gemm(const float* G, int64_t J, int64_t stride, const float
       __m256 lo[4], hi[4];
       for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm256_setzero_ps();
       for (int64_t s = 0; s < count; ++s) {
-        const float* row = rows + keys[s] * n + d;
+        const float* row = rows + int64_t{keys[s]} * n + d;
         const __m256 r0 = _mm256_loadu_ps(row), r1 = _mm256_loadu_ps(row + 8);
         for (int64_t j = 0; j < jn; ++j) {
           const __m256 g = _mm256_broadcast_ss(G + (j0 + j) * stride + s);
@@ -110,7 +117,7 @@ inline void gathered_gemm(const float* G, int64_t J, int64_t stride, const float
     for (; d < n; ++d)
       for (int64_t j = 0; j < jn; ++j) {
         float acc = 0.f;
-        for (int64_t s = 0; s < count; ++s) acc += G[(j0 + j) * stride + s] * rows[keys[s] * n + d];
+        for (int64_t s = 0; s < count; ++s) acc += G[(j0 + j) * stride + s] * rows[int64_t{keys[s]} * n + d];
         out[j0 + j][d] += acc;
       }
   }
@@ -118,13 +125,14 @@ inline void gathered_gemm(const float* G, int64_t J, int64_t stride, const float
 
 // table[keys[s]] += sum_j G[j * stride + s] * a[j] for s < count (n features): the scatter of
 // the key gradients, one read-modify-write of each selected row.
-inline void scatter_rows(const float* G, int64_t J, int64_t stride, const float* const* a, const int64_t* keys,
+template <typename I>
+inline void scatter_rows(const float* G, int64_t J, int64_t stride, const float* const* a, const I* keys,
                          int64_t count, int64_t n, float* table) {
   constexpr int64_t kHeads = 8;  // gradients of up to 8 heads held in registers per key
   constexpr int64_t kAhead = 8;  // rows prefetched ahead: they mostly come from L3
   for (int64_t s = 0; s < count; ++s) {
-    float* __restrict row = table + keys[s] * n;
-    if (s + kAhead < count) __builtin_prefetch(table + keys[s + kAhead] * n, 1);
+    float* __restrict row = table + int64_t{keys[s]} * n;
+    if (s + kAhead < count) __builtin_prefetch(table + int64_t{keys[s + kAhead]} * n, 1);
     for (int64_t j0 = 0; j0 < J; j0 += kHeads) {
       const int64_t jn = std::min(kHeads, J - j0);
       float g[kHeads];
@@ -199,16 +207,30 @@ inline float log_sum_exp(const float* x, int64_t n) {
   return m + std::log(sum_exp_shifted(x, n, m));
 }
 
-struct Scratch {
-  std::vector<int64_t> keys;  // [K] valid key positions of the row
-  std::vector<float> dots;    // [H_I, Kp] indexer head dot products (before ReLU)
-  std::vector<float> logits;  // [Kp] indexer logits, then their gradient
-  std::vector<float> head;    // [H / H_kv, Kp] attention logits of one KV head's query heads
-  std::vector<float> target;  // [Kp]
-  std::vector<const float*> iq_rows, q_rows;  // this query's indexer rows [H_I], attention rows [H / H_kv]
+// Per thread: a block of consecutive query rows of one sequence, whose selected keys are walked
+// range by range (key_ranges.h) twice, once for the logits and once for the gradients. Per row,
+// slot arrays follow the row's keys as BlockKeys groups them (slot o = the o-th grouped key).
+struct BlockScratch {
+  std::vector<int64_t> keys;   // [K] valid key positions of the row being staged
+  std::vector<int64_t> count;  // [T] valid keys per staged row
+  std::vector<int64_t> row;    // [T] the staged rows (b * N + t)
+  std::vector<float> dots;     // [T][H_I][Kp] indexer head dot products (before ReLU), then dL/d(dot)
+  std::vector<float> head;     // [T][H][Kp] scaled attention logits
+  std::vector<float> logits;   // [Kp] indexer logits of one row, then their gradient
+  std::vector<float> target;   // [Kp]
+  std::vector<const float*> iq_rows, q_rows;  // one row's indexer rows [H_I], attention rows [H / H_kv]
   std::vector<float*> diq_rows;               // [H_I]
 };
 
+// Bytes a key range holds per key: the indexer key row read twice and its gradient row written,
+// and the attention key rows of every KV head.
+inline int64_t kl_bytes_per_key(int64_t DI, int64_t Hkv, int64_t D) {
+  return (3 * DI + Hkv * D) * int64_t{sizeof(float)};
+}
+// Measured on a 2-core AMD EPYC (512 KiB L2 per core; D_I = 64, 4:2 heads of D = 32, K = 1024,
+// DSA selections): N = 8192 ~680 -> ~550 ms, N = 16384 ~2100 -> ~1200 ms; 2 MiB ranges gained
+// less at N = 8192 (~650 ms), 256 KiB no more than 512.
+constexpr int64_t kRangeBytes = int64_t{512} << 10;
 }  // namespace
 
 // q: [B, H, N, D]; k: [B, H_kv, N_k, D]; iq: [B, H_I, N, D_I]; ik: [B, N_k, D_I]; w: [B, N, H_I];
@@ -255,89 +277,116 @@ std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at
   const int64_t group = H / Hkv;
   std::atomic<bool> out_of_range{false};
 
-  at::parallel_for(0, B * N, 16, [&](int64_t begin, int64_t end) {
-    Scratch w_;
-    const int64_t Kp = padded(K);
+  const int64_t Kp = padded(K);
+  const int64_t bytes_per_key = kl_bytes_per_key(DI, Hkv, D);
+  const int64_t T = ranges::tokens_per_block(Nk, bytes_per_key, kRangeBytes);
+  const int64_t blocks_per_seq = (N + T - 1) / T;
+  at::parallel_for(0, B * blocks_per_seq, 1, [&](int64_t begin, int64_t end) {
+    ranges::BlockKeys grouped(K, Nk, bytes_per_key, kRangeBytes);
+    BlockScratch w_;
     w_.keys.resize(K);
-    w_.dots.resize(HI * Kp);
+    w_.count.resize(T);
+    w_.row.resize(T);
+    w_.dots.resize(T * HI * Kp);
+    w_.head.resize(T * H * Kp);
     w_.logits.resize(Kp);
-    w_.head.resize(group * Kp);
+    w_.target.resize(Kp);
     w_.iq_rows.resize(HI);
     w_.diq_rows.resize(HI);
     w_.q_rows.resize(group);
-    w_.target.resize(Kp);
     float* dik = dik_base + (need_grad ? at::get_thread_num() : 0) * B * Nk * DI;
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / N, t = row % N;
-      const int64_t* slots = idxp + row * K;
-      int64_t n = 0;
-      for (int64_t s = 0; s < K; ++s) {
-        const int64_t key = slots[s];
-        if (key < 0) continue;
-        if (key >= Nk) {
-          out_of_range = true;
-          continue;
-        }
-        w_.keys[n++] = key;
-      }
-      if (n == 0) continue;  // a row without keys has no loss and no gradient
-      hasp[row] = true;
-      const int64_t* keys = w_.keys.data();
-      // Indexer logits at the selected keys.
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t b = block / blocks_per_seq, t0 = (block % blocks_per_seq) * T, t1 = std::min(N, t0 + T);
       const float* ik_b = ikp + b * Nk * DI;
-      const float* w_row = wp + row * HI;
-      for (int64_t j = 0; j < HI; ++j) w_.iq_rows[j] = iqp + ((b * HI + j) * N + t) * DI;
-      float* dots = w_.dots.data();  // [H_I, Kp]
-      head_dots(w_.iq_rows.data(), HI, ik_b, keys, n, DI, dots, Kp);
-      float* logits = w_.logits.data();
-      std::fill(logits, logits + n, 0.f);
-      for (int64_t j = 0; j < HI; ++j)
-        for (int64_t s = 0; s < n; ++s) logits[s] += w_row[j] * std::max(dots[j * Kp + s], 0.f);
-      // Target: each head's softmax over the selected keys, averaged over heads.
-      float* target = w_.target.data();
-      float* head = w_.head.data();  // [group, Kp]: the query heads of one KV head
-      std::fill(target, target + n, 0.f);
-      for (int64_t g = 0; g < Hkv; ++g) {
-        for (int64_t h = 0; h < group; ++h) w_.q_rows[h] = qp + ((b * H + g * group + h) * N + t) * D;
-        head_dots(w_.q_rows.data(), group, kp + (b * Hkv + g) * Nk * D, keys, n, D, head, Kp);
-        for (int64_t h = 0; h < group; ++h) {
-          float* l = head + h * Kp;
+      int64_t tokens = 0;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t* slots = idxp + (b * N + t) * K;
+        int64_t n = 0;
+        for (int64_t s = 0; s < K; ++s) {
+          const int64_t key = slots[s];
+          if (key < 0) continue;
+          if (key >= Nk) {
+            out_of_range = true;
+            continue;
+          }
+          w_.keys[n++] = key;
+        }
+        if (n == 0) continue;  // a row without keys has no loss and no gradient
+        hasp[b * N + t] = true;
+        grouped.stage(tokens, w_.keys.data(), n);
+        w_.count[tokens] = n;
+        w_.row[tokens++] = b * N + t;
+      }
+      // Pass 1, range by range: indexer and attention logits at each row's keys.
+      grouped.walk(tokens, [&](int64_t slot, const int32_t* keys, int64_t n) {
+        const int64_t t = w_.row[slot] % N, o = keys - grouped.token_ids(slot);
+        for (int64_t j = 0; j < HI; ++j) w_.iq_rows[j] = iqp + ((b * HI + j) * N + t) * DI;
+        head_dots(w_.iq_rows.data(), HI, ik_b, keys, n, DI, w_.dots.data() + slot * HI * Kp + o, Kp);
+        for (int64_t g = 0; g < Hkv; ++g) {
+          for (int64_t h = 0; h < group; ++h) w_.q_rows[h] = qp + ((b * H + g * group + h) * N + t) * D;
+          head_dots(w_.q_rows.data(), group, kp + (b * Hkv + g) * Nk * D, keys, n, D,
+                    w_.head.data() + (slot * H + g * group) * Kp + o, Kp);
+        }
+      });
+      // Per row: the KL and dL/d(dot) (in place of the dots).
+      for (int64_t slot = 0; slot < tokens; ++slot) {
+        const int64_t row = w_.row[slot], n = w_.count[slot];
+        const float* w_row = wp + row * HI;
+        float* dots = w_.dots.data() + slot * HI * Kp;  // [H_I, Kp]
+        float* logits = w_.logits.data();
+        std::fill(logits, logits + n, 0.f);
+        for (int64_t j = 0; j < HI; ++j)
+          for (int64_t s = 0; s < n; ++s) logits[s] += w_row[j] * std::max(dots[j * Kp + s], 0.f);
+        // Target: each head's softmax over the selected keys, averaged over heads.
+        float* target = w_.target.data();
+        std::fill(target, target + n, 0.f);
+        for (int64_t h = 0; h < H; ++h) {
+          float* l = w_.head.data() + (slot * H + h) * Kp;
           for (int64_t s = 0; s < n; ++s) l[s] *= fscale;
           const float lse = log_sum_exp(l, n);
           add_exp_shifted(target, l, n, lse);
         }
-      }
-      const float inv_h = 1.f / static_cast<float>(H);
-      const float lse_i = log_sum_exp(logits, n);
-      float kl = 0.f;
-      for (int64_t s = 0; s < n; ++s) {
-        const float p = target[s] * inv_h;
-        target[s] = p;
-        if (p > 0.f) kl += p * (std::log(p) - (logits[s] - lse_i));
-      }
-      klp[row] = kl;
-      if (!need_grad) continue;
-      // dKL/dI[s] = softmax(I)[s] - p[s], reusing the logits buffer.
-      exp_shifted_minus(logits, target, n, lse_i);
-      // Through the weighted ReLU sum: G[j, s] = dL/d(dot_js) = g_s w_j [dot_js > 0] (into the dots
-      // buffer), dw_j = sum_s g_s ReLU(dot_js), then diq_j = G[j] . keys and dik[s] += G[:, s] . iq.
-      float* dw_row = dwp + row * HI;
-      for (int64_t j = 0; j < HI; ++j) {
-        w_.diq_rows[j] = diqp + ((b * HI + j) * N + t) * DI;
-        float* Gj = dots + j * Kp;
-        const float wj = w_row[j];
-        float dwj = 0.f;
-        // Branch-free (the ReLU passes about half the keys: a branch would mispredict).
-#pragma omp simd reduction(+ : dwj)
+        const float inv_h = 1.f / static_cast<float>(H);
+        const float lse_i = log_sum_exp(logits, n);
+        float kl = 0.f;
         for (int64_t s = 0; s < n; ++s) {
-          const float pass = Gj[s] > 0.f ? 1.f : 0.f;
-          dwj += logits[s] * Gj[s] * pass;
-          Gj[s] = pass * logits[s] * wj;
+          const float p = target[s] * inv_h;
+          target[s] = p;
+          if (p > 0.f) kl += p * (std::log(p) - (logits[s] - lse_i));
         }
-        dw_row[j] = dwj;
+        klp[row] = kl;
+        if (!need_grad) continue;
+        // dKL/dI[s] = softmax(I)[s] - p[s], reusing the logits buffer.
+        exp_shifted_minus(logits, target, n, lse_i);
+        // Through the weighted ReLU sum: G[j, s] = dL/d(dot_js) = g_s w_j [dot_js > 0] (into the dots
+        // buffer) and dw_j = sum_s g_s ReLU(dot_js); diq and dik follow in pass 2.
+        float* dw_row = dwp + row * HI;
+        for (int64_t j = 0; j < HI; ++j) {
+          float* Gj = dots + j * Kp;
+          const float wj = w_row[j];
+          float dwj = 0.f;
+          // Branch-free (the ReLU passes about half the keys: a branch would mispredict).
+#pragma omp simd reduction(+ : dwj)
+          for (int64_t s = 0; s < n; ++s) {
+            const float pass = Gj[s] > 0.f ? 1.f : 0.f;
+            dwj += logits[s] * Gj[s] * pass;
+            Gj[s] = pass * logits[s] * wj;
+          }
+          dw_row[j] = dwj;
+        }
       }
-      gathered_gemm(dots, HI, Kp, ik_b, keys, n, DI, w_.diq_rows.data());
-      scatter_rows(dots, HI, Kp, w_.iq_rows.data(), keys, n, DI, dik + b * Nk * DI);
+      if (!need_grad) continue;
+      // Pass 2, range by range: diq_j += G[j] . keys and dik[s] += G[:, s] . iq.
+      grouped.walk(tokens, [&](int64_t slot, const int32_t* keys, int64_t n) {
+        const int64_t t = w_.row[slot] % N, o = keys - grouped.token_ids(slot);
+        for (int64_t j = 0; j < HI; ++j) {
+          w_.iq_rows[j] = iqp + ((b * HI + j) * N + t) * DI;
+          w_.diq_rows[j] = diqp + ((b * HI + j) * N + t) * DI;
+        }
+        const float* G = w_.dots.data() + slot * HI * Kp + o;
+        gathered_gemm(G, HI, Kp, ik_b, keys, n, DI, w_.diq_rows.data());
+        scatter_rows(G, HI, Kp, w_.iq_rows.data(), keys, n, DI, dik + b * Nk * DI);
+      });
     }
   });
   TORCH_CHECK(!out_of_range, "indexer_kl: idx holds key positions >= N_k (", Nk, ")");

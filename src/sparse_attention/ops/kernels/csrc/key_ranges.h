@@ -8,7 +8,9 @@
 // (measured ~12 vs ~22 ns per key and token for random bf16 selections from 16384 keys, 1 MiB
 // ranges). Each token keeps a running softmax state
 // (max, sum, unnormalised output) merged over ranges, as in flash attention's online softmax.
-// Used by the AMX bf16 forward (amx_attention.h) and the fp32 lane forward (lanes_blocks.h).
+// Used by the AMX bf16 forward (amx_attention.h), the fp32 lane forwards (lanes_blocks.h,
+// lanes_rows.h), the fp32 backward of small groups (lanes_rows_backward.h) and the indexer KL
+// (indexer_kl_cpu.cpp: one walk for the logits, one for the gradients).
 #pragma once
 
 #include <immintrin.h>
@@ -134,6 +136,10 @@ class BlockKeys {
   void stage(int64_t slot, const int64_t* ids, int64_t n) {
     group_by_range(ids, n, shift_, ranges_, start_.data() + slot * (ranges_ + 1), ids_.data() + slot * K_);
   }
+
+  // Token `slot`'s staged keys, grouped by range: walk() hands out pieces of this array, so
+  // ids - token_ids(slot) is a piece's offset in the token's grouped order.
+  const int32_t* token_ids(int64_t slot) const { return ids_.data() + slot * K_; }
 
   // Calls fn(slot, ids, n) for each of tokens [0, tokens) that has n > 0 keys ids in a range,
   // range by range (every token's range 0, then every token's range 1, ...).

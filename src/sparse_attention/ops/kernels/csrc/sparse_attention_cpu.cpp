@@ -28,6 +28,7 @@
 #include "lanes.h"
 #include "lanes_blocks.h"
 #include "lanes_rows.h"
+#include "lanes_rows_backward.h"
 
 #include <algorithm>
 #include <cmath>
@@ -416,7 +417,7 @@ template <typename T>
 void backward_item_rows(const Shapes& s, const Item& it, const int64_t* ids, int64_t n, const T* q, const T* k,
                         const T* v, double scale, const T* out, const float* lse, const T* dout, float* dq,
                         float* dk, float* dv, LaneScratch& w) {
-  const int64_t L = lanes::kLanes, kp = w.kp;
+  const int64_t kp = w.kp;
   float delta[rows::kMaxHeads], lse_h[rows::kMaxHeads];
   load_backward_rows(s, it, ids, n, q, k, v, scale, out, lse, dout, w, delta, lse_h);
   float* S = w.s_rows.data();    // [nh][kp] S, then P
@@ -425,18 +426,7 @@ void backward_item_rows(const Shapes& s, const Item& it, const int64_t* ids, int
   rows::scores(w.rows_do.data(), it.nh, s.Dv, w.vrows.data(), n, dS, kp);
   float* pt = w.st.data();    // [n][16] P^T and dS^T for the key-gradient accumulation
   float* dst = w.dst.data();
-  for (int64_t i = 0; i < it.nh; ++i) {
-    const simd::F16 lse_v = simd::set1(lse_h[i]), delta_v = simd::set1(delta[i]);
-    for (int64_t j = 0; j < n; j += 16) {  // the padding up to kp is scratch
-      const simd::F16 p = simd::exp(simd::sub(simd::loadu(S + i * kp + j), lse_v));
-      simd::storeu(S + i * kp + j, p);
-      simd::storeu(dS + i * kp + j, simd::mul(p, simd::sub(simd::loadu(dS + i * kp + j), delta_v)));
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      pt[j * L + i] = S[i * kp + j];
-      dst[j * L + i] = dS[i * kp + j];
-    }
-  }
+  rows::probabilities_and_ds(S, dS, kp, it.nh, lse_h, delta, n, pt, dst);
   std::fill(w.o.begin(), w.o.begin() + it.nh * s.D, 0.0f);
   rows::weighted_rows(dS, kp, it.nh, w.krows.data(), n, s.D, w.o.data());  // dQ / scale
   store_backward_grads(s, it, ids, n, pt, dst, scale, dq, dk, dv, w);
@@ -624,6 +614,49 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
   });
 }
 
+#if defined(SA_LANES)
+// The fp32 backward in blocks of rows::BlockBackward::block_tokens() consecutive query tokens of
+// one selection group, walking their keys range by range (lanes_rows_backward.h); dK and dV
+// into this thread's accumulators (dk_all, dv_all: kv_numel_* floats per thread).
+void backward_token_blocks(const Shapes& s, const float* q, const float* k, const float* v, const int64_t* idx,
+                           double scale, const float* out, const float* lse, const float* dout, float* dq,
+                           float* dk_all, float* dv_all, int64_t kv_numel_k, int64_t kv_numel_v) {
+  const int64_t T = rows::BlockBackward::block_tokens(s.Nk, s.D, s.Dv);
+  const int64_t blocks_per_group = (s.Nq + T - 1) / T;
+  const int64_t groups = s.items() / s.Nq;  // items are (group, token) with the token fastest
+  at::parallel_for(0, groups * blocks_per_group, 1, [&](int64_t begin, int64_t end) {
+    const int tid = at::get_thread_num();
+    float* dk = dk_all + tid * kv_numel_k;
+    float* dv = dv_all + tid * kv_numel_v;
+    rows::BlockBackward engine(s.K, s.Nk, s.D, s.Dv, static_cast<float>(scale));
+    std::vector<int64_t> ids(s.K);
+    std::vector<Item> staged(T);
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t g = block / blocks_per_group, t0 = (block % blocks_per_group) * T;
+      const int64_t t1 = std::min(s.Nq, t0 + T);
+      int64_t tokens = 0;
+      for (int64_t t = t0; t < t1; ++t) {
+        const Item it = decode(s, g * s.Nq + t);
+        const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;  // row of head i: row0 + i * Nq
+        const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
+        if (n == 0) continue;  // dq rows stay zero
+        engine.stage(tokens, it.nh, q + row0 * s.D, s.Nq * s.D, out + row0 * s.Dv, dout + row0 * s.Dv, s.Nq * s.Dv,
+                     lse + row0, s.Nq, ids.data(), n);
+        staged[tokens++] = it;
+      }
+      if (tokens == 0) continue;
+      const Item first = decode(s, g * s.Nq);
+      const int64_t kv_off = (first.b * s.Hkv + first.kvh) * s.Nk;
+      engine.run(tokens, first.nh, k + kv_off * s.D, v + kv_off * s.Dv, dk + kv_off * s.D, dv + kv_off * s.Dv);
+      for (int64_t slot = 0; slot < tokens; ++slot) {
+        const Item& it = staged[slot];
+        engine.finish(slot, it.nh, dq + ((it.b * s.H + it.h0) * s.Nq + it.t) * s.D, s.Nq * s.D);
+      }
+    }
+  });
+}
+#endif
+
 template <typename T>
 void backward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, const int64_t* idx, double scale,
                    const T* out, const float* lse, const T* dout, float* dq, float* dk_all, float* dv_all,
@@ -632,6 +665,14 @@ void backward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, co
   const auto v_copy = HugePageArray::copy_of(v_in, kv_numel_v);
   const T* k = k_copy.template data<T>();
   const T* v = v_copy.template data<T>();
+#if defined(SA_LANES)
+  if constexpr (std::is_same<T, float>::value) {
+    if (rows::fits_backward(s.per_head ? 1 : s.G, s.D, s.Dv)) {  // few heads per group
+      backward_token_blocks(s, q, k, v, idx, scale, out, lse, dout, dq, dk_all, dv_all, kv_numel_k, kv_numel_v);
+      return;
+    }
+  }
+#endif
   const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, s.G));
   at::parallel_for(0, s.items(), grain, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
