@@ -12,6 +12,14 @@ from sparse_attention.ops.kernels import cpu
 needs_kernel = pytest.mark.skipif(cpu.load_error() is not None, reason=f"CPU extension unavailable: {cpu.load_error()}")
 
 
+def loss_and_grads(q, k, iq, ik, w, idx, implementation):
+    """``[loss, d index_q, d index_k, d weights]`` of one implementation."""
+    leaves = [t.clone().requires_grad_() for t in (iq, ik, w)]
+    loss = sparse_indexer_loss(q, k, *leaves, idx, implementation=implementation)
+    loss.backward()
+    return [loss] + [t.grad for t in leaves]
+
+
 @needs_kernel
 @pytest.mark.parametrize("b, h, h_kv, n, d, h_i, d_i, top_k", [
     (2, 4, 2, 37, 16, 2, 16, 6),     # GQA 4:2
@@ -41,12 +49,7 @@ def test_no_row_with_a_key_gives_zero_loss_and_zero_gradients():
 @needs_kernel
 def test_fused_equals_the_pytorch_path_in_float32():
     q, k, iq, ik, w, idx = kl_inputs(2, 4, 2, 130, 32, 4, 64, 24, seed=3)
-    results = {}
-    for implementation in ("fused", "reference"):
-        leaves = [t.clone().requires_grad_() for t in (iq, ik, w)]
-        loss = sparse_indexer_loss(q, k, *leaves, idx, implementation=implementation)
-        loss.backward()
-        results[implementation] = [loss] + [t.grad for t in leaves]
+    results = {impl: loss_and_grads(q, k, iq, ik, w, idx, impl) for impl in ("fused", "reference")}
     for got, want in zip(results["fused"], results["reference"]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
@@ -61,12 +64,7 @@ def test_fused_walks_keys_in_several_ranges(ascending):
     idx[0, -1, :4] = torch.tensor([0, 511, 512, 2999])  # range edges
     if ascending:
         idx = idx.sort(dim=-1).values  # -1 slots first
-    results = {}
-    for implementation in ("fused", "reference"):
-        leaves = [t.clone().requires_grad_() for t in (iq, ik, w)]
-        loss = sparse_indexer_loss(q, k, *leaves, idx, implementation=implementation)
-        loss.backward()
-        results[implementation] = [loss] + [t.grad for t in leaves]
+    results = {impl: loss_and_grads(q, k, iq, ik, w, idx, impl) for impl in ("fused", "reference")}
     for name, got, want in zip(("loss", "index_q", "index_k", "weights"), results["fused"], results["reference"]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
 
