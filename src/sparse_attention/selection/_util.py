@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ops.kernels import compact_cpu
 from ..ops.validation import causal_offset
 from ..utils.checks import check_int
 
@@ -34,8 +35,17 @@ def compact_indices(indices: Tensor, n_keys: int, limit: Tensor | None = None) -
         limit: optional ``[N_q]`` last allowed key per query (causal); larger entries drop.
     Returns:
         ``[..., N_q, K]`` int64, valid ascending positions first, ``-1`` padding, with
-        ``K = max(1, most valid entries in any row)``.
+        ``K = max(1, most valid entries in any row)``. On CPU the C++ bitmap pass
+        (:mod:`~sparse_attention.ops.kernels.compact_cpu`) computes it; elsewhere, or without
+        the extension, :func:`compact_indices_reference`. Both give the same tensor.
     """
+    if indices.shape[-1] > 0 and compact_cpu.available(indices):
+        return compact_cpu.compact_rows(indices, n_keys, limit)
+    return compact_indices_reference(indices, n_keys, limit)
+
+
+def compact_indices_reference(indices: Tensor, n_keys: int, limit: Tensor | None = None) -> Tensor:
+    """:func:`compact_indices` by two sorts per row (any device; the reference of the CPU kernel)."""
     idx = indices.long()
     invalid = idx < 0
     if limit is not None:

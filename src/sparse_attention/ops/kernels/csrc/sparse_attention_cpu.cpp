@@ -818,6 +818,9 @@ std::string fused_topk_bf16_path();
 std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at::Tensor ik, at::Tensor w,
                                    at::Tensor idx, double scale, bool need_grad);
 
+// compact_rows_cpu.cpp
+at::Tensor compact_rows(at::Tensor idx, int64_t n_keys, at::Tensor limit);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "sparse attention forward (CPU); bf16 items use AMX tiles where allowed and possible",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("idx"), py::arg("causal"), py::arg("scale"),
@@ -856,6 +859,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
     return f;
   }, "instruction sets this build's code may use, and which lane kernels it has");
+  m.def("compact_rows", &compact_rows, "candidate lists -> ascending unique index rows (CPU, bitmap per row)");
   m.def("fused_topk", &fused_topk, "fused scoring + top-k selection (CPU)");
   m.def("fused_topk_bf16_path", &fused_topk_bf16_path, "bf16 scoring path: amx, avx512_bf16 or empty");
   m.def("indexer_kl", &indexer_kl, "DSA sparse-stage indexer KL per query row and its gradient (CPU)");

@@ -1,0 +1,46 @@
+"""The CPU bitmap compaction of candidate lists against the sort-based reference."""
+
+import pytest
+import torch
+
+from sparse_attention.ops.kernels import compact_cpu, cpu
+from sparse_attention.selection._util import compact_indices, compact_indices_reference
+
+pytestmark = pytest.mark.skipif(cpu.load_error() is not None, reason=f"CPU extension unavailable: {cpu.load_error()}")
+
+SHAPES = [  # (candidate shape, N_k): odd widths, one candidate, keys across several bitmap words
+    ((1, 4, 37, 11), 20),
+    ((2, 3, 13, 1), 9),
+    ((1, 2, 50, 300), 1000),
+    ((3, 29, 64), 200),
+]
+
+
+@pytest.mark.parametrize("shape, n_keys", SHAPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_same_rows_as_the_sorting_reference(shape, n_keys, causal):
+    gen = torch.Generator().manual_seed(shape[-1])
+    cand = torch.randint(-3, n_keys + 3, shape, generator=gen)  # padding, duplicates, out-of-range keys
+    limit = torch.arange(shape[-2]) - 2 if causal else None  # the first rows see no key at all
+    got = compact_indices(cand, n_keys, limit)
+    assert torch.equal(got, compact_indices_reference(cand, n_keys, limit))
+
+
+def test_rows_are_ascending_unique_and_causal():
+    cand = torch.tensor([[[5, 1, 5, -1, 3, 9], [0, 0, 0, 0, 0, 0], [-1, -1, -1, -1, -1, -1]]])
+    got = compact_indices(cand, 10, torch.tensor([4, 9, 9]))
+    assert got.tolist() == [[[1, 3], [0, -1], [-1, -1]]]
+
+
+@pytest.mark.parametrize("isa", cpu.ISA_LEVELS)
+def test_every_isa_build(isa):
+    if cpu.isa_unavailable_reason(isa) is not None or cpu.load_error(isa) is not None:
+        pytest.skip(f"{isa} build cannot run here")
+    cand = torch.randint(-1, 70, (2, 33, 40), generator=torch.Generator().manual_seed(1))
+    limit = torch.arange(33) + 30
+    assert torch.equal(compact_cpu.compact_rows(cand, 70, limit, isa=isa), compact_indices_reference(cand, 70, limit))
+
+
+def test_int32_candidates_give_int64_rows():
+    cand = torch.tensor([[3, 1, 3]], dtype=torch.int32)
+    assert compact_indices(cand, 4).dtype == torch.int64
