@@ -18,12 +18,23 @@ SHAPES = [  # (candidate shape, N_k): odd widths, one candidate, keys across sev
 
 @pytest.mark.parametrize("shape, n_keys", SHAPES)
 @pytest.mark.parametrize("causal", [False, True])
-def test_same_rows_as_the_sorting_reference(shape, n_keys, causal):
+@pytest.mark.parametrize("key_range", [None, (0, 3), (5, 70), (63, 129), (7, 7)])
+def test_same_rows_as_the_sorting_reference(shape, n_keys, causal, key_range):
     gen = torch.Generator().manual_seed(shape[-1])
     cand = torch.randint(-3, n_keys + 3, shape, generator=gen)  # padding, duplicates, out-of-range keys
     limit = torch.arange(shape[-2]) - 2 if causal else None  # the first rows see no key at all
-    got = compact_indices(cand, n_keys, limit)
-    assert torch.equal(got, compact_indices_reference(cand, n_keys, limit))
+    got = compact_indices(cand, n_keys, limit, key_range)
+    assert torch.equal(got, compact_indices_reference(cand, n_keys, limit, key_range))
+
+
+def test_a_key_range_alone_fills_rows_up_to_their_limit():
+    got = compact_indices(torch.empty(1, 4, 0, dtype=torch.long), 100, torch.tensor([65, 66, 70, 200]), (64, 68))
+    assert got.tolist() == [[[64, 65, -1, -1], [64, 65, 66, -1], [64, 65, 66, 67], [64, 65, 66, 67]]]
+
+
+def test_a_negative_key_range_is_a_clear_error():
+    with pytest.raises(ValueError, match="key_range"):
+        compact_indices(torch.zeros(1, 2, 3, dtype=torch.long), 10, None, (-1, 4))
 
 
 def test_rows_are_ascending_unique_and_causal():
@@ -38,7 +49,9 @@ def test_every_isa_build(isa):
         pytest.skip(f"{isa} build cannot run here")
     cand = torch.randint(-1, 70, (2, 33, 40), generator=torch.Generator().manual_seed(1))
     limit = torch.arange(33) + 30
-    assert torch.equal(compact_cpu.compact_rows(cand, 70, limit, isa=isa), compact_indices_reference(cand, 70, limit))
+    for key_range in (None, (10, 50)):
+        got = compact_cpu.compact_rows(cand, 70, limit, key_range, isa=isa)
+        assert torch.equal(got, compact_indices_reference(cand, 70, limit, key_range))
 
 
 def test_int32_candidates_give_int64_rows():

@@ -154,15 +154,15 @@ def clustered_select(
             lo, hi = (min(max(p - off, 0), n_q) for p in (start, start + s))
             if hi == lo:  # no query ends in this block (e.g. a KV cache longer than N_q)
                 continue
-            # (i) local block: keys [start, start + S), masked causally by compact_indices.
-            local = torch.arange(start, min(start + s, n_k), device=device)
-            cands = [local.expand(b, h, hi - lo, local.numel())]
+            # (i) local block: keys [start, start + S), passed as a range and masked causally
+            # by compact_indices (listing them would write S more candidates per query).
+            local = (start, min(start + s, n_k))
+            prefix_cand = torch.full((b, h, hi - lo, 0), -1, dtype=torch.long, device=device)
             block_info: dict[str, Any] = {}
             if start > 0:  # (ii) clusters fitted on the prefix keys [0, start) only
                 prefix_cand, block_info = route(q[:, :, lo:hi], q[:, :, :lo], k[:, :, :start], blk)
-                cands.insert(0, prefix_cand)
             infos.append(block_info)
-            parts.append(compact_indices(torch.cat(cands, dim=-1), n_k, limit[lo:hi]))  # [B, H, S', K_b]
+            parts.append(compact_indices(prefix_cand, n_k, limit[lo:hi], key_range=local))  # [B, H, S', K_b]
         width = max(p.shape[-1] for p in parts)
         idx = torch.cat([_pad_width(p, width) for p in parts], dim=2)  # [B, H, N_q, K]
     report = {**info, "block_size": s, "n_blocks": len(infos), **_collect(infos, route_keys)}

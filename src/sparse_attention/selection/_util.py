@@ -26,26 +26,35 @@ def query_key_limit(n_q: int, n_k: int, causal: bool, device) -> Tensor:
     return torch.full_like(rows, n_k - 1)
 
 
-def compact_indices(indices: Tensor, n_keys: int, limit: Tensor | None = None) -> Tensor:
+def compact_indices(indices: Tensor, n_keys: int, limit: Tensor | None = None,
+                    key_range: tuple[int, int] | None = None) -> Tensor:
     """Sort each row, drop duplicates and invalid entries, trim to the longest row.
 
     Args:
         indices: ``[..., N_q, M]`` candidate key positions, ``-1`` (or any negative) = none.
         n_keys: ``N_k``.
         limit: optional ``[N_q]`` last allowed key per query (causal); larger entries drop.
+        key_range: optional ``(start, stop)``, ``0 <= start``: keys ``[start, stop)`` are
+            candidates of every row too (a causal block's own keys), without being listed.
     Returns:
         ``[..., N_q, K]`` int64, valid ascending positions first, ``-1`` padding, with
         ``K = max(1, most valid entries in any row)``. On CPU the C++ bitmap pass
         (:mod:`~sparse_attention.ops.kernels.compact_cpu`) computes it; elsewhere, or without
         the extension, :func:`compact_indices_reference`. Both give the same tensor.
     """
-    if indices.shape[-1] > 0 and compact_cpu.available(indices):
-        return compact_cpu.compact_rows(indices, n_keys, limit)
-    return compact_indices_reference(indices, n_keys, limit)
+    if key_range is not None and key_range[0] < 0:
+        raise ValueError(f"key_range must start at a key position >= 0, got {key_range}")
+    if (indices.shape[-1] > 0 or key_range is not None) and compact_cpu.available(indices):
+        return compact_cpu.compact_rows(indices, n_keys, limit, key_range)
+    return compact_indices_reference(indices, n_keys, limit, key_range)
 
 
-def compact_indices_reference(indices: Tensor, n_keys: int, limit: Tensor | None = None) -> Tensor:
+def compact_indices_reference(indices: Tensor, n_keys: int, limit: Tensor | None = None,
+                              key_range: tuple[int, int] | None = None) -> Tensor:
     """:func:`compact_indices` by two sorts per row (any device; the reference of the CPU kernel)."""
+    if key_range is not None:  # list the range's keys in every row
+        keys = torch.arange(key_range[0], max(key_range), device=indices.device)
+        indices = torch.cat([indices.long(), keys.expand(*indices.shape[:-1], keys.numel())], dim=-1)
     idx = indices.long()
     invalid = idx < 0
     if limit is not None:

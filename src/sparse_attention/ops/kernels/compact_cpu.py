@@ -8,6 +8,8 @@ sort-based reference (``selection._util.compact_indices_reference``) returns.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -19,18 +21,22 @@ def available(indices: Tensor, isa: str | None = None) -> bool:
     return indices.device.type == "cpu" and cpu.load_error(isa) is None
 
 
-def compact_rows(indices: Tensor, n_keys: int, limit: Tensor | None = None, isa: str | None = None) -> Tensor:
+def compact_rows(indices: Tensor, n_keys: int, limit: Tensor | None = None, key_range: tuple[int, int] | None = None,
+                 isa: str | None = None) -> Tensor:
     """Sort each row, drop duplicates and invalid entries, trim to the widest row.
 
     Args:
         indices: ``[..., N_q, M]`` candidate key positions (integer; negative = none).
         n_keys: ``N_k``; positions ``>= N_k`` are dropped.
         limit: optional ``[N_q]`` last visible key per query; larger positions are dropped.
+        key_range: optional ``(start, stop)``: every row also holds keys ``[start, stop)`` (up
+            to its limit) without listing them, e.g. a causal block's own keys.
     Returns:
         ``[..., N_q, K]`` int64, ascending positions first, ``-1`` padding, ``K = max(1, widest row)``.
     """
     *lead, n_q, m = indices.shape
-    flat = indices.reshape(-1, m).long()  # [R, M]
+    flat = indices.reshape(math.prod(lead) * n_q, m).long()  # [R, M]
     lim = torch.empty(0, dtype=torch.long) if limit is None else limit.long().reshape(n_q)
-    out = cpu.extension(isa).compact_rows(flat, int(n_keys), lim)  # [R, K]
+    start, stop = (0, 0) if key_range is None else (int(key_range[0]), int(key_range[1]))
+    out = cpu.extension(isa).compact_rows(flat, int(n_keys), lim, start, stop)  # [R, K]
     return out.view(*lead, n_q, out.shape[-1])

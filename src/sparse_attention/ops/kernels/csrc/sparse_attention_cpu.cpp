@@ -819,7 +819,7 @@ std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at
                                    at::Tensor idx, double scale, bool need_grad);
 
 // compact_rows_cpu.cpp
-at::Tensor compact_rows(at::Tensor idx, int64_t n_keys, at::Tensor limit);
+at::Tensor compact_rows(at::Tensor idx, int64_t n_keys, at::Tensor limit, int64_t range_start, int64_t range_stop);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "sparse attention forward (CPU); bf16 items use AMX tiles where allowed and possible",
