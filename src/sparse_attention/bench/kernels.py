@@ -34,7 +34,6 @@ from ..ops.backends import choose_backend
 from ..ops.dense import dense_attention
 from ..ops.kernels import cpu as cpu_kernels
 from ..ops.sparse_attention import sparse_attention
-from ..utils.machine import machine_info
 from ..utils.memory import peak_memory_bytes
 from ..utils.timing import synchronize, time_call, time_interleaved
 from .peers import measure_peer, resolve_peers
@@ -271,10 +270,7 @@ def run_kernel_bench(cfg: KernelBenchConfig, progress: Callable[[Iterable, str],
     for n, k, h, h_kv in progress(points, "bench"):
         rows.extend(measure_point(cfg, n, k, h, h_kv))
     config = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    machine = machine_info(cfg.device)
-    if torch.device(cfg.device).type == "cpu":
-        machine["cpu_kernel"] = cpu_kernels.cpu_kernel_info()
-    return {"machine": machine, "config": config, "rows": rows,
+    return {"machine": cpu_kernels.machine_with_kernel(cfg.device), "config": config, "rows": rows,
             "flop_model": {"forward_per_edge_per_head": "4 * D", "backward_factor": BACKWARD_FLOP_FACTOR}}
 
 

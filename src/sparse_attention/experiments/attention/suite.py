@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ...utils.machine import machine_info
+from ...ops.kernels.cpu import machine_with_kernel
 from ...utils.results_io import read_json, write_json
 from .context import RunContext, SuiteConfig
 
@@ -58,7 +58,7 @@ def run_suite(config: SuiteConfig, output_dir: str | Path, *, resume: bool = Fal
     out = Path(output_dir)
     path = out / RESULTS_FILE
     results: dict[str, Any] = {"format_version": FORMAT_VERSION, "config": config.to_dict(),
-                               "machine": machine_info(config.device), "experiments": {}, "runtime_s": {}}
+                               "machine": machine_with_kernel(config.device), "experiments": {}, "runtime_s": {}}
     if resume and path.is_file():
         previous = read_json(path)
         if _same_setup(previous.get("config", {}), results["config"]):

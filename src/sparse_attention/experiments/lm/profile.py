@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
+from ...ops.kernels.cpu import machine_with_kernel
 from ...training.config import RunConfig
 from ...utils.checks import check_int
-from ...utils.machine import machine_info
 from ...utils.memory import peak_memory_bytes, peak_memory_unavailable, saved_tensor_bytes
 from ...utils.results_io import write_json
 from ...utils.timing import synchronize, time_call
@@ -233,13 +233,8 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         if phases:
             row["phases"] = _phases_with_rest(config, row, device, repeats)
         rows.append(row)
-    machine = machine_info(device)
-    if device.type == "cpu":
-        from ...ops.kernels.cpu import cpu_kernel_info
-
-        machine["cpu_kernel"] = cpu_kernel_info()
     return {
-        "machine": machine,
+        "machine": machine_with_kernel(device),
         "config": config.to_dict(),
         "settings": {"seq_lengths": lengths, "batch_size": batch_size, "repeats": repeats,
                      "top_k_fraction": top_k_fraction, "max_top_k": max_top_k, "vocab_size": vocab, "device": str(device),

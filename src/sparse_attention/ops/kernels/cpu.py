@@ -232,6 +232,17 @@ def cpu_kernel_info() -> dict:
     return info
 
 
+def machine_with_kernel(device: torch.device | str = "cpu") -> dict:
+    """:func:`~sparse_attention.utils.machine.machine_info` plus, on CPU, ``cpu_kernel``
+    (:func:`cpu_kernel_info`: the ISA the kernel was built for), as every result file records it."""
+    from ...utils.machine import machine_info
+
+    machine = machine_info(device)
+    if torch.device(device).type == "cpu":
+        machine["cpu_kernel"] = cpu_kernel_info()
+    return machine
+
+
 def amx_attention_available(isa: str | None = None) -> bool:
     """Whether bf16 attention runs on AMX tiles here (a CPU with AMX-BF16 that the OS lets use)."""
     ext = extension(isa)
