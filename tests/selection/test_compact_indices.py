@@ -13,6 +13,7 @@ SHAPES = [  # (candidate shape, N_k): odd widths, one candidate, keys across sev
     ((2, 3, 13, 1), 9),
     ((1, 2, 50, 300), 1000),
     ((3, 29, 64), 200),
+    ((2, 5, 0), 8),  # no candidates at all: one -1 slot per row
 ]
 
 

@@ -44,7 +44,7 @@ def compact_indices(indices: Tensor, n_keys: int, limit: Tensor | None = None,
     """
     if key_range is not None and key_range[0] < 0:
         raise ValueError(f"key_range must start at a key position >= 0, got {key_range}")
-    if (indices.shape[-1] > 0 or key_range is not None) and compact_cpu.available(indices):
+    if compact_cpu.available(indices):
         return compact_cpu.compact_rows(indices, n_keys, limit, key_range)
     return compact_indices_reference(indices, n_keys, limit, key_range)
 
@@ -67,7 +67,7 @@ def compact_indices_reference(indices: Tensor, n_keys: int, limit: Tensor | None
     idx, _ = idx.sort(dim=-1)
     valid_counts = (idx < n_keys).sum(dim=-1)
     width = max(1, int(valid_counts.max())) if valid_counts.numel() else 1
-    idx = idx[..., :width]
+    idx = torch.nn.functional.pad(idx[..., :width], (0, max(0, width - idx.shape[-1])), value=n_keys)  # M = 0: one slot
     return torch.where(idx >= n_keys, torch.full_like(idx, -1), idx)
 
 
