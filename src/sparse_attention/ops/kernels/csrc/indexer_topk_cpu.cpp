@@ -54,6 +54,16 @@ struct SelectScratch {
   }
 };
 
+#if defined(__AVX512F__)
+// Compress the lanes of ``v`` selected by ``m`` to the front and store all 16 lanes at ``p``
+// (which must have room for 16): the register form of a compress store. The memory form
+// (vpcompressps to memory) is microcoded and slow on AMD Zen 4.
+inline void store_compressed(float* p, __mmask16 m, __m512 v) { _mm512_storeu_ps(p, _mm512_maskz_compress_ps(m, v)); }
+inline void store_compressed(int32_t* p, __mmask16 m, __m512i v) {
+  _mm512_storeu_si512(p, _mm512_maskz_compress_epi32(m, v));
+}
+#endif
+
 // Value of the k-th largest of a[0 .. n) (1 <= k <= n; no NaN). Quickselect whose partition
 // step writes the greater and the smaller elements to two buffers with AVX-512 compress
 // stores (about a cycle per 16 elements); elements equal to the pivot are only counted, so
@@ -71,8 +81,8 @@ float kth_largest(const float* a, int64_t n, int64_t k, SelectScratch& w) {
     for (; i + 16 <= n; i += 16) {
       const __m512 v = _mm512_loadu_ps(a + i);
       const __mmask16 m_gt = _mm512_cmp_ps_mask(v, pv, _CMP_GT_OQ), m_lt = _mm512_cmp_ps_mask(v, pv, _CMP_LT_OQ);
-      _mm512_mask_compressstoreu_ps(gt + n_gt, m_gt, v);
-      _mm512_mask_compressstoreu_ps(lt + n_lt, m_lt, v);
+      store_compressed(gt + n_gt, m_gt, v);  // n_gt + 16 <= i + 16 <= n: room
+      store_compressed(lt + n_lt, m_lt, v);
       n_gt += __builtin_popcount(m_gt);
       n_lt += __builtin_popcount(m_lt);
     }
@@ -131,8 +141,8 @@ struct Candidates {
     for (; i + 16 <= count; i += 16) {
       const __m512 v = _mm512_loadu_ps(score.data() + i);
       const __mmask16 m = _mm512_cmp_ps_mask(v, kv, _CMP_GT_OQ);
-      _mm512_mask_compressstoreu_ps(next_score.data() + kept, m, v);
-      _mm512_mask_compressstoreu_epi32(next_key.data() + kept, m, _mm512_loadu_si512(key.data() + i));
+      store_compressed(next_score.data() + kept, m, v);  // kept <= i: room for 16
+      store_compressed(next_key.data() + kept, m, _mm512_loadu_si512(key.data() + i));
       kept += __builtin_popcount(m);
     }
 #elif defined(SA_LANES_AVX2)
@@ -177,21 +187,29 @@ struct Candidates {
 
 #if defined(SA_LANES_AVX512)
   // Same, from four registers (keys key0 + 16c + lane); lanes at or beyond ``valid`` are ignored.
+  // Most panels hold no score above the threshold once the first panels are seen, so one
+  // compare per register (greater or NaN: not-less-equal, unordered) and one branch reject them.
   void offer(const simd::F16* s, int64_t key0, int64_t valid) {
     const __m512 thr = _mm512_set1_ps(threshold);
+    __mmask16 m[4];
+    for (int c = 0; c < 4; ++c) m[c] = _mm512_cmp_ps_mask(s[c], thr, _CMP_NLE_UQ);
+    if (valid < kPanel) {
+      for (int c = 0; c < 4; ++c) {
+        const int64_t rest = std::clamp<int64_t>(valid - 16 * c, 0, 16);
+        m[c] &= static_cast<__mmask16>((uint32_t{1} << rest) - 1u);
+      }
+    }
+    if (!(m[0] | m[1] | m[2] | m[3])) return;
     const __m512 inf = _mm512_set1_ps(kPosInf);
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (int c = 0; c < 4; ++c) {
-      const int64_t rest = valid - 16 * c;
-      if (rest <= 0) break;
+      if (!m[c]) continue;
       const __m512 x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s[c], s[c], _CMP_UNORD_Q), s[c], inf);  // NaN -> +inf
-      __mmask16 m = _mm512_cmp_ps_mask(x, thr, _CMP_GT_OQ);
-      if (rest < 16) m &= static_cast<__mmask16>((1u << rest) - 1u);
-      if (!m) continue;
       const __m512i keys = _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int32_t>(key0 + 16 * c)));
-      _mm512_mask_compressstoreu_ps(score.data() + count, m, x);
-      _mm512_mask_compressstoreu_epi32(key.data() + count, m, keys);
-      count += __builtin_popcount(m);
+      // count <= kGrow * K + 48 here and the capacity is kGrow * K + kPanel: room for 16.
+      store_compressed(score.data() + count, m[c], x);
+      store_compressed(key.data() + count, m[c], keys);
+      count += __builtin_popcount(m[c]);
     }
   }
 #elif defined(SA_LANES_AVX2)
@@ -276,9 +294,14 @@ inline void panel_block_f32(const TopKShapes& sh, const float* panel, const floa
     for (int h = 0; h < HB; ++h) q[qn * HB + h] = q_rows[qn * sh.J + j0 + h];
   for (int64_t d = 0; d < sh.D; ++d) {
     const float* kr = panel + d * kPanel;
+    const simd::F16 k0 = simd::loadu(kr), k1 = simd::loadu(kr + 16), k2 = simd::loadu(kr + 32),
+                    k3 = simd::loadu(kr + 48);
     for (int r = 0; r < HB * QN; ++r) {
       const simd::F16 b = simd::set1(q[r][d]);
-      for (int c = 0; c < 4; ++c) acc[r][c] = simd::fmadd(b, simd::loadu(kr + 16 * c), acc[r][c]);
+      acc[r][0] = simd::fmadd(b, k0, acc[r][0]);
+      acc[r][1] = simd::fmadd(b, k1, acc[r][1]);
+      acc[r][2] = simd::fmadd(b, k2, acc[r][2]);
+      acc[r][3] = simd::fmadd(b, k3, acc[r][3]);
     }
   }
   add_weighted_heads<HB, QN>(sh, acc, j0, w, s);
@@ -314,8 +337,11 @@ inline void panel_block_bf16(const TopKShapes& sh, const at::BFloat16* panel, co
 #endif  // __AVX512BF16__
 
 // Scores of QN queries against one panel, all J heads: s[qn][0..3].
+// Not inlined: inside the large driver loop GCC kept the accumulators on the stack as well and
+// stored them back on every feature, which made the scoring store-bound; as a function of its
+// own they stay in registers (one call per panel and query pass is negligible next to its FMAs).
 template <typename P, int QN>
-inline void panel_scores_vector(const TopKShapes& sh, const P* panel, const P* const* q_rows, const float* const* w,
+__attribute__((noinline)) void panel_scores_vector(const TopKShapes& sh, const P* panel, const P* const* q_rows, const float* const* w,
                                 simd::F16 (*s)[4]) {
   for (int qn = 0; qn < QN; ++qn)
     for (int c = 0; c < 4; ++c) s[qn][c] = simd::zero();
