@@ -58,3 +58,21 @@ def test_every_isa_build(isa):
 def test_int32_candidates_give_int64_rows():
     cand = torch.tensor([[3, 1, 3]], dtype=torch.int32)
     assert compact_indices(cand, 4).dtype == torch.int64
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("key_range", [None, (0, 5), (40, 90)])
+@pytest.mark.parametrize("g,c,m,q,picks", [(1, 1, 1, 1, 1), (2, 5, 7, 24, 2), (3, 9, 40, 30, 4), (2, 4, 3, 10, 6)])
+def test_cluster_rows_equal_gathered_members_compacted(causal, key_range, g, c, m, q, picks):
+    from sparse_attention.selection._clustered import route_to_members
+
+    gen = torch.Generator().manual_seed(g * 100 + c * 10 + m)
+    n_keys = 100
+    members = torch.randint(-1, n_keys, (g, c, m), generator=gen)  # -1 padding and overlapping clusters
+    scores = torch.randn(1, g, 1, q, c, generator=gen)  # [B, H_kv, G, S, C]
+    chosen = scores.topk(min(picks, c), dim=-1).indices  # [1, g, 1, q, c']
+    limit = torch.arange(q) * 3 if causal else None
+    got = compact_cpu.cluster_rows(members, chosen.reshape(g, q, -1), n_keys, limit, key_range)
+    cand = route_to_members(scores, members.unsqueeze(0), picks)  # [1, g, q, c' * m]
+    want = compact_indices_reference(cand, n_keys, limit, key_range)
+    assert torch.equal(got, want.reshape(g, q, -1))

@@ -1,8 +1,8 @@
 """Block and cluster plumbing shared by the clustering selectors (``ssa``, ``routing``).
 
-A clustering selector only has to say, for a set of queries and a set of *context* keys,
-which context keys each query reaches through its clusters (a ``route`` function). This
-module handles the rest:
+A clustering selector only has to say how it clusters a set of *context* keys (a ``fit``
+function) and how a query scores the clusters
+and which keys each cluster holds (a ``route`` function). This module handles the rest:
 
 * **Non-causal**: one call with all queries and all keys as context (no local part).
 * **Causal**: clusters fitted on all keys would let a future key move a centroid and so
@@ -14,6 +14,12 @@ module handles the rest:
   position other than through (i), which is masked causally, so the selection is exactly
   causal. Each block draws from its own generator, so random draws do not depend on what
   later blocks do either.
+* **Rows**: each query takes its ``clusters_per_query`` best-scoring clusters; the union of
+  their members (plus, causal, its own block up to itself) becomes its sorted index row. On
+  CPU the C++ bitmap pass reads the members directly
+  (:func:`~sparse_attention.ops.kernels.compact_cpu.cluster_rows`), so the ``[rows, c x
+  largest cluster]`` candidate list is never built; elsewhere :func:`route_to_members` then
+  :func:`~._util.compact_indices_reference` compute the same rows.
 """
 
 from __future__ import annotations
@@ -24,15 +30,19 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ..ops.kernels import compact_cpu
 from ..ops.validation import causal_offset
 from ..utils.checks import check_int
-from ._util import compact_indices, make_generator, query_key_limit
+from ._util import compact_indices, compact_indices_reference, make_generator, query_key_limit
 from .base import Selection
 
-#: ``route(q_blk [B, H, S, D], q_ctx [B, H, P_q, D], k_ctx [B, H_kv, P, D], block)`` ->
-#: ``(candidates [B, H, S, W] key positions in [0, P) or -1, info dict of scalars)``.
-#: ``q_ctx`` are the queries at positions before the block (all queries when non-causal).
-RouteFn = Callable[[Tensor, Tensor, Tensor, int], tuple[Tensor, dict[str, Any]]]
+#: ``fit(q_ctx [B, H, P_q, D], k_ctx [B, H_kv, P, D], block) -> model``: cluster the context
+#: (``q_ctx``: the queries at positions before the block, all queries when non-causal).
+FitFn = Callable[[Tensor, Tensor, int], Any]
+#: ``route(model, q_blk [B, H, S, D]) -> (scores [B, H_kv, G, S, C], members [B, H_kv, C, M], info)``:
+#: query-to-cluster affinity (larger = closer, query head ``h`` being ``(h // G, h % G)``), key
+#: positions of each cluster (``-1`` padding) and a dict of scalars to report.
+RouteFn = Callable[[Any, Tensor], tuple[Tensor, Tensor, dict[str, Any]]]
 
 
 def check_common(*, n_clusters, clusters_per_query, block_size, iters, seed) -> None:
@@ -96,9 +106,27 @@ def route_to_members(scores: Tensor, members: Tensor, clusters_per_query: int) -
     return cand.reshape(b, h_kv * g, s, -1)
 
 
-def _pad_width(idx: Tensor, width: int) -> Tensor:
-    extra = width - idx.shape[-1]
-    return idx if extra == 0 else torch.nn.functional.pad(idx, (0, extra), value=-1)
+def cluster_index_rows(scores: Tensor, members: Tensor, clusters_per_query: int, n_keys: int,
+                       limit: Tensor | None = None, key_range: tuple[int, int] | None = None) -> Tensor:
+    """Sorted index rows of a block of queries: the members of their best clusters (+ a key range).
+
+    Args:
+        scores: ``[B, H_kv, G, S, C]`` query-to-centroid affinity (larger = closer).
+        members: ``[B, H_kv, C, M]`` key positions per cluster, ``-1`` padding.
+        limit: optional ``[S]`` last visible key per query. key_range: keys every row holds.
+    Returns:
+        ``[B, H, S, K]`` int64 (``H = H_kv * G``), ascending, unique, ``-1`` padded.
+    """
+    b, h_kv, g, s, n_c = scores.shape
+    if s == 0:
+        return torch.full((b, h_kv * g, 0, 1), -1, dtype=torch.long, device=scores.device)
+    if compact_cpu.available(members):
+        chosen = scores.topk(min(clusters_per_query, n_c), dim=-1).indices  # [B, H_kv, G, S, c]
+        rows = compact_cpu.cluster_rows(members.reshape(b * h_kv, n_c, -1), chosen.reshape(b * h_kv, g * s, -1),
+                                        n_keys, limit, key_range)  # [B * H_kv, G * S, K]
+        return rows.view(b, h_kv * g, s, rows.shape[-1])
+    cand = route_to_members(scores, members, clusters_per_query)  # [B, H, S, c * M]
+    return compact_indices_reference(cand, n_keys, limit, key_range)
 
 
 def _collect(infos: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -113,17 +141,21 @@ def clustered_select(
     *,
     causal: bool,
     block_size: int | None,
+    clusters_per_query: int,
+    fit: FitFn,
     route: RouteFn,
     method: str,
     info: dict[str, Any],
     route_keys: tuple[str, ...] = ("n_clusters",),
 ) -> Selection:
-    """Run ``route`` over the causal block scheme (or once, non-causal) and build the Selection.
+    """Fit and route over the causal block scheme (or once, non-causal) and build the Selection.
 
     Args:
         q: ``[B, H, N_q, D]``; k: ``[B, H_kv, N_k, D]``. Queries are end-aligned with keys
             (query ``i`` sees keys ``<= i + N_k - N_q``), so ``N_q != N_k`` works too.
         block_size: causal block length ``S``; None = :func:`default_block_size`.
+        clusters_per_query: clusters each query reads (more than exist = all of them).
+        fit, route: the method (see :data:`FitFn`, :data:`RouteFn`).
         info: method parameters to report. Causal: the route info is merged in as lists
             with one entry per block that holds queries (``0`` where the prefix is empty;
             ``route_keys`` are listed even when no block has a prefix), plus ``block_size``
@@ -137,33 +169,41 @@ def clustered_select(
     device = q.device
     with torch.no_grad():
         if not causal:
-            cand, route_info = route(q, q, k, 0)  # [B, H, N_q, W]
-            idx = compact_indices(cand, n_k)
+            scores, members, route_info = route(fit(q, k, 0), q)
+            idx = cluster_index_rows(scores, members, clusters_per_query, n_k)  # [B, H, N_q, K]
             return Selection(idx, n_k, False, method, {**info, "block_size": None, **route_info})
 
         s = default_block_size(n_k) if block_size is None else block_size
         off = causal_offset(n_q, n_k)
         limit = query_key_limit(n_q, n_k, True, device)  # [N_q]
-        parts: list[Tensor] = []
+        parts: list[tuple[int, Tensor]] = []  # (first query row, rows [B, H, S', K_b])
         infos: list[dict[str, Any]] = []
         first_row = min(max(-off, 0), n_q)
         if first_row > 0:  # queries before the first key (N_q > N_k) see nothing
-            parts.append(torch.full((b, h, first_row, 1), -1, dtype=torch.long, device=device))
+            parts.append((0, torch.full((b, h, first_row, 1), -1, dtype=torch.long, device=device)))
         for blk in range(math.ceil(n_k / s)):
             start = blk * s  # first key of the block = length of the prefix
             lo, hi = (min(max(p - off, 0), n_q) for p in (start, start + s))
             if hi == lo:  # no query ends in this block (e.g. a KV cache longer than N_q)
                 continue
             # (i) local block: keys [start, start + S), passed as a range and masked causally
-            # by compact_indices (listing them would write S more candidates per query).
+            # (listing them would write S more candidates per query).
             local = (start, min(start + s, n_k))
-            prefix_cand = torch.full((b, h, hi - lo, 0), -1, dtype=torch.long, device=device)
-            block_info: dict[str, Any] = {}
             if start > 0:  # (ii) clusters fitted on the prefix keys [0, start) only
-                prefix_cand, block_info = route(q[:, :, lo:hi], q[:, :, :lo], k[:, :, :start], blk)
+                scores, members, block_info = route(fit(q[:, :, :lo], k[:, :, :start], blk), q[:, :, lo:hi])
+                rows = cluster_index_rows(scores, members, clusters_per_query, n_k, limit[lo:hi], local)
+            else:
+                block_info = {}
+                rows = compact_indices(torch.full((b, h, hi - lo, 0), -1, dtype=torch.long, device=device), n_k,
+                                       limit[lo:hi], key_range=local)
             infos.append(block_info)
-            parts.append(compact_indices(prefix_cand, n_k, limit[lo:hi], key_range=local))  # [B, H, S', K_b]
-        width = max(p.shape[-1] for p in parts)
-        idx = torch.cat([_pad_width(p, width) for p in parts], dim=2)  # [B, H, N_q, K]
+            parts.append((lo, rows))  # [B, H, S', K_b]
+        width = max(rows.shape[-1] for _, rows in parts)
+        idx = torch.empty(b, h, n_q, width, dtype=torch.long, device=device)  # [B, H, N_q, K]
+        for lo, rows in parts:  # each slot written once: the block's rows, then their padding
+            hi, k_b = lo + rows.shape[2], rows.shape[3]
+            idx[:, :, lo:hi, :k_b] = rows
+            idx[:, :, lo:hi, k_b:] = -1
+        del parts
     report = {**info, "block_size": s, "n_blocks": len(infos), **_collect(infos, route_keys)}
     return Selection(idx, n_k, True, method, report)

@@ -2,11 +2,16 @@
 
 Used by the clustering selectors (``ssa``: Euclidean k-means over keys; ``routing``:
 spherical k-means over unit queries and keys). ``G`` independent problems of ``L`` points
-each are solved at once; the only Python loops are over the ``k`` initialisation steps and
-the Lloyd iterations. Memory is O(G * L * k), never O(L^2).
+each are solved at once. An assignment is one batched GEMM against the centroids (the
+centroid norms folded in as its bias) and an argmax, an update one ``index_add``; memory is
+O(G * L * k), never O(L^2).
 
-Random draws happen on CPU from a seeded ``torch.Generator`` (indices are then moved to the
-data's device), so a given seed picks the same initial points on every device.
+k-means++ draws ``k`` points one after another, each with probability proportional to its
+squared distance to the nearest point drawn so far. The draws are inverse-CDF draws from
+``k`` uniforms per problem taken from the seeded ``torch.Generator`` on CPU, with distances and
+running sums in float64; on CPU a C++ loop (:mod:`~sparse_attention.ops.kernels.kmeans_cpu`)
+makes them, elsewhere :func:`kmeanspp_picks_reference` (the same draws from the same
+uniforms). A given seed therefore picks the same initial points on every device.
 """
 
 from __future__ import annotations
@@ -15,34 +20,49 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.kernels import kmeans_cpu
 from ..utils.checks import check_int
 
 
-def _sample_rows(weights: Tensor, generator: torch.Generator) -> Tensor:
-    """One index per row of ``weights [G, L]``, drawn with probability proportional to weight.
+def _sq_distance64(x: Tensor, x_sq: Tensor, c: Tensor, spherical: bool) -> Tensor:
+    """Squared distance ``[G, L]`` (float64) of the points ``x [G, L, D]`` to one point ``c [G, D]`` each.
 
-    Rows whose weights are all zero (every point coincides with a chosen centroid, or
-    non-finite inputs) fall back to a uniform draw instead of making ``multinomial`` fail.
+    Euclidean: ``|x|^2 - 2 x.c + |c|^2`` (``x_sq [G, L]``: the squared norms); spherical (unit
+    points): the squared chord ``2 - 2 cos``, so k-means++ weighs by squared distance in both
+    modes. Clamped at 0.
     """
-    w = weights.detach().to("cpu", torch.float64)
-    w = torch.nan_to_num(w, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
-    dead = w.sum(dim=-1, keepdim=True) <= 0
-    w = torch.where(dead, torch.ones_like(w), w)
-    return torch.multinomial(w, 1, generator=generator).squeeze(-1).to(weights.device)  # [G]
-
-
-def _sq_distance(x: Tensor, x_sq: Tensor, c: Tensor, spherical: bool) -> Tensor:
-    """Squared distance ``[G, L]`` of every point of ``x [G, L, D]`` to one centroid ``c [G, D]``.
-
-    ``x_sq [G, L]`` holds the points' squared norms, so the distance is one matrix-vector
-    product (``|x|^2 - 2 x.c + |c|^2``) rather than a ``[G, L, D]`` temporary.
-    Spherical: squared chord ``2 - 2 cos`` between unit vectors, so k-means++ weighs by
-    squared distance in both modes.
-    """
-    dots = (x @ c.unsqueeze(-1)).squeeze(-1)  # [G, L]
+    dots = (x * c.unsqueeze(1)).sum(-1)  # [G, L]
     if spherical:
         return (2.0 - 2.0 * dots).clamp_min(0.0)
     return (x_sq - 2.0 * dots + (c * c).sum(-1, keepdim=True)).clamp_min(0.0)
+
+
+def kmeanspp_picks_reference(x: Tensor, uniforms: Tensor, spherical: bool) -> Tensor:
+    """Indices ``[G, k]`` of the points k-means++ draws from ``x [G, L, D]`` given ``uniforms [G, k]``.
+
+    Draw 0 is uniform (``floor(u * L)``). Draw ``j`` weighs every point by its float64 squared
+    distance to the nearest point drawn so far (0 where that is not a positive finite number)
+    and takes the first point whose running sum of weights exceeds ``u_j`` times their total;
+    where every weight is 0 (all points coincide with drawn ones) it is uniform again. Any
+    device; the reference of :func:`~sparse_attention.ops.kernels.kmeans_cpu.kmeanspp_picks`.
+    """
+    g, n, _ = x.shape
+    x = x.double()
+    u = uniforms.to(x.device, torch.float64)
+    rows = torch.arange(g, device=x.device)
+    x_sq = (x * x).sum(-1)  # [G, L]
+    uniform = (u * n).long().clamp(max=n - 1)  # [G, k] uniform draws
+    picks = [uniform[:, 0]]
+    min_d = _sq_distance64(x, x_sq, x[rows, picks[0]], spherical)  # [G, L]
+    for j in range(1, u.shape[1]):
+        w = torch.where(torch.isfinite(min_d) & (min_d > 0), min_d, torch.zeros_like(min_d))
+        cum = w.cumsum(-1)  # [G, L], a sequential sum as in the C++ loop
+        total = cum[:, -1]
+        nxt = torch.searchsorted(cum, (u[:, j] * total).unsqueeze(-1), right=True).squeeze(-1).clamp(max=n - 1)
+        nxt = torch.where(total > 0, nxt, uniform[:, j])
+        picks.append(nxt)
+        min_d = torch.minimum(min_d, _sq_distance64(x, x_sq, x[rows, nxt], spherical))
+    return torch.stack(picks, dim=1)  # [G, k]
 
 
 def kmeans_pp_init(x: Tensor, k: int, generator: torch.Generator, *, spherical: bool = False) -> Tensor:
@@ -51,34 +71,42 @@ def kmeans_pp_init(x: Tensor, k: int, generator: torch.Generator, *, spherical: 
     Returns ``[G, k, D]``. With ``k > L`` (or many duplicate points) some centroids repeat;
     Lloyd then leaves the duplicates empty, which is harmless.
     """
-    g, n, _ = x.shape
-    rows = torch.arange(g, device=x.device)
-    x_sq = (x * x).sum(-1)  # [G, L]
-    first = _sample_rows(torch.ones(g, n, device=x.device), generator)  # uniform first pick
-    chosen = [x[rows, first]]  # each [G, D]
-    min_d = _sq_distance(x, x_sq, chosen[0], spherical)  # [G, L] distance to the nearest chosen centroid
-    for _ in range(1, k):
-        nxt = x[rows, _sample_rows(min_d, generator)]
-        chosen.append(nxt)
-        min_d = torch.minimum(min_d, _sq_distance(x, x_sq, nxt, spherical))
-    return torch.stack(chosen, dim=1)  # [G, k, D]
+    g = x.shape[0]
+    uniforms = torch.rand(g, k, generator=generator, dtype=torch.float64)  # [G, k], on CPU
+    if kmeans_cpu.available(x):
+        picks = kmeans_cpu.kmeanspp_picks(x, uniforms, spherical)
+    else:
+        picks = kmeanspp_picks_reference(x, uniforms, spherical)
+    return torch.gather(x, 1, picks.to(x.device).unsqueeze(-1).expand(-1, -1, x.shape[2]))  # [G, k, D]
+
+
+def _scores(x: Tensor, c: Tensor, spherical: bool) -> Tensor:
+    """``[G, L, k]`` affinity of points ``x [G, L, D]`` to centroids ``c [G, k, D]``, larger = nearer.
+
+    Spherical: ``x.c``. Euclidean: ``x.c - |c|^2 / 2`` (``argmin |x - c|^2``; the ``|x|^2``
+    term is shared by a row), one GEMM with the norms as its bias.
+    """
+    if spherical:
+        return x @ c.transpose(-1, -2)
+    bias = -0.5 * (c * c).sum(dim=-1).unsqueeze(1)  # [G, 1, k]
+    return torch.baddbmm(bias, x, c.transpose(-1, -2))
 
 
 def _assign(x: Tensor, c: Tensor, spherical: bool) -> Tensor:
-    """Nearest centroid ``[G, L]`` for ``x [G, L, D]``, ``c [G, k, D]``."""
-    dots = x @ c.transpose(-1, -2)  # [G, L, k]
-    if spherical:
-        return dots.argmax(dim=-1)
-    # argmin ||x - c||^2 = argmax (x.c - ||c||^2 / 2): the ||x||^2 term is shared by a row.
-    return (dots - 0.5 * (c * c).sum(dim=-1).unsqueeze(1)).argmax(dim=-1)
+    """Nearest centroid ``[G, L]`` for ``x [G, L, D]``, ``c [G, k, D]``: the fused C++ GEMM + argmax
+    on CPU, :func:`_scores` then ``argmax`` elsewhere (the same rule: first centroid on ties)."""
+    if kmeans_cpu.available(x):
+        return kmeans_cpu.assign(x, c, None if spherical else -0.5 * (c * c).sum(dim=-1))
+    return _scores(x, c, spherical).argmax(dim=-1)
 
 
 def _update(x: Tensor, labels: Tensor, c: Tensor, spherical: bool) -> Tensor:
     """New centroids ``[G, k, D]``; a cluster left empty keeps its previous centroid."""
     g, k, d = c.shape
-    if x.device.type == "cpu":  # scatter_add is deterministic on CPU and avoids a [G, L, k] one-hot
-        sums = torch.zeros(g, k, d, dtype=x.dtype).scatter_add_(1, labels.unsqueeze(-1).expand(-1, -1, d), x)
-        counts = torch.zeros(g, k, dtype=x.dtype).scatter_add_(1, labels, torch.ones_like(labels, dtype=x.dtype))
+    if x.device.type == "cpu":  # index_add is deterministic on CPU and avoids a [G, L, k] one-hot
+        flat = (labels + k * torch.arange(g).unsqueeze(-1)).reshape(-1)  # [G * L] cluster of problem g
+        sums = torch.zeros(g * k, d, dtype=x.dtype).index_add_(0, flat, x.reshape(-1, d)).view(g, k, d)
+        counts = torch.bincount(flat, minlength=g * k).view(g, k).to(x.dtype)
     else:  # one-hot matmul: deterministic on GPU (no atomics)
         onehot = F.one_hot(labels, k).to(x.dtype)  # [G, L, k]
         sums = onehot.transpose(1, 2) @ x  # [G, k, D]
@@ -108,7 +136,7 @@ def kmeans(
         k: clusters per problem (positive; may exceed ``L``, leaving some clusters empty).
         iters: at most this many Lloyd iterations (centroid update + reassignment); stops
             early once no assignment changes in any of the ``G`` problems.
-        generator: seeded CPU generator for the k-means++ draws.
+        generator: seeded CPU generator for the k-means++ draws (``k`` uniforms per problem).
         spherical: cosine k-means: points and centroids are unit-normalised and points go
             to the centroid of largest dot product. Otherwise Euclidean.
     Returns:

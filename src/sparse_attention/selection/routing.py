@@ -21,7 +21,6 @@ from ._clustered import (
     block_generator,
     check_common,
     clustered_select,
-    route_to_members,
 )
 from ._kmeans import kmeans
 from .base import Param, Selection, register_method
@@ -115,9 +114,9 @@ def select_routing(
     if centroids is not None:
         given = F.normalize(centroids.detach().to(q.device, torch.float32), dim=-1)  # [H_kv, C, D]
 
-    def route(q_blk: Tensor, q_ctx: Tensor, k_ctx: Tensor, block: int):
+    def fit(q_ctx: Tensor, k_ctx: Tensor, block: int):
         b, _, p, _ = k_ctx.shape
-        s, p_q = q_blk.shape[2], q_ctx.shape[2]
+        p_q = q_ctx.shape[2]
         k_unit = F.normalize(k_ctx.float(), dim=-1)  # [B, H_kv, P, D]
         if given is not None:
             cent = given.unsqueeze(0).expand(b, -1, -1, -1)  # [B, H_kv, C, D]
@@ -132,10 +131,16 @@ def select_routing(
         # Balanced clusters: each centroid keeps its `size` most similar keys (may overlap).
         size = min(math.ceil(p / n_c) if cluster_size is None else cluster_size, p)
         members = (cent @ k_unit.transpose(-1, -2)).topk(size, dim=-1).indices  # [B, H_kv, C, size]
+        return cent, members
+
+    def route(model, q_blk: Tensor):
+        cent, members = model
+        b, _, s, _ = q_blk.shape
         scores = q_blk.float().reshape(b, h_kv, g, s, d) @ cent.unsqueeze(2).transpose(-1, -2)  # [B, H_kv, G, S, C]
-        return route_to_members(scores, members, clusters_per_query), {"n_clusters": n_c, "cluster_size": size}
+        return scores, members, {"n_clusters": cent.shape[2], "cluster_size": members.shape[-1]}
 
     info = {"clusters_per_query": clusters_per_query, "iters": iters, "seed": seed,
             "learned_centroids": centroids is not None}
-    return clustered_select(q, k, causal=causal, block_size=block_size, route=route, method="routing", info=info,
+    return clustered_select(q, k, causal=causal, block_size=block_size, clusters_per_query=clusters_per_query,
+                            fit=fit, route=route, method="routing", info=info,
                             route_keys=("n_clusters", "cluster_size"))

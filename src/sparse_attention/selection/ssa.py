@@ -17,7 +17,6 @@ from ._clustered import (
     check_common,
     clustered_select,
     members_from_assignments,
-    route_to_members,
 )
 from ._kmeans import kmeans
 from .base import Param, Selection, register_method
@@ -95,18 +94,23 @@ def select_ssa(
     h, h_kv = q.shape[1], k.shape[1]
     g = h // h_kv
 
-    def route(q_blk: Tensor, q_ctx: Tensor, k_ctx: Tensor, block: int):
+    def fit(q_ctx: Tensor, k_ctx: Tensor, block: int):
         b, _, p, d = k_ctx.shape
-        s = q_blk.shape[2]
         n_c = min(max(4, math.isqrt(p)) if n_clusters is None else n_clusters, p)
         cent, labels = kmeans(k_ctx.reshape(b * h_kv, p, d), n_c, iters=iters,
                               generator=block_generator(seed, block))  # [B*H_kv, C, D], [B*H_kv, P]
-        members = members_from_assignments(labels, n_c).reshape(b, h_kv, n_c, -1)  # [B, H_kv, C, M]
+        return cent, members_from_assignments(labels, n_c).reshape(b, h_kv, n_c, -1)  # [B, H_kv, C, M]
+
+    def route(model, q_blk: Tensor):
+        cent, members = model
+        b, _, s, d = q_blk.shape
+        n_c = cent.shape[1]
         cent = cent.reshape(b, h_kv, 1, n_c, d)
         scores = q_blk.float().reshape(b, h_kv, g, s, d) @ cent.transpose(-1, -2)  # [B, H_kv, G, S, C]
         if assign == "euclidean":  # argmin ||q - c||^2 = argmax (q.c - ||c||^2 / 2)
             scores = scores - 0.5 * (cent * cent).sum(-1).unsqueeze(-2)
-        return route_to_members(scores, members, clusters_per_query), {"n_clusters": n_c}
+        return scores, members, {"n_clusters": n_c}
 
     info = {"clusters_per_query": clusters_per_query, "assign": assign, "iters": iters, "seed": seed}
-    return clustered_select(q, k, causal=causal, block_size=block_size, route=route, method="ssa", info=info)
+    return clustered_select(q, k, causal=causal, block_size=block_size, clusters_per_query=clusters_per_query,
+                            fit=fit, route=route, method="ssa", info=info)

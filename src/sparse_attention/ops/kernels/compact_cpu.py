@@ -1,4 +1,4 @@
-"""Candidate lists -> sorted unique index rows on CPU (``csrc/compact_rows_cpu.cpp``).
+"""Candidate lists (or chosen clusters) -> sorted unique index rows on CPU (``csrc/compact_rows_cpu.cpp``).
 
 The clustering and hashing selections build per-query candidate lists with duplicates and
 padding; this turns them into the ascending, duplicate-free rows the kernels read with one
@@ -40,3 +40,22 @@ def compact_rows(indices: Tensor, n_keys: int, limit: Tensor | None = None, key_
     start, stop = (0, 0) if key_range is None else (int(key_range[0]), int(key_range[1]))
     out = cpu.extension(isa).compact_rows(flat, int(n_keys), lim, start, stop)  # [R, K]
     return out.view(*lead, n_q, out.shape[-1])
+
+
+def cluster_rows(members: Tensor, chosen: Tensor, n_keys: int, limit: Tensor | None = None,
+                 key_range: tuple[int, int] | None = None, isa: str | None = None) -> Tensor:
+    """Index rows of the clustering selections: the union of the chosen clusters' members.
+
+    Args:
+        members: ``[Gm, C, M]`` key positions of each of ``C`` clusters per group (``-1`` padding).
+        chosen: ``[Gm, Q, c]`` clusters read by each of the group's ``Q`` query rows.
+        n_keys: ``N_k``. limit: optional ``[N_q]`` last visible key, row ``q`` using
+            ``limit[q % N_q]``. key_range: keys ``[start, stop)`` every row holds too.
+    Returns:
+        ``[Gm, Q, K]`` int64, ascending unique positions, ``-1`` padding, ``K = max(1, widest
+        row)``: what :func:`compact_rows` returns for the gathered member lists, without
+        gathering them.
+    """
+    lim = torch.empty(0, dtype=torch.long) if limit is None else limit.long().reshape(-1)
+    start, stop = (0, 0) if key_range is None else (int(key_range[0]), int(key_range[1]))
+    return cpu.extension(isa).cluster_rows(members.long(), chosen.long(), int(n_keys), lim, start, stop)

@@ -8,6 +8,12 @@
 // L1 for N_k up to ~256k) and reads the set bits back in order: O(M + span / 64) per row, where
 // span is the range of positions the row touched. Output equals the sort-based reference
 // (selection._util.compact_indices_reference) exactly.
+//
+// cluster_rows does the same for the clustering selections without a candidate list: a row's
+// candidates are the members of the clusters its query chose, read straight from the member
+// matrix, so the [rows, clusters per query x largest cluster] list is never built. Rows are
+// written to per-chunk buffers of exactly their length, then copied into the [R, K] result:
+// memory beyond the result is the compacted rows once more, in int32.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -19,43 +25,93 @@
 
 namespace {
 
-// One row: candidates `cand[0, m)` -> ascending unique valid positions in `out`; returns how many.
-// Valid: 0 <= c <= last (the row's causal limit, already capped at N_k - 1).
-// Every key of [range_start, range_stop) up to `last` is a candidate as well (a causal block's
-// own keys), set a word at a time instead of being listed.
-int64_t compact_row(const int64_t* cand, int64_t m, int64_t last, int64_t range_start, int64_t range_stop,
-                    std::vector<uint64_t>& bits, int32_t* out) {
-  int64_t lo_word = static_cast<int64_t>(bits.size()), hi_word = -1;
-  const int64_t range_last = std::min(range_stop - 1, last);
-  if (range_start <= range_last) {
-    const int64_t first_word = range_start >> 6, last_word = range_last >> 6;
-    for (int64_t word = first_word; word <= last_word; ++word) {
-      uint64_t mask = ~uint64_t{0};
-      if (word == first_word) mask &= ~uint64_t{0} << (range_start & 63);
-      if (word == last_word) mask &= ~uint64_t{0} >> (63 - (range_last & 63));
-      bits[word] |= mask;
-    }
-    lo_word = first_word;
-    hi_word = last_word;
+// The bits of keys [start, last] set in `bits`; widens [lo_word, hi_word] to cover them.
+void set_key_range(int64_t start, int64_t last, std::vector<uint64_t>& bits, int64_t& lo_word, int64_t& hi_word) {
+  if (start > last) return;
+  const int64_t first_word = start >> 6, last_word = last >> 6;
+  for (int64_t word = first_word; word <= last_word; ++word) {
+    uint64_t mask = ~uint64_t{0};
+    if (word == first_word) mask &= ~uint64_t{0} << (start & 63);
+    if (word == last_word) mask &= ~uint64_t{0} >> (63 - (last & 63));
+    bits[word] |= mask;
   }
-  for (int64_t i = 0; i < m; ++i) {
-    const int64_t c = cand[i];
-    if (c < 0 || c > last) continue;
+  lo_word = std::min(lo_word, first_word);
+  hi_word = std::max(hi_word, last_word);
+}
+
+// One row: every candidate that `for_each_candidate(visit)` visits plus the keys of
+// [range_start, range_stop), keeping those in [0, last] (last: the row's causal limit, already
+// capped at N_k - 1), appended to `out` ascending and unique; returns how many.
+template <typename ForEach>
+int64_t compact_row(ForEach&& for_each_candidate, int64_t last, int64_t range_start, int64_t range_stop,
+                    std::vector<uint64_t>& bits, std::vector<int32_t>& out) {
+  int64_t lo_word = static_cast<int64_t>(bits.size()), hi_word = -1;
+  set_key_range(range_start, std::min(range_stop - 1, last), bits, lo_word, hi_word);
+  for_each_candidate([&](int64_t c) {
+    if (c < 0 || c > last) return;
     const int64_t word = c >> 6;
     bits[word] |= uint64_t{1} << (c & 63);
     lo_word = std::min(lo_word, word);
     hi_word = std::max(hi_word, word);
-  }
-  int64_t count = 0;
+  });
+  const size_t before = out.size();
   for (int64_t word = lo_word; word <= hi_word; ++word) {
     uint64_t w = bits[word];
     bits[word] = 0;  // leave the bitmap clear for the next row
     while (w) {
-      out[count++] = static_cast<int32_t>((word << 6) + __builtin_ctzll(w));
+      out.push_back(static_cast<int32_t>((word << 6) + __builtin_ctzll(w)));
       w &= w - 1;
     }
   }
-  return count;
+  return static_cast<int64_t>(out.size() - before);
+}
+
+constexpr int64_t kRowsPerChunk = 64;
+
+// Rows [0, R) compacted by `row(r, bits, out)` (which appends row r to out and returns its
+// length) into an [R, max(1, widest row)] int64 tensor, -1 padded.
+template <typename RowFn>
+at::Tensor compact_all_rows(int64_t R, int64_t n_keys, const at::TensorOptions& options, RowFn&& row) {
+  const int64_t chunks = (R + kRowsPerChunk - 1) / kRowsPerChunk;
+  std::vector<std::vector<int32_t>> data(static_cast<size_t>(chunks));
+  std::vector<int64_t> counts(static_cast<size_t>(R));
+  const int64_t words = (n_keys + 63) / 64;
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint64_t> bits(static_cast<size_t>(words), 0);
+    for (int64_t chunk = begin; chunk < end; ++chunk)
+      for (int64_t r = chunk * kRowsPerChunk; r < std::min(R, (chunk + 1) * kRowsPerChunk); ++r)
+        counts[r] = row(r, bits, data[chunk]);
+  });
+  int64_t width = 1;
+  for (int64_t r = 0; r < R; ++r) width = std::max(width, counts[r]);
+  auto out = at::empty({R, width}, options);
+  int64_t* dst = out.data_ptr<int64_t>();
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int32_t* src = data[chunk].data();
+      for (int64_t r = chunk * kRowsPerChunk; r < std::min(R, (chunk + 1) * kRowsPerChunk); ++r) {
+        int64_t* row = dst + r * width;
+        std::copy(src, src + counts[r], row);  // one write per slot: the row, then its -1 padding
+        std::fill(row + counts[r], row + width, int64_t{-1});
+        src += counts[r];
+      }
+      std::vector<int32_t>().swap(data[chunk]);  // free as soon as copied
+    }
+  });
+  return out;
+}
+
+// limit [N_q] int64 (or empty: no causal limit) -> pointer and N_q, checked against R rows.
+const int64_t* check_limit(at::Tensor& limit, int64_t R, int64_t& n_q, const char* fn) {
+  if (limit.numel() == 0) {
+    n_q = 1;
+    return nullptr;
+  }
+  TORCH_CHECK(limit.dim() == 1 && limit.scalar_type() == at::kLong && R % limit.size(0) == 0, fn,
+              ": limit must be [N_q] int64 with N_q dividing the rows");
+  limit = limit.contiguous();
+  n_q = limit.size(0);
+  return limit.data_ptr<int64_t>();
 }
 
 }  // namespace
@@ -63,44 +119,61 @@ int64_t compact_row(const int64_t* cand, int64_t m, int64_t last, int64_t range_
 // idx [R, M] int64 candidates (any negative = none); limit [N_q] int64 last visible key of
 // query r % N_q, or an empty tensor (no causal limit); every row also holds the keys
 // [range_start, range_stop) (an empty range when range_stop <= range_start). Returns
-// [R, max(1, widest row)] int64,
-// each row ascending with -1 padding.
+// [R, max(1, widest row)] int64, each row ascending with -1 padding.
 at::Tensor compact_rows(at::Tensor idx, int64_t n_keys, at::Tensor limit, int64_t range_start, int64_t range_stop) {
   TORCH_CHECK(idx.dim() == 2 && idx.scalar_type() == at::kLong, "compact_rows: idx must be [R, M] int64");
   TORCH_CHECK(n_keys > 0 && n_keys < (int64_t{1} << 31), "compact_rows: n_keys must be in [1, 2^31)");
   TORCH_CHECK(range_start >= 0, "compact_rows: range_start must be >= 0");
   idx = idx.contiguous();
   const int64_t R = idx.size(0), M = idx.size(1);
-  const bool has_limit = limit.numel() > 0;
-  if (has_limit) {
-    TORCH_CHECK(limit.dim() == 1 && limit.scalar_type() == at::kLong && R % limit.size(0) == 0,
-                "compact_rows: limit must be [N_q] int64 with N_q dividing R");
-    limit = limit.contiguous();
-  }
-  const int64_t n_q = has_limit ? limit.size(0) : 1;
+  int64_t n_q = 1;
+  const int64_t* lim = check_limit(limit, R, n_q, "compact_rows");
   const int64_t* cand = idx.data_ptr<int64_t>();
-  const int64_t* lim = has_limit ? limit.data_ptr<int64_t>() : nullptr;
-  // [R, cap] compacted rows, int32; left uninitialised (each row writes what it reads back).
-  const int64_t cap = M + std::min(std::max<int64_t>(0, range_stop - range_start), n_keys);
-  std::unique_ptr<int32_t[]> rows(new int32_t[static_cast<size_t>(std::max<int64_t>(1, R * cap))]);
-  std::vector<int64_t> counts(static_cast<size_t>(R));
-  const int64_t words = (n_keys + 63) / 64;
-  at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
-    std::vector<uint64_t> bits(static_cast<size_t>(words), 0);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t last = has_limit ? std::min(lim[r % n_q], n_keys - 1) : n_keys - 1;
-      counts[r] = compact_row(cand + r * M, M, last, range_start, range_stop, bits, rows.get() + r * cap);
-    }
+  return compact_all_rows(R, n_keys, idx.options(), [&](int64_t r, std::vector<uint64_t>& bits,
+                                                        std::vector<int32_t>& out) {
+    const int64_t last = lim ? std::min(lim[r % n_q], n_keys - 1) : n_keys - 1;
+    const int64_t* row = cand + r * M;
+    return compact_row([&](auto visit) { for (int64_t i = 0; i < M; ++i) visit(row[i]); }, last, range_start,
+                       range_stop, bits, out);
   });
-  int64_t width = 1;
-  for (int64_t r = 0; r < R; ++r) width = std::max(width, counts[r]);
-  auto out = at::full({R, width}, -1, idx.options());
-  int64_t* dst = out.data_ptr<int64_t>();
-  at::parallel_for(0, R, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int32_t* src = rows.get() + r * cap;
-      std::copy(src, src + counts[r], dst + r * width);
-    }
+}
+
+// members [Gm, C, M] int64: the key positions of each cluster of group g (-1 padding);
+// chosen [Gm, Q, c] int64: the clusters each of the group's Q query rows reads (any negative
+// = none); limit [N_q] int64 (N_q dividing Q; row q uses limit[q % N_q]) or empty; every row
+// also holds the keys [range_start, range_stop). Returns [Gm, Q, max(1, widest row)] int64,
+// rows ascending and unique with -1 padding: the union of the chosen clusters' members.
+at::Tensor cluster_rows(at::Tensor members, at::Tensor chosen, int64_t n_keys, at::Tensor limit, int64_t range_start,
+                        int64_t range_stop) {
+  TORCH_CHECK(members.dim() == 3 && members.scalar_type() == at::kLong, "cluster_rows: members must be [Gm, C, M] int64");
+  TORCH_CHECK(chosen.dim() == 3 && chosen.scalar_type() == at::kLong && chosen.size(0) == members.size(0),
+              "cluster_rows: chosen must be [Gm, Q, c] int64 with the groups of members");
+  TORCH_CHECK(n_keys > 0 && n_keys < (int64_t{1} << 31), "cluster_rows: n_keys must be in [1, 2^31)");
+  TORCH_CHECK(range_start >= 0, "cluster_rows: range_start must be >= 0");
+  members = members.contiguous();
+  chosen = chosen.contiguous();
+  const int64_t Gm = members.size(0), C = members.size(1), M = members.size(2);
+  const int64_t Q = chosen.size(1), c = chosen.size(2);
+  int64_t n_q = 1;
+  const int64_t* lim = check_limit(limit, Q, n_q, "cluster_rows");
+  const int64_t* mem = members.data_ptr<int64_t>();
+  const int64_t* cho = chosen.data_ptr<int64_t>();
+  auto out = compact_all_rows(Gm * Q, n_keys, members.options(), [&](int64_t r, std::vector<uint64_t>& bits,
+                                                                     std::vector<int32_t>& rows) {
+    const int64_t g = r / Q, q = r % Q;
+    const int64_t last = lim ? std::min(lim[q % n_q], n_keys - 1) : n_keys - 1;
+    const int64_t* picks = cho + r * c;
+    return compact_row(
+        [&](auto visit) {
+          for (int64_t i = 0; i < c; ++i) {
+            const int64_t cluster = picks[i];
+            if (cluster < 0) continue;
+            TORCH_CHECK(cluster < C, "cluster_rows: chosen cluster ", cluster, " out of range [0, ", C, ")");
+            const int64_t* keys = mem + (g * C + cluster) * M;
+            for (int64_t j = 0; j < M; ++j) visit(keys[j]);
+          }
+        },
+        last, range_start, range_stop, bits, rows);
   });
-  return out;
+  return out.view({Gm, Q, out.size(1)});
 }

@@ -55,6 +55,12 @@ inline float reduce_max(F16 x) { return _mm512_reduce_max_ps(x); }
 inline float reduce_add(F16 x) { return _mm512_reduce_add_ps(x); }
 inline float first(F16 x) { return _mm512_cvtss_f32(x); }
 // x in lanes < count (0 < count <= 16), 0 elsewhere.
+// Lane-wise a > b ? x : y (false where a or b is NaN).
+inline F16 where_greater(F16 a, F16 b, F16 x, F16 y) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), y, x); }
+// NaN lanes become +inf.
+inline F16 nan_to_posinf(F16 x) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x, _mm512_set1_ps(__builtin_inff()));
+}
 inline F16 keep_first(F16 x, int count) {
   return _mm512_maskz_mov_ps(static_cast<__mmask16>((uint32_t{1} << count) - 1), x);
 }
@@ -134,6 +140,15 @@ inline uint32_t greater_mask(__m256 a, __m256 b) {
   return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)));
 }
 
+inline F16 where_greater(F16 a, F16 b, F16 x, F16 y) {
+  return {_mm256_blendv_ps(y.lo, x.lo, _mm256_cmp_ps(a.lo, b.lo, _CMP_GT_OQ)),
+          _mm256_blendv_ps(y.hi, x.hi, _mm256_cmp_ps(a.hi, b.hi, _CMP_GT_OQ))};
+}
+inline F16 nan_to_posinf(F16 x) {
+  const __m256 inf = _mm256_set1_ps(__builtin_inff());
+  return {_mm256_blendv_ps(x.lo, inf, _mm256_cmp_ps(x.lo, x.lo, _CMP_UNORD_Q)),
+          _mm256_blendv_ps(x.hi, inf, _mm256_cmp_ps(x.hi, x.hi, _CMP_UNORD_Q))};
+}
 inline float reduce_max(F16 x) { return hmax8(_mm256_max_ps(x.lo, x.hi)); }
 inline float reduce_add(F16 x) { return hadd8(_mm256_add_ps(x.lo, x.hi)); }
 inline float first(F16 x) { return _mm256_cvtss_f32(x.lo); }

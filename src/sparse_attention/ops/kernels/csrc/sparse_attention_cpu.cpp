@@ -818,8 +818,14 @@ std::string fused_topk_bf16_path();
 std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at::Tensor ik, at::Tensor w,
                                    at::Tensor idx, double scale, bool need_grad);
 
+// kmeans_cpu.cpp
+at::Tensor kmeanspp_picks(at::Tensor x, at::Tensor u, bool spherical);
+at::Tensor kmeans_assign(at::Tensor x, at::Tensor c, at::Tensor bias);
+
 // compact_rows_cpu.cpp
 at::Tensor compact_rows(at::Tensor idx, int64_t n_keys, at::Tensor limit, int64_t range_start, int64_t range_stop);
+at::Tensor cluster_rows(at::Tensor members, at::Tensor chosen, int64_t n_keys, at::Tensor limit, int64_t range_start,
+                        int64_t range_stop);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "sparse attention forward (CPU); bf16 items use AMX tiles where allowed and possible",
@@ -860,6 +866,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return f;
   }, "instruction sets this build's code may use, and which lane kernels it has");
   m.def("compact_rows", &compact_rows, "candidate lists -> ascending unique index rows (CPU, bitmap per row)");
+  m.def("cluster_rows", &cluster_rows, "chosen clusters' members -> ascending unique index rows (CPU, bitmap per row)");
+  m.def("kmeans_assign", &kmeans_assign, "nearest centroid of every point, GEMM and argmax fused (CPU)");
+  m.def("kmeanspp_picks", &kmeanspp_picks, "k-means++ seeding from given uniforms, float64 distances (CPU)");
   m.def("fused_topk", &fused_topk, "fused scoring + top-k selection (CPU)");
   m.def("fused_topk_bf16_path", &fused_topk_bf16_path, "bf16 scoring path: amx, avx512_bf16 or empty");
   m.def("indexer_kl", &indexer_kl, "DSA sparse-stage indexer KL per query row and its gradient (CPU)");
