@@ -172,3 +172,29 @@ def test_bad_params(params, name, exc):
     q, k, _ = _qkv(16)
     with pytest.raises(exc, match=name):
         select(q, k, "lsh", **params)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("include_self", [True, False])
+@pytest.mark.parametrize("n_q,n_k,params", [(200, 200, {}), (60, 200, {"n_hashes": 3}), (150, 90, {"n_hashes": 2}),
+                                            (100, 100, {"n_buckets": 1, "bucket_size": 16}),
+                                            (333, 333, {"bucket_size": 8, "n_hashes": 5})])
+def test_cpu_rows_equal_the_pytorch_path(causal, include_self, n_q, n_k, params, monkeypatch):
+    """The C++ rows (runs of the sorted order, bitmap union) equal gathered candidates + sorting compaction."""
+    from sparse_attention.ops.kernels import compact_cpu, cpu
+
+    if cpu.load_error() is not None:
+        pytest.skip(f"CPU extension unavailable: {cpu.load_error()}")
+    q, k, _ = _qkv(n_k, n_q=n_q, seed=n_q)
+    fast = select(q, k, "lsh", causal=causal, include_self=include_self, **params)
+    monkeypatch.setattr(compact_cpu, "available", lambda *a, **kw: False)
+    slow = select(q, k, "lsh", causal=causal, include_self=include_self, **params)
+    assert torch.equal(fast.indices, slow.indices)
+
+
+def test_hash_of_a_nan_or_zero_row_equals_argmax_over_both_halves():
+    x = torch.randn(3, 20, 8, generator=torch.Generator().manual_seed(0))
+    x[0, 3, 2], x[1, :4] = float("nan"), 0.0
+    rot = random_rotations(1, 8, 10, seed=0)[0]
+    xr = x @ rot
+    assert torch.equal(hash_buckets(x, rot), torch.cat([xr, -xr], dim=-1).argmax(dim=-1))

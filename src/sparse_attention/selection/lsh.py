@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from ..utils.checks import check_int
-from ._util import compact_indices, make_generator, query_key_limit
+from ..ops.kernels import compact_cpu
+from ._util import compact_indices_reference, make_generator, query_key_limit
 from .base import Param, Selection, register_method
 from .costs import INDEX_BYTES, log2, merge_flops
 
@@ -40,19 +41,25 @@ def hash_buckets(x: Tensor, rotation: Tensor) -> Tensor:
     Returns ``[..., N]`` int64 buckets in ``[0, n_buckets)``.
     """
     xr = x.float() @ rotation  # [..., N, n_buckets/2]
-    return torch.cat([xr, -xr], dim=-1).argmax(dim=-1)
+    # argmax over [xR ; -xR] without building it: the largest of xR, or the smallest of xR
+    # shifted by n_buckets/2; ties and NaN (a NaN row's first NaN) go to the xR half, as
+    # argmax over the concatenation has them.
+    top, top_at = xr.max(dim=-1)
+    low, low_at = xr.min(dim=-1)
+    return torch.where(torch.isnan(top) | (top >= -low), top_at, low_at + xr.shape[-1])
 
 
-def _round_candidates(qb: Tensor, kb: Tensor, pos: Tensor, window: int, causal: bool) -> Tensor:
-    """Keys one hash round lets each query see.
+def _bucket_runs(qb: Tensor, kb: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One hash round's keys sorted by (bucket, position) and each query's place in that order.
 
     Args:
         qb: ``[B, H_kv, M]`` query buckets (``M = G * N_q``, queries grouped by KV head).
         kb: ``[B, H_kv, N_k]`` key buckets.
         pos: ``[M]`` the query's end-aligned position (= its causal limit), in ``[-1, N_k - 1]``.
-        window: keys per query per round (``2 * bucket_size``).
     Returns:
-        ``[B, H_kv, M, window]`` key positions, ``-1`` = none.
+        ``order [B, H_kv, N_k]``: key positions sorted by (bucket, position); ``lo``, ``at``,
+        ``hi`` ``[B, H_kv, M]``: the query's bucket is ``order[lo:hi]``, and its keys at
+        positions ``<= pos`` are ``order[lo:at]``.
     """
     n_k = kb.shape[-1]
     keys = torch.arange(n_k, device=kb.device)
@@ -61,16 +68,28 @@ def _round_candidates(qb: Tensor, kb: Tensor, pos: Tensor, window: int, causal: 
     base = qb * n_k
     lo = torch.searchsorted(sorted_ck, base)  # first key of the query's bucket
     hi = torch.searchsorted(sorted_ck, base + n_k)  # one past its last key
-    # Insertion point: same-bucket keys at positions <= pos lie in [lo, at).
     # pos >= -1 keeps base + pos above every key of the previous bucket.
     at = torch.searchsorted(sorted_ck, base + pos, right=True)  # [B, H_kv, M]
+    return order, lo, at, hi
+
+
+def _round_candidates(order: Tensor, lo: Tensor, at: Tensor, hi: Tensor, pos: Tensor, window: int,
+                      causal: bool) -> Tensor:
+    """Keys one hash round lets each query see (the PyTorch path; see :func:`_bucket_runs`).
+
+    Returns:
+        ``[B, H_kv, M, window]`` key positions, ``-1`` = none: causal, the ``window`` keys of
+        ``order[lo:at]`` nearest its end (the most recent same-bucket keys); non-causal, the
+        ``window`` keys of the bucket nearest to ``pos`` (ties to the earlier key).
+    """
+    n_k = order.shape[-1]
     if causal:
         # The most recent `window` same-bucket keys at or before pos.
-        slots = at[..., None] - window + torch.arange(window, device=kb.device)  # [B, H_kv, M, W]
+        slots = at[..., None] - window + torch.arange(window, device=order.device)  # [B, H_kv, M, W]
     else:
         # The nearest `window` same-bucket keys form a run of sorted order within
         # [at - W, at + W): take those 2W candidates, keep the W closest to pos.
-        slots = at[..., None] - window + torch.arange(2 * window, device=kb.device)  # [B, H_kv, M, 2W]
+        slots = at[..., None] - window + torch.arange(2 * window, device=order.device)  # [B, H_kv, M, 2W]
     inside = (slots >= lo[..., None]) & (slots < hi[..., None])
     flat = slots.clamp(0, n_k - 1).flatten(-2)  # [B, H_kv, M * W']
     cand = order.gather(-1, flat).view_as(slots)
@@ -172,19 +191,26 @@ def select_lsh(q: Tensor, k: Tensor, *, causal: bool = True, n_hashes: int = 4, 
     pos = limit.clamp(min=-1).repeat(g)  # [G * N_q], matches the grouped query layout below
     q_grouped = q.reshape(b, h_kv, g * n_q, d)  # query head h = kv head h // G, group h % G
 
-    parts = []
+    runs = []  # per round: (order, lo, at, hi)
     for r in range(n_hashes):
         if n_buckets == 1:
             qb = torch.zeros(b, h_kv, g * n_q, dtype=torch.long, device=device)
             kb = torch.zeros(b, h_kv, n_k, dtype=torch.long, device=device)
         else:
             qb, kb = hash_buckets(q_grouped, rotations[r]), hash_buckets(k, rotations[r])
-        parts.append(_round_candidates(qb, kb, pos, window, causal))  # [B, H_kv, G*N_q, W]
+        runs.append(_bucket_runs(qb, kb, pos))
         if n_buckets == 1:
             break  # every round would select the same keys
-    if include_self:
-        parts.append(pos.expand(b, h_kv, -1)[..., None])  # -1 (none) where t < 0
-    cand = torch.cat(parts, dim=-1).reshape(b, h, n_q, -1)  # [B, H, N_q, M]
-    idx = compact_indices(cand, n_k, limit if causal else None)  # [B, H, N_q, K]
+    if compact_cpu.available(q):
+        # C++: each row reads its runs of the sorted orders directly (no [rows, rounds x W] list).
+        order, lo, at, hi = (torch.stack(t).reshape(len(runs), b * h_kv, -1) for t in zip(*runs))
+        idx = compact_cpu.lsh_rows(order, lo, at, hi, pos, window, causal, include_self, n_k)  # [B*H_kv, G*N_q, K]
+        idx = idx.view(b, h, n_q, idx.shape[-1])
+    else:
+        parts = [_round_candidates(*run, pos, window, causal) for run in runs]  # each [B, H_kv, G*N_q, W]
+        if include_self:
+            parts.append(pos.expand(b, h_kv, -1)[..., None])  # -1 (none) where t < 0
+        cand = torch.cat(parts, dim=-1).reshape(b, h, n_q, -1)  # [B, H, N_q, M]
+        idx = compact_indices_reference(cand, n_k, limit if causal else None)  # [B, H, N_q, K]
     return Selection(idx, n_k, causal, "lsh",
                      {"n_hashes": n_hashes, "n_buckets": n_buckets, "bucket_size": bucket_size})

@@ -59,3 +59,21 @@ def cluster_rows(members: Tensor, chosen: Tensor, n_keys: int, limit: Tensor | N
     lim = torch.empty(0, dtype=torch.long) if limit is None else limit.long().reshape(-1)
     start, stop = (0, 0) if key_range is None else (int(key_range[0]), int(key_range[1]))
     return cpu.extension(isa).cluster_rows(members.long(), chosen.long(), int(n_keys), lim, start, stop)
+
+
+def lsh_rows(order: Tensor, lo: Tensor, at: Tensor, hi: Tensor, pos: Tensor, window: int, causal: bool,
+             include_self: bool, n_keys: int, isa: str | None = None) -> Tensor:
+    """Index rows of the LSH selection from the keys sorted by bucket (``selection.lsh``).
+
+    Args:
+        order: ``[T, Gk, N_k]`` per hash round and KV group, key positions sorted by (bucket, position).
+        lo, at, hi: ``[T, Gk, M]`` per query row: its bucket's run ``[lo, hi)`` of ``order`` and
+            the end ``at`` of the run's keys at positions ``<= pos``.
+        pos: ``[M]`` the row's end-aligned position. window: keys per row and round.
+        causal: take the ``window`` keys before ``at``; otherwise the ``window`` keys of the run
+            nearest to ``pos`` (ties to the earlier key). include_self: add the key at ``pos``.
+    Returns:
+        ``[Gk, M, K]`` int64, the union over rounds ascending and unique, ``-1`` padding.
+    """
+    return cpu.extension(isa).lsh_rows(order.long(), lo.long(), at.long(), hi.long(), pos.long(), int(window),
+                                       bool(causal), bool(include_self), int(n_keys))

@@ -13,7 +13,9 @@
 // candidates are the members of the clusters its query chose, read straight from the member
 // matrix, so the [rows, clusters per query x largest cluster] list is never built. Rows are
 // written to per-chunk buffers of exactly their length, then copied into the [R, K] result:
-// memory beyond the result is the compacted rows once more, in int32.
+// memory beyond the result is the compacted rows once more, in int32. lsh_rows does the same for
+// the LSH selection: a row's candidates per hash round are a run of the keys sorted by (bucket,
+// position), read from that order directly instead of gathered into a [rows, rounds x window] list.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -176,4 +178,67 @@ at::Tensor cluster_rows(at::Tensor members, at::Tensor chosen, int64_t n_keys, a
         last, range_start, range_stop, bits, rows);
   });
   return out.view({Gm, Q, out.size(1)});
+}
+
+// LSH rows (selection.lsh). Per hash round t and KV group g, order[t, g] lists the key positions
+// sorted by (bucket, position); for query row m of the group, [lo, hi) is the run of its bucket in
+// that order and at the insertion point of its position pos[m] (keys of the run before `at` are at
+// positions <= pos[m]). Causal: the row takes the `window` keys before `at` within the run (the most
+// recent same-bucket keys). Non-causal: the `window` keys of the run nearest to pos[m], ties to the
+// earlier key. The union over rounds, plus the key at pos[m] when include_self (and pos[m] >= 0),
+// becomes the row: ascending, unique, -1 padded, positions above pos[m] dropped when causal.
+// order: [T, Gk, N_k] int64; lo, at, hi: [T, Gk, M] int64; pos: [M] int64. Returns [Gk, M, K] int64.
+at::Tensor lsh_rows(at::Tensor order, at::Tensor lo, at::Tensor at_, at::Tensor hi, at::Tensor pos, int64_t window,
+                    bool causal, bool include_self, int64_t n_keys) {
+  TORCH_CHECK(order.dim() == 3 && order.scalar_type() == at::kLong, "lsh_rows: order must be [T, Gk, N_k] int64");
+  TORCH_CHECK(lo.dim() == 3 && lo.sizes() == at_.sizes() && lo.sizes() == hi.sizes() && lo.size(0) == order.size(0)
+                  && lo.size(1) == order.size(1) && lo.scalar_type() == at::kLong && at_.scalar_type() == at::kLong
+                  && hi.scalar_type() == at::kLong, "lsh_rows: lo, at, hi must be [T, Gk, M] int64");
+  TORCH_CHECK(pos.dim() == 1 && pos.size(0) == lo.size(2) && pos.scalar_type() == at::kLong,
+              "lsh_rows: pos must be [M] int64");
+  TORCH_CHECK(n_keys == order.size(2) && n_keys > 0 && n_keys < (int64_t{1} << 31), "lsh_rows: n_keys must be N_k");
+  TORCH_CHECK(window >= 1, "lsh_rows: window must be >= 1");
+  order = order.contiguous();
+  lo = lo.contiguous();
+  at_ = at_.contiguous();
+  hi = hi.contiguous();
+  pos = pos.contiguous();
+  const int64_t T = order.size(0), Gk = order.size(1), M = lo.size(2);
+  const int64_t* ord = order.data_ptr<int64_t>();
+  const int64_t* lop = lo.data_ptr<int64_t>();
+  const int64_t* atp = at_.data_ptr<int64_t>();
+  const int64_t* hip = hi.data_ptr<int64_t>();
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  auto out = compact_all_rows(Gk * M, n_keys, order.options(), [&](int64_t r, std::vector<uint64_t>& bits,
+                                                                   std::vector<int32_t>& rows) {
+    const int64_t g = r / M, m = r % M, p = pp[m];
+    const int64_t last = causal ? std::min(p, n_keys - 1) : n_keys - 1;
+    return compact_row(
+        [&](auto visit) {
+          for (int64_t t = 0; t < T; ++t) {
+            const int64_t* keys = ord + (t * Gk + g) * n_keys;  // sorted by (bucket, position)
+            const int64_t e = (t * Gk + g) * M + m;
+            const int64_t run_lo = lop[e], run_hi = hip[e], at = atp[e];
+            if (causal) {
+              for (int64_t i = std::max(run_lo, at - window); i < at; ++i) visit(keys[i]);
+              continue;
+            }
+            // Nearest `window` keys to p: grow a run of the sorted order around `at`, taking the
+            // closer side each time (the left one on a tie: the earlier key).
+            int64_t left = at - 1, right = at;
+            for (int64_t taken = 0; taken < window; ++taken) {
+              const bool has_left = left >= run_lo, has_right = right < run_hi;
+              if (!has_left && !has_right) break;
+              if (has_left && (!has_right || p - keys[left] <= keys[right] - p)) {
+                visit(keys[left--]);
+              } else {
+                visit(keys[right++]);
+              }
+            }
+          }
+          if (include_self && p >= 0) visit(p);
+        },
+        last, 0, 0, bits, rows);
+  });
+  return out.view({Gk, M, out.size(1)});
 }

@@ -826,6 +826,8 @@ at::Tensor kmeans_assign(at::Tensor x, at::Tensor c, at::Tensor bias);
 at::Tensor compact_rows(at::Tensor idx, int64_t n_keys, at::Tensor limit, int64_t range_start, int64_t range_stop);
 at::Tensor cluster_rows(at::Tensor members, at::Tensor chosen, int64_t n_keys, at::Tensor limit, int64_t range_start,
                         int64_t range_stop);
+at::Tensor lsh_rows(at::Tensor order, at::Tensor lo, at::Tensor at_, at::Tensor hi, at::Tensor pos, int64_t window,
+                    bool causal, bool include_self, int64_t n_keys);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "sparse attention forward (CPU); bf16 items use AMX tiles where allowed and possible",
@@ -867,6 +869,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   }, "instruction sets this build's code may use, and which lane kernels it has");
   m.def("compact_rows", &compact_rows, "candidate lists -> ascending unique index rows (CPU, bitmap per row)");
   m.def("cluster_rows", &cluster_rows, "chosen clusters' members -> ascending unique index rows (CPU, bitmap per row)");
+  m.def("lsh_rows", &lsh_rows, "LSH selection rows from the keys sorted by bucket (CPU, bitmap per row)");
   m.def("kmeans_assign", &kmeans_assign, "nearest centroid of every point, GEMM and argmax fused (CPU)");
   m.def("kmeanspp_picks", &kmeanspp_picks, "k-means++ seeding from given uniforms, float64 distances (CPU)");
   m.def("fused_topk", &fused_topk, "fused scoring + top-k selection (CPU)");
