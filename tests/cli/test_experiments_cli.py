@@ -56,9 +56,29 @@ def test_resume_keeps_finished_experiments(run_dir, capsys):
     (["experiments", "--methods", "magic"], "unknown"),
     (["experiments", "--lengths", "8"], "lengths"),
     (["plot", "/nonexistent/results.json"], "not found"),
+    (["experiments", "--long", "--quick"], "--long"),
+    (["experiments", "--head-layouts", "4:3"], "head_layouts"),
 ])
 def test_clear_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_long_mode_runs_scalability_alone_in_both_layouts(tmp_path, monkeypatch):
+    from sparse_attention.experiments.attention import suite
+
+    seen = {}
+
+    def fake_run_suite(config, out, **kwargs):
+        seen["config"] = config
+        return {"config": config.to_dict(), "experiments": {}, "runtime_s": {"total": 0.0}}
+
+    monkeypatch.setattr(suite, "run_suite", fake_run_suite)
+    assert main(["suite", "--long", "--output-dir", str(tmp_path)]) == 0
+    config = seen["config"]
+    assert config.experiments == ("scalability",) and config.lengths == (8192, 16384, 32768)
+    assert config.layouts() == [(4, 2), (4, 1)]
+    assert main(["suite", "--long", "--lengths", "4096", "--head-layouts", "8:1", "--output-dir", str(tmp_path)]) == 0
+    assert seen["config"].lengths == (4096,) and seen["config"].layouts() == [(8, 1)]

@@ -69,3 +69,27 @@ def test_plots_are_written(results, tmp_path):
     assert files["scalability"] == ["scalability.png"] and files["energy"] == ["energy.png"]
     assert all((tmp_path / f).stat().st_size > 1000 for names in files.values() for f in names)
     assert energy_report.plots(results["experiments"]["energy"], tmp_path) == ["energy.png"]
+
+
+def test_each_head_layout_gets_its_tables_and_plot(results, tmp_path):
+    section = copy.deepcopy(results["experiments"]["scalability"])
+    other = [{**r, "heads": 2, "kv_heads": 2, "time_ratio": r["time_ratio"] * 0 + 0.25 if r["method"] != "dense"
+              else 1.0} for r in section["rows"]]
+    section["rows"] += other
+    text = scalability_report.tables(section, results)
+    assert "### H=2, H_kv=1 (MQA 2:1)" in text and "### H=2, H_kv=2 (MHA 2:2)" in text
+    assert "(0.25x)" in text  # the second layout's own numbers
+    assert "Peak memory of the selection alone" in text
+    import matplotlib
+
+    matplotlib.use("Agg")
+    assert scalability_report.plots(section, tmp_path) == ["scalability.png", "scalability_2x2.png"]
+
+
+def test_results_without_layout_fields_still_render(results):
+    section = copy.deepcopy(results["experiments"]["scalability"])
+    for r in section["rows"]:
+        for key in ("heads", "kv_heads", "selection_peak_bytes", "index_bytes", "selection_memory_ratio"):
+            r.pop(key, None)
+    text = scalability_report.tables(section, results)
+    assert "## Scalability" in text and "###" not in text and "Peak memory of the selection alone" not in text

@@ -41,6 +41,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--methods", nargs="+", default=list(all_methods()),
                    help="methods (default every registered method; dense is always included)")
     p.add_argument("--lengths", nargs="+", type=int, help="sequence lengths (default 512 1024 2048 quick, to 8192 full)")
+    p.add_argument("--head-layouts", nargs="+", metavar="H:H_KV",
+                   help="head layouts the scalability experiment measures in turn, e.g. 4:2 4:1 (GQA next to MQA);"
+                        " default the suite's 4:2")
+    p.add_argument("--long", action="store_true",
+                   help="long-N mode: the scalability experiment alone at N = 8192 16384 32768 in head layouts"
+                        " 4:2 and 4:1 (--lengths, --head-layouts and --only override its parts)")
     p.add_argument("--only", nargs="+", choices=EXPERIMENTS, help="run only these experiments")
     p.add_argument("--budget", type=int, default=256, help="keys per query for local/topk/dsa (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed of inputs and randomised methods (default 0)")
@@ -69,14 +75,26 @@ def _render(results: dict, out_dir: Path) -> str:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    from ..experiments.attention.context import FULL_LENGTHS, QUICK_LENGTHS, SuiteConfig
+    from ..experiments.attention.context import (
+        FULL_LENGTHS,
+        LONG_HEAD_LAYOUTS,
+        LONG_LENGTHS,
+        QUICK_LENGTHS,
+        SuiteConfig,
+    )
     from ..experiments.attention.suite import run_suite
 
     check_device(args.device)
-    lengths = tuple(args.lengths) if args.lengths else (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
+    if args.long and args.quick:
+        raise ValueError("--long and --quick: choose one (--long is the scalability experiment at long N)")
+    default_lengths = LONG_LENGTHS if args.long else (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
+    lengths = tuple(args.lengths) if args.lengths else default_lengths
+    layouts = tuple(args.head_layouts) if args.head_layouts else (LONG_HEAD_LAYOUTS if args.long else ())
+    only = tuple(args.only) if args.only else (("scalability",) if args.long else ())
     config = SuiteConfig(quick=args.quick, device=args.device, methods=tuple(args.methods), lengths=lengths,
-                         seed=args.seed, budget=args.budget, experiments=tuple(args.only or ()))
-    out = Path(args.output_dir or ("results/quick" if args.quick else "results/full"))
+                         seed=args.seed, budget=args.budget, experiments=only, head_layouts=layouts)
+    default_dir = "results/long" if args.long else ("results/quick" if args.quick else "results/full")
+    out = Path(args.output_dir or default_dir)
 
     def progress(items, desc):
         return tqdm(list(items), desc=desc, leave=False, file=sys.stderr)

@@ -48,6 +48,7 @@ def render_report(results: dict[str, Any], plot_files: dict[str, list[str]] | No
         "",
         f"Generated from `results.json` by `sparse-attention report`. Mode: {'quick' if cfg.get('quick') else 'full'};"
         f" lengths {cfg.get('lengths')}; heads {cfg.get('heads')}:{cfg.get('kv_heads')}, D={cfg.get('head_dim')};"
+        + (f" scalability head layouts {', '.join(cfg['head_layouts'])};" if cfg.get("head_layouts") else "") +
         f" budget {cfg.get('budget')} keys for {'/'.join(_budget_methods(cfg)) or 'no method'}; seed {cfg.get('seed')}.",
         f"Machine: {machine_line(results)}.",
         f"Runtime: {runtime.get('total', 0):.0f} s in all.",

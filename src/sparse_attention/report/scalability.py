@@ -1,4 +1,5 @@
-"""Scalability: tables (time, phase split, peak memory; N x method, ratios to dense) and a plot."""
+"""Scalability: tables (time, phase split, peak memory, selection memory; N x method, ratios to
+dense) per head layout, and a plot per layout."""
 
 from __future__ import annotations
 
@@ -19,6 +20,25 @@ def _cell(value: float | None, ratio: float | None, digits: int = 1) -> str:
 
 def _mib(value: int | None) -> float | None:
     return None if value is None else value / MIB
+
+
+def _layouts(section: dict[str, Any]) -> list[tuple[int, int]]:
+    """Head layouts ``(H, H_kv)`` in the order measured (results before layouts: the settings' one)."""
+    s = section["settings"]
+    default = (s["heads"], s["kv_heads"])
+    seen = [(r.get("heads", default[0]), r.get("kv_heads", default[1])) for r in section["rows"]]
+    return list(dict.fromkeys(seen)) or [default]
+
+
+def _rows_of(section: dict[str, Any], layout: tuple[int, int]) -> list[dict[str, Any]]:
+    s = section["settings"]
+    return [r for r in section["rows"] if (r.get("heads", s["heads"]), r.get("kv_heads", s["kv_heads"])) == layout]
+
+
+def _layout_name(layout: tuple[int, int]) -> str:
+    h, h_kv = layout
+    kind = "MQA" if h_kv == 1 and h > 1 else ("MHA" if h == h_kv else "GQA")
+    return f"H={h}, H_kv={h_kv} ({kind} {h}:{h_kv})"
 
 
 def _summary(rows: list[dict[str, Any]]) -> str:
@@ -49,11 +69,24 @@ def tables(section: dict[str, Any], results: dict[str, Any]) -> str:
         memory_note += (f" Machine load (1-minute average) {load['before']:.1f} before and {load['after']:.1f} after"
                         f" the run on {load['cpu_count']} cores: a load above the core count means other jobs"
                         " shared the cores, which inflates the times and can distort the ratios.")
+    layouts = _layouts(section)
+    shape = (f"H={s['heads']}, H_kv={s['kv_heads']}" if len(layouts) == 1
+             else "head layouts " + ", ".join(f"{h}:{h_kv}" for h, h_kv in layouts))
     intro = (f"Forward time of each method next to dense SDPA, measured in one run ({s['inputs']};"
-             f" H={s['heads']}, H_kv={s['kv_heads']}, D={s['head_dim']}, {s['dtype']}). {s['repeats']} rounds per N;"
+             f" {shape}, D={s['head_dim']}, {s['dtype']}). {s['repeats']} rounds per N;"
              f" {s['timer']}; {s['statistic']}. Sparse kernel requested with backend=\"{s['backend_request']}\","
              f" which chose: {', '.join(backends) or '-'}. {memory_note}")
-    parts = ["## Scalability", "", intro, "", _summary(rows), ""]
+    parts = ["## Scalability", "", intro, ""]
+    for layout in layouts:
+        if len(layouts) > 1:
+            parts += [f"### {_layout_name(layout)}", ""]
+        parts += _layout_tables(_rows_of(section, layout))
+    return "\n".join(parts)
+
+
+def _layout_tables(rows: list[dict[str, Any]]) -> list[str]:
+    """Summary sentence and tables of one head layout."""
+    parts = [_summary(rows), ""]
     ns, methods, e2e = pivot(rows, "n", "method", "end_to_end_ms")
     _, _, ratio = pivot(rows, "n", "method", "time_ratio")
     parts += ["**End-to-end forward time, ms (ratio to dense SDPA)**", "",
@@ -70,7 +103,14 @@ def tables(section: dict[str, Any], results: dict[str, Any]) -> str:
     parts += ["**Peak memory of the forward call, MiB above the inputs (ratio to dense SDPA)**", "",
               table(["N", *methods], [[n] + [_cell(_mib(peak[n, m]), mem_ratio[n, m]) for m in methods]
                                       for n in ns]), ""]
-    return "\n".join(parts)
+    measured = [r for r in rows if "selection_peak_bytes" in r]
+    if measured:
+        _, _, sel_peak = pivot(measured, "n", "method", "selection_peak_bytes")
+        _, _, sel_ratio = pivot(measured, "n", "method", "selection_memory_ratio")
+        parts += ["**Peak memory of the selection alone, MiB (ratio to the index tensor it returns)**", "",
+                  table(["N", *sparse], [[n] + [_cell(_mib(sel_peak[n, m]), sel_ratio[n, m]) for m in sparse]
+                                         for n in ns]), ""]
+    return parts
 
 
 def _log_n_axis(ax, ns: list[int]) -> None:
@@ -81,9 +121,18 @@ def _log_n_axis(ax, ns: list[int]) -> None:
 
 
 def plots(section: dict[str, Any], out_dir: Path) -> list[str]:
+    """One figure per head layout: ``scalability.png`` for the first, ``scalability_HxH_kv.png`` for others."""
+    layouts = _layouts(section)
+    return [_plot_layout(section, _rows_of(section, layout), layout, out_dir,
+                         "scalability.png" if i == 0 else f"scalability_{layout[0]}x{layout[1]}.png",
+                         titled=len(layouts) > 1)
+            for i, layout in enumerate(layouts)]
+
+
+def _plot_layout(section: dict[str, Any], rows: list[dict[str, Any]], layout: tuple[int, int], out_dir: Path,
+                 name: str, titled: bool) -> str:
     import matplotlib.pyplot as plt
 
-    rows = section["rows"]
     ns, methods, e2e = pivot(rows, "n", "method", "end_to_end_ms")
     _, _, ratio = pivot(rows, "n", "method", "time_ratio")
     _, _, peak = pivot(rows, "n", "method", "peak_bytes")
@@ -113,5 +162,6 @@ def plots(section: dict[str, Any], out_dir: Path) -> list[str]:
     axes[0].legend(fontsize=8, ncol=2)
     axes[1].legend(fontsize=8, ncol=2)
     backends = ", ".join(sorted({r["backend"] for r in rows if r["method"] != "dense"}))
-    fig.suptitle(f"Scalability (sparse kernel backend: {backends}; dense: SDPA)", fontsize=11)
-    return [save(fig, out_dir, "scalability.png")]
+    title = f"Scalability (sparse kernel backend: {backends}; dense: SDPA)"
+    fig.suptitle(f"{title}, {_layout_name(layout)}" if titled else title, fontsize=11)
+    return save(fig, out_dir, name)

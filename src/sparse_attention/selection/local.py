@@ -45,12 +45,12 @@ def select_local(q: Tensor, k: Tensor, *, causal: bool = True, window: int = 256
     else:
         first = torch.arange(n_q, device=device) * n_k // n_q - (window - 1) // 2
     win = first[:, None] + torch.arange(window, device=device)[None, :]  # [N_q, window]
-    win = torch.where((win >= 0) & (win < n_k) & (win <= limit[:, None]), win, -1)
+    win.masked_fill_((win < 0) | (win >= n_k) | (win > limit[:, None]), -1)  # in place: one index-sized tensor
     parts = [win]
     if sinks > 0:
         sink = torch.arange(min(sinks, n_k), device=device)[None, :].expand(n_q, -1)
         already = (sink >= first[:, None]) | (sink > limit[:, None])
         parts.insert(0, torch.where(already, -1, sink))
-    idx = torch.cat(parts, dim=-1)
+    idx = torch.cat(parts, dim=-1) if len(parts) > 1 else win
     return Selection(idx.expand(b, 1, n_q, idx.shape[-1]), n_k, causal, "local",
                      {"window": window, "sinks": sinks})

@@ -74,3 +74,32 @@ def test_measure_length_with_dense_only():
     q, k, v = torch.randn(1, 2, 32, 8), torch.randn(1, 1, 32, 8), torch.randn(1, 1, 32, 8)
     rows = scalability.measure_length(q, k, v, ["dense"], {"dense": {}}, 3, "cpu")
     assert len(rows) == 1 and rows[0]["repeats"] == 3 and rows[0]["time_ratio"] == 1.0
+
+
+def test_selection_memory_is_measured_next_to_its_index_tensor(section):
+    reason = section["settings"]["memory_unavailable"]
+    for r in section["rows"]:
+        if r["method"] == "dense":
+            assert "selection_peak_bytes" not in r
+            continue
+        assert r["index_bytes"] >= r["n"] * 8  # int64, at least one slot per query
+        if reason is None:
+            assert isinstance(r["selection_peak_bytes"], int)
+            assert r["selection_memory_ratio"] == pytest.approx(r["selection_peak_bytes"] / r["index_bytes"])
+        else:
+            assert r["selection_peak_bytes"] is None and r["selection_memory_ratio"] is None
+
+
+def test_head_layouts_are_measured_in_turn():
+    cfg = SuiteConfig(lengths=(32,), budget=8, methods=("local", "lsh"), head_dim=8, head_layouts=("2:1", "2:2"))
+    result = scalability.run(RunContext(cfg))
+    keys = {(r["heads"], r["kv_heads"], r["method"]) for r in result["rows"]}
+    assert keys == {(h, h_kv, m) for h, h_kv in ((2, 1), (2, 2)) for m in ("dense", "local", "lsh")}
+    assert result["settings"]["head_layouts"] == [[2, 1], [2, 2]]
+    assert (result["settings"]["heads"], result["settings"]["kv_heads"]) == (2, 1)
+
+
+@pytest.mark.parametrize("layout", ["4", "4:3", "0:1", "a:b", "4:2:1"])
+def test_bad_head_layouts_are_clear_errors(layout):
+    with pytest.raises(ValueError, match="head_layouts"):
+        SuiteConfig(head_layouts=(layout,))

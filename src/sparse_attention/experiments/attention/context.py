@@ -18,6 +18,20 @@ def all_methods() -> tuple[str, ...]:
 
 QUICK_LENGTHS = (512, 1024, 2048)
 FULL_LENGTHS = (512, 1024, 2048, 4096, 8192)
+#: ``--long``: the scalability experiment alone at these lengths, in these head layouts (GQA, MQA).
+LONG_LENGTHS = (8192, 16384, 32768)
+LONG_HEAD_LAYOUTS = ("4:2", "4:1")
+
+
+def parse_head_layout(layout: str) -> tuple[int, int]:
+    """``"H:H_kv"`` -> ``(H, H_kv)`` with ``H % H_kv == 0``; ValueError naming ``head_layouts`` otherwise."""
+    try:
+        heads, kv_heads = (int(part) for part in str(layout).split(":"))
+    except ValueError:
+        raise ValueError(f"head_layouts: expected 'H:H_kv' such as '4:2', got {layout!r}") from None
+    if heads < 1 or kv_heads < 1 or heads % kv_heads:
+        raise ValueError(f"head_layouts: {layout!r} needs H >= 1, H_kv >= 1 and H % H_kv == 0")
+    return heads, kv_heads
 
 
 @dataclass
@@ -35,6 +49,8 @@ class SuiteConfig:
             spec: ``local`` window, ``topk`` and ``dsa`` top-k); 256 matches the seed study's
             Local-256.
         heads, kv_heads, head_dim: attention shape of generated inputs (GQA 4:2, D=64).
+        head_layouts: ``"H:H_kv"`` layouts the scalability experiment measures, each in turn
+            (e.g. ``("4:2", "4:1")``: GQA next to MQA); empty = ``heads:kv_heads`` alone.
     """
 
     quick: bool = True
@@ -47,6 +63,7 @@ class SuiteConfig:
     kv_heads: int = 2
     head_dim: int = 64
     experiments: tuple[str, ...] = ()
+    head_layouts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         known = {m.name for m in list_methods()}
@@ -61,6 +78,9 @@ class SuiteConfig:
         for n in self.lengths:
             check_int("lengths", n, 16)
         self.lengths = tuple(sorted(set(self.lengths)))
+        for layout in self.head_layouts:
+            parse_head_layout(layout)
+        self.head_layouts = tuple(dict.fromkeys(self.head_layouts))
         if self.budget <= 0:
             raise ValueError(f"budget must be positive, got {self.budget}")
         if self.device not in ("cpu", "cuda", "mps"):
@@ -68,6 +88,10 @@ class SuiteConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def layouts(self) -> list[tuple[int, int]]:
+        """``(H, H_kv)`` of every head layout the scalability experiment measures."""
+        return [parse_head_layout(x) for x in self.head_layouts] or [(self.heads, self.kv_heads)]
 
 
 def method_settings(method: str, config: SuiteConfig) -> dict[str, Any]:
