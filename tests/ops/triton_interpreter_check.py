@@ -15,6 +15,8 @@ CASES = [  # (B, H, H_kv, N, D, K, layout, causal, dtype, tol)
     (1, 16, 1, 40, 16, 40, "shared", True, torch.float32, 1e-5),
     (1, 2, 1, 33, 16, 70, "shared", True, torch.float32, 1e-5),  # K > N: duplicates
     (1, 4, 2, 30, 16, 8, "per_kv_head", True, torch.float16, 5e-3),
+    (1, 4, 2, 37, 16, 9, "per_head", True, torch.float32, 1e-5),  # GQA: KV heads repeated per query head
+    (2, 3, 1, 20, 32, 25, "per_head", False, torch.float32, 1e-5),  # MQA, K > N
 ]
 
 
@@ -22,7 +24,7 @@ def main() -> int:
     for b, h, h_kv, n, d, k, layout, causal, dtype, tol in CASES:
         q, kk, v = make_qkv(b, h, h_kv, n, d=d, dtype=torch.float64, seed=n)
         gen = torch.Generator().manual_seed(n + k)
-        h_sel = 1 if layout == "shared" else h_kv
+        h_sel = {"shared": 1, "per_kv_head": h_kv, "per_head": h}[layout]
         idx = torch.randint(0, n, (b, h_sel, n, k), generator=gen)
         idx = idx.masked_fill(torch.rand(idx.shape, generator=gen) < 0.2, -1)
         idx[..., min(3, n - 1), :] = -1  # one row without keys
@@ -40,12 +42,12 @@ def main() -> int:
             print(f"case {(b, h, h_kv, n, d, k, layout, causal, dtype)}: {err}")
             return 1
     try:
-        q, kk, v = make_qkv(1, 4, 1, 8, d=16)
-        sparse_attention(q, kk, v, torch.zeros(1, 4, 8, 2, dtype=torch.long), backend="triton")
-        print("per-head selection was not declined")
+        q, kk, v = make_qkv(1, 4, 2, 8, d=16)
+        sparse_attention(q, kk, v, torch.zeros(1, 3, 8, 2, dtype=torch.long), backend="triton")
+        print("a selection of 3 heads for 4 query heads on 2 KV heads was not declined")
         return 1
     except ValueError as err:
-        assert "per-query-head" in str(err)
+        assert "index heads" in str(err) or "H_sel" in str(err), err
     print("ok")
     return 0
 

@@ -5,8 +5,11 @@ of ``tl.dot`` (padded to at least 16), the selected keys are gathered in blocks 
 ``BLOCK_K`` and folded in with an online softmax. The backward program recomputes the
 probabilities from the saved log-sum-exp, writes ``dq`` and scatters ``dk``/``dv`` with
 atomic adds (so duplicate indices and keys shared by many queries accumulate correctly;
-GPU results are not bit-reproducible run to run). Supports selections shared by all heads
-or one per KV head; per-query-head selections would break the shared GEMM and are declined.
+GPU results are not bit-reproducible run to run). Selections shared by all heads or one per
+KV head run as they are; per-query-head selections (``topk``, ``ssa``, ``routing``, ``lsh``
+on GQA/MQA) run as MHA: each KV head is repeated for its query heads (``repeat_interleave``,
+G times the K/V bytes; autograd sums the repeated heads' gradients back), so every program
+has one head and its own index row.
 The interpreter mishandles bf16 ``tl.dot``, so under it every dot runs in float32.
 """
 
@@ -182,7 +185,10 @@ class _SparseAttentionTriton(torch.autograd.Function):
 
 def sparse_attention_triton(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, *, causal: bool,
                             scale: float) -> Tensor:
-    """Same contract as the reference kernel (shared or per-KV-head selections)."""
+    """Same contract as the reference kernel (shared, per-KV-head or per-query-head selections)."""
+    h, h_kv = q.shape[1], k.shape[1]
+    if indices.shape[1] == h != h_kv:  # per-query-head on GQA/MQA: run as MHA over repeated KV heads
+        k, v = k.repeat_interleave(h // h_kv, dim=1), v.repeat_interleave(h // h_kv, dim=1)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return _SparseAttentionTriton.apply(q, k, v, indices.long().contiguous(), causal, float(scale))
 
@@ -207,9 +213,8 @@ def supports(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, needs_grad: bool)
     d, dv = q.shape[-1], v.shape[-1]
     if d != _pow2(d) or dv != _pow2(dv) or d < 16 or dv < 16:
         return f"head dims must be powers of two >= 16, got D={d}, D_v={dv}"
-    if indices.shape[1] not in (1, k.shape[1]) or (indices.shape[1] != 1 and indices.shape[1] == q.shape[1]
-                                                   and q.shape[1] != k.shape[1]):
-        return "per-query-head selections are not supported (use a shared or per-KV-head selection)"
+    if indices.shape[1] not in (1, k.shape[1], q.shape[1]):
+        return f"index heads must be 1, H_kv={k.shape[1]} or H={q.shape[1]}, got {indices.shape[1]}"
     if q.shape[1] // k.shape[1] > 128:
         return "more than 128 query heads per KV head"
     return None
