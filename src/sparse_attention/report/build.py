@@ -35,8 +35,16 @@ def _budget_methods(cfg: dict[str, Any]) -> list[str]:
 
 def machine_line(results: dict[str, Any]) -> str:
     m = results.get("machine", {})
-    return (f"{m.get('device_name', '?')} ({m.get('device', '?')}), {m.get('threads', '?')} threads, "
+    line = (f"{m.get('device_name', '?')} ({m.get('device', '?')}), {m.get('threads', '?')} threads, "
             f"torch {m.get('torch', '?')}, python {m.get('python', '?')}, git {str(m.get('git_sha', '?'))[:12]}")
+    kernel = m.get("cpu_kernel")
+    if kernel:  # the CPU kernel's build and any ISA caps on PyTorch's own kernels
+        features = ", ".join(kernel.get("compiled_features", [])) or "not loaded"
+        line += (f"; CPU kernel built for `{kernel.get('isa_level', '?')}` ({features}), CPU has"
+                 f" {', '.join(kernel.get('cpu_flags', [])) or '?'}, dense on {kernel.get('torch_cpu_capability', '?')}")
+        if kernel.get("isa_caps"):
+            line += " (" + ", ".join(f"{k}={v}" for k, v in kernel["isa_caps"].items()) + ")"
+    return line
 
 
 def render_report(results: dict[str, Any], plot_files: dict[str, list[str]] | None = None) -> str:
