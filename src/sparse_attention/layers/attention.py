@@ -29,7 +29,7 @@ adds the indexer loss and statistics (:class:`AttentionAux`) the LM trainer uses
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -140,6 +140,12 @@ class SparseSelfAttention(nn.Module):
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=c.bias)
         self.indexer = (LightningIndexer(c.dim, c.indexer_heads, c.indexer_head_dim, rope_theta=c.rope_theta or 10000.0)
                         if c.method == "dsa" else None)
+        #: Optional ``hook(q [B, H, N, D], k [B, H_kv, N, D], v [B, H_kv, N, D], out [B, H, N, D]) -> out``,
+        #: called on every forward with the RoPE'd projections and the per-head attention output
+        #: before the output projection; what it returns replaces the output. Reads teacher
+        #: signals and swaps heads for approximations (experiments.head_approx) without a second
+        #: copy of the forward pass.
+        self.head_hook: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor] | None = None
 
     @property
     def default_mode(self) -> str:
@@ -262,5 +268,7 @@ class SparseSelfAttention(nn.Module):
                 aux.stats = layer_stats(q.detach().float(), k.detach().float(), detached, aux.selection, self.top_k)
         if keep_scores and scores is not None:
             aux.indexer_scores = scores.detach()
+        if self.head_hook is not None:
+            out = self.head_hook(q, k, v, out)  # [B, H, N, D]
         y = self.o_proj(out.transpose(1, 2).reshape(b, n, c.n_heads * c.head_dim))
         return y, aux
