@@ -80,6 +80,8 @@ def test_resume_keeps_steps_and_cli_renders(study, capsys):
     out, results = study
     again = Study(HeadApproxConfig(**TINY), out).run(resume=True)
     assert again["steps"]["heads"] == results["steps"]["heads"]
+    flops_only = Study(HeadApproxConfig(**TINY, steps=("flops",)), out).run(resume=True)  # other steps kept
+    assert flops_only["steps"]["runtime"] == results["steps"]["runtime"]
     assert main(["head-approx", "--report", str(out / "results.json")]) == 0
     assert (out / "report.md").exists() and (out / "flops.png").exists()
     with pytest.raises(ValueError, match="another configuration"):

@@ -152,6 +152,12 @@ def teacher_run_config(cfg: HeadApproxConfig) -> RunConfig:
         data={"bpe_vocab_size": 2048, "tokenizer": cfg.tokenizer, "max_chars": cfg.max_chars})
 
 
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as stored in JSON (tuples as lists), without the steps asked for: a resumed run may
+    run other steps of the same study."""
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if k != "steps"}
+
+
 @dataclass
 class Study:
     """One run of the study into ``out_dir`` (see the module docstring)."""
@@ -296,7 +302,7 @@ class Study:
     def run(self, resume: bool = False) -> dict[str, Any]:
         cfg = self.config
         previous = read_json(self.results_path) if resume and self.results_path.exists() else {}
-        if previous and previous.get("config") != json.loads(json.dumps(cfg.to_dict())):  # as stored: lists
+        if previous and _settings(previous.get("config", {})) != _settings(cfg.to_dict()):
             raise ValueError(f"{self.results_path} was made with another configuration; drop --resume or"
                              " choose another --output-dir")
         results = {"format_version": 1, "config": cfg.to_dict(), "machine": machine_with_kernel("cpu"),
