@@ -9,6 +9,7 @@ from torch import Tensor
 from .ops.dense import dense_attention
 from .ops.sparse_attention import sparse_attention
 from .selection.base import Selection, get_method, select
+from .selection.key_mask import check_key_mask
 
 
 def attention(
@@ -21,6 +22,7 @@ def attention(
     scale: float | None = None,
     backend: str = "auto",
     return_selection: bool = False,
+    key_mask: Tensor | None = None,
     **params: Any,
 ) -> Tensor | tuple[Tensor, Selection]:
     """Attention with the keys chosen by ``method`` (see ``sparse-attention methods``).
@@ -31,15 +33,20 @@ def attention(
             way to attend to every key), every other method runs ``sparse_attention``.
         params: the method's parameters (unknown names raise ``ValueError``).
         return_selection: also return the :class:`Selection` (computed for dense too).
+        key_mask: ``[B, N_k]`` bool or 0/1 (Hugging Face's ``attention_mask``): False / 0 marks a
+            padded key, which is never selected nor attended; a query row left with no key
+            gives zeros.
     Returns:
         ``[B, H, N_q, D_v]`` (and the selection).
     """
     if method == "dense" and not return_selection:
         get_method("dense").check_params(params)
-        return dense_attention(q, k, v, causal=causal, scale=scale)
-    selection = select(q, k, method, causal=causal, **params)
+        key_mask = check_key_mask(key_mask, q.shape[0], k.shape[2], q.device)
+        return dense_attention(q, k, v, causal=causal, scale=scale, key_mask=key_mask)
+    selection = select(q, k, method, causal=causal, key_mask=key_mask, **params)
     if method == "dense":
-        out = dense_attention(q, k, v, causal=causal, scale=scale)
+        key_mask = check_key_mask(key_mask, q.shape[0], k.shape[2], q.device)
+        out = dense_attention(q, k, v, causal=causal, scale=scale, key_mask=key_mask)
     else:
         out = sparse_attention(q, k, v, selection.indices, causal=causal, scale=scale, backend=backend)
     return (out, selection) if return_selection else out

@@ -38,6 +38,7 @@ from ..ops.dense import causal_mask, dense_attention
 from ..ops.sparse_attention import sparse_attention
 from ..selection.base import Selection, get_method, select
 from ..selection.dsa import dsa_select
+from ..selection.key_mask import check_key_mask
 from ..utils.checks import check_int
 from .attention_stats import layer_stats, topk_from_scores
 from .indexer import LightningIndexer, indexer_scores_for_training
@@ -179,22 +180,27 @@ class SparseSelfAttention(nn.Module):
         defaults = get_method("dsa").defaults()
         return {name: self.config.method_params.get(name, defaults[name]) for name in ("top_k", "scoring", "precision")}
 
-    def select(self, x: Tensor, q: Tensor, k: Tensor) -> Selection:
-        """The selection for this input (no gradient: indices are integers)."""
+    def select(self, x: Tensor, q: Tensor, k: Tensor, key_mask: Tensor | None = None) -> Selection:
+        """The selection for this input (no gradient: indices are integers); ``key_mask [B, N]``
+        (False = padding) keeps padded keys out."""
         c = self.config
         if c.method == "dsa" and not {"index_q", "index_k", "index_weights"} & c.method_params.keys():
-            return self.indexer.select(x, causal=c.causal, **self.indexer_selection_params())
+            with torch.no_grad():
+                return dsa_select(*self.indexer(x), causal=c.causal, key_mask=key_mask,
+                                  **self.indexer_selection_params())
         with torch.no_grad():
-            return select(q.detach(), k.detach(), c.method, causal=c.causal, **c.method_params)
+            return select(q.detach(), k.detach(), c.method, causal=c.causal, key_mask=key_mask, **c.method_params)
 
-    def forward(self, x: Tensor, *, mode: str | None = None,
-                return_selection: bool = False) -> Tensor | tuple[Tensor, Selection | None]:
+    def forward(self, x: Tensor, *, mode: str | None = None, return_selection: bool = False,
+                key_mask: Tensor | None = None) -> Tensor | tuple[Tensor, Selection | None]:
         """``x [B, N, dim]`` -> ``[B, N, dim]`` (and the selection, None for dense attention).
 
         ``mode`` defaults to ``sparse`` for a selection method and ``dense`` otherwise; no
-        indexer loss is computed here (see :meth:`forward_with_aux`).
+        indexer loss is computed here (see :meth:`forward_with_aux`). ``key_mask [B, N]`` (bool
+        or 0/1, Hugging Face's ``attention_mask``): False marks a padded position, whose key is
+        never selected nor attended; a query that sees no real key outputs ``o_proj(0)``.
         """
-        y, aux = self.forward_with_aux(x, mode, train_indexer=False)
+        y, aux = self.forward_with_aux(x, mode, train_indexer=False, key_mask=key_mask)
         return (y, aux.selection) if return_selection else y
 
     def _check_input(self, x: Tensor, mode: str) -> None:
@@ -209,7 +215,8 @@ class SparseSelfAttention(nn.Module):
             raise ValueError("mode 'sparse' needs a selection method; this layer is dense")
 
     def forward_with_aux(self, x: Tensor, mode: str | None = None, *, collect: bool = False,
-                         keep_scores: bool = False, train_indexer: bool | None = None) -> tuple[Tensor, AttentionAux]:
+                         keep_scores: bool = False, train_indexer: bool | None = None,
+                         key_mask: Tensor | None = None) -> tuple[Tensor, AttentionAux]:
         """``x [B, N, dim]`` -> ``(y [B, N, dim], AttentionAux)``.
 
         ``collect`` measures statistics (no gradient; costs an extra dense pass);
@@ -217,6 +224,8 @@ class SparseSelfAttention(nn.Module):
         selects from them); ``train_indexer`` computes the DSA indexer loss (``warmup``: dense
         target by query chunks; ``sparse``: over the selected keys); by default always in
         ``warmup`` and in ``sparse`` when autograd is on or statistics are asked for.
+        ``key_mask [B, N]``: padded positions (False / 0), see :meth:`forward`; not with the
+        indexer loss, ``collect`` or ``keep_scores`` (which assume unpadded sequences).
         """
         mode = self.default_mode if mode is None else mode
         self._check_input(x, mode)
@@ -224,6 +233,12 @@ class SparseSelfAttention(nn.Module):
         b, n, _ = x.shape
         if train_indexer is None:
             train_indexer = mode == "warmup" or torch.is_grad_enabled() or collect or keep_scores
+        key_mask = check_key_mask(key_mask, b, n, x.device)
+        if key_mask is not None and bool(key_mask.all()):
+            key_mask = None  # nothing padded: the unmasked paths (fused scoring) apply
+        if key_mask is not None and ((self.indexer is not None and train_indexer) or collect or keep_scores):
+            raise ValueError("key_mask: padded batches are supported for inference (dense and sparse modes without"
+                             " the indexer loss, collect or keep_scores)")
         q, k, v = self.project(x)
         aux = AttentionAux()
         scores = None
@@ -249,7 +264,7 @@ class SparseSelfAttention(nn.Module):
                 aux.selection = dsa_select(index_q.detach(), index_k.detach(), weights.detach(), causal=c.causal,
                                            **indexer_params)
             else:
-                aux.selection = self.select(x, q, k)
+                aux.selection = self.select(x, q, k, key_mask)
             if indexer_out is not None and train_indexer:
                 # DSA sparse stage in O(N K): the KL over the selected keys only.
                 with _float32(x.device):
@@ -257,7 +272,7 @@ class SparseSelfAttention(nn.Module):
                                                            aux.selection.indices[:, 0])
             out = sparse_attention(q, k, v, aux.selection.indices, causal=c.causal, backend=c.backend)
         else:
-            out = dense_attention(q, k, v, causal=c.causal)
+            out = dense_attention(q, k, v, causal=c.causal, key_mask=key_mask)
             if mode == "warmup" and train_indexer:
                 # Dense warm-up: the KL to the dense attention by query chunks (O(N * chunk) memory).
                 with _float32(x.device):

@@ -29,9 +29,13 @@ def causal_mask(n_q: int, n_k: int, device: torch.device | str | None = None) ->
 
 
 def dense_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: float | None = None
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: float | None = None,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
     """Full softmax attention via SDPA. Shapes as in :func:`sparse_attention`.
+
+    ``key_mask [B, N_k]`` bool (False = a padded key): padded keys are not attended; a query row
+    left with no key gives zeros (SDPA alone would give NaN there).
 
     Returns ``[B, H, N_q, D_v]``.
     """
@@ -39,6 +43,14 @@ def dense_attention(
     scale = resolve_scale(scale, q.shape[-1])
     k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
     n_q, n_k = q.shape[2], k.shape[2]
+    if key_mask is not None:
+        allowed = key_mask[:, None, None, :]  # [B, 1, 1, N_k]
+        if causal:
+            allowed = allowed & causal_mask(n_q, n_k, q.device)  # [B, 1, N_q, N_k]
+        allowed = allowed.expand(q.shape[0], 1, n_q, n_k)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+        seen = allowed.any(dim=-1, keepdim=True)  # [B, 1, N_q, 1]
+        return torch.where(seen, out, torch.zeros_like(out))
     if not causal:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     if n_q == n_k:

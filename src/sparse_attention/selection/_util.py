@@ -8,6 +8,7 @@ from torch import Tensor
 from ..ops.kernels import compact_cpu
 from ..ops.validation import causal_offset
 from ..utils.checks import check_int
+from .key_mask import mask_scores
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -72,7 +73,7 @@ def compact_indices_reference(indices: Tensor, n_keys: int, limit: Tensor | None
 
 
 def chunked_topk(score_fn, n_q: int, n_k: int, top_k: int, *, causal: bool, device, budget: int = 1 << 24,
-                 rows_per_query: int = 1) -> Tensor:
+                 rows_per_query: int = 1, key_mask: Tensor | None = None) -> Tensor:
     """Top-k key positions per query from scores computed chunk by chunk.
 
     Args:
@@ -81,6 +82,8 @@ def chunked_topk(score_fn, n_q: int, n_k: int, top_k: int, *, causal: bool, devi
             the keys some query of the chunk can see, which halves the work on average.
         top_k: keys kept per query; ``K = min(top_k, N_k)`` slots.
         rows_per_query: score rows per query (e.g. B * H) to size the chunk to ``budget``.
+        key_mask: optional ``[B, N_k]`` bool, False = padding: those keys score ``-inf`` (the
+            scores' first dimension must be the batch).
     Returns:
         ``[..., N_q, K]`` int64 in no particular order; ``-1`` where a row has fewer than
         ``K`` allowed keys (causal prefix) or the score is ``-inf``.
@@ -97,6 +100,8 @@ def chunked_topk(score_fn, n_q: int, n_k: int, top_k: int, *, causal: bool, devi
             parts.append(torch.full((*shape, k_eff), -1, dtype=torch.long, device=device))
             continue
         scores = score_fn(start, stop, key_stop).float()  # [..., C, key_stop]
+        if key_mask is not None:  # padded keys never win a slot
+            mask_scores(scores, key_mask)
         if causal:  # causal mask before top-k, only where some row of the chunk is cut off
             first = max(0, int(limit[start]) + 1)
             if first < key_stop:

@@ -77,6 +77,8 @@ class MethodSpec:
             ``n_keys`` (then its attention equals dense attention), or None; the tests of
             every method use it.
         label, color, marker: how reports and plots show the method.
+        masks_keys: ``select`` takes ``key_mask=`` itself and keeps padded keys out before
+            choosing (else :func:`select` drops them from the rows afterwards).
     """
 
     name: str
@@ -91,6 +93,7 @@ class MethodSpec:
     label: str = ""
     color: str = "tab:brown"
     marker: str = "X"
+    masks_keys: bool = False
 
     def __post_init__(self) -> None:
         if self.budget_param is not None and self.budget_param not in {p.name for p in self.params}:
@@ -116,14 +119,14 @@ _METHODS: dict[str, MethodSpec] = {}
 def register_method(name: str, *, params: list[Param], summary: str, reference: str, budget_param: str | None = None,
                     cost: CostModel | None = None, sweep: Sweep | None = None,
                     full_coverage: FullCoverage | None = None, label: str = "",
-                    color: str = "tab:brown", marker: str = "X"):
+                    color: str = "tab:brown", marker: str = "X", masks_keys: bool = False):
     """Decorator registering ``fn(q, k, *, causal, **params) -> Selection`` under ``name``; the
     keyword arguments are the :class:`MethodSpec` fields."""
 
     def decorate(fn: Callable[..., Selection]) -> Callable[..., Selection]:
         _METHODS[name] = MethodSpec(name, fn, tuple(params), summary, reference, budget_param=budget_param,
                                     cost=cost, sweep=sweep, full_coverage=full_coverage, label=label,
-                                    color=color, marker=marker)
+                                    color=color, marker=marker, masks_keys=masks_keys)
         return fn
 
     return decorate
@@ -155,13 +158,29 @@ def budget_params(method: str, budget: int) -> dict[str, Any]:
     return {spec.budget_param: budget} if spec.budget_param else {}
 
 
-def select(q: Tensor, k: Tensor, method: str, *, causal: bool = True, **params: Any) -> Selection:
-    """Run the selection method ``method`` on ``q [B, H, N_q, D]``, ``k [B, H_kv, N_k, D]``."""
+def select(q: Tensor, k: Tensor, method: str, *, causal: bool = True, key_mask: Tensor | None = None,
+           **params: Any) -> Selection:
+    """Run the selection method ``method`` on ``q [B, H, N_q, D]``, ``k [B, H_kv, N_k, D]``.
+
+    ``key_mask [B, N_k]`` (True / 1 = a real key, False / 0 = padding; see :mod:`.key_mask`):
+    padded keys are never selected. Methods that declare ``masks_keys`` (the top-k scorers) take
+    it themselves, so each row keeps its best ``K`` real keys; for the others the padded keys are
+    dropped from the rows they selected.
+    """
     from ..ops.validation import check_qkv
+    from .key_mask import check_key_mask, drop_masked_keys
 
     spec = get_method(method)
     spec.check_params(params)
     check_qkv(q, k, k)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    return spec.select(q, k, causal=causal, **{**spec.defaults(), **params})
+    key_mask = check_key_mask(key_mask, q.shape[0], k.shape[2], q.device)
+    kwargs = {**spec.defaults(), **params}
+    if key_mask is None or bool(key_mask.all()):
+        return spec.select(q, k, causal=causal, **kwargs)
+    if spec.masks_keys:
+        return spec.select(q, k, causal=causal, key_mask=key_mask, **kwargs)
+    selection = spec.select(q, k, causal=causal, **kwargs)
+    return Selection(drop_masked_keys(selection.indices, key_mask), selection.n_keys, selection.causal,
+                     selection.method, {**selection.info, "key_mask": "padded keys dropped from the rows"})

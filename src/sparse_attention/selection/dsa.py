@@ -74,7 +74,7 @@ def indexer_scores(index_q: Tensor, index_k: Tensor, weights: Tensor, query_slic
 
 
 def dsa_select(index_q: Tensor, index_k: Tensor, weights: Tensor, *, top_k: int, causal: bool = True,
-               scoring: str = "auto", precision: str = "float32") -> Selection:
+               scoring: str = "auto", precision: str = "float32", key_mask: Tensor | None = None) -> Selection:
     """Top-k keys per query by lightning-indexer score, shared by all heads.
 
     Args: as :func:`indexer_scores`; ``top_k`` keys per query (``K = min(top_k, N_k)``);
@@ -83,7 +83,8 @@ def dsa_select(index_q: Tensor, index_k: Tensor, weights: Tensor, *, top_k: int,
     the fused kernel where it runs. Both return a valid top-k; they may break exact ties
     differently. ``precision``: ``"float32"`` or ``"bfloat16"`` (indexer inputs rounded to
     bf16, products summed in fp32; the fused kernel then uses AMX tiles where the CPU has
-    them. DeepSeek-V3.2 computes its indexer in FP8).
+    them. DeepSeek-V3.2 computes its indexer in FP8). ``key_mask [B, N_k]`` bool (False =
+    padding): padded keys score ``-inf`` before the top-k; it always scores in chunks.
     Returns: a :class:`Selection` with ``indices [B, 1, N_q, K]`` (slots in no particular order).
     """
     _check_indexer_inputs(index_q, index_k, weights)
@@ -93,7 +94,9 @@ def dsa_select(index_q: Tensor, index_k: Tensor, weights: Tensor, *, top_k: int,
     b, h_i, n_q, _ = index_q.shape
     n_k = index_k.shape[1]
     info = {"top_k": top_k, "indexer_heads": h_i, "precision": precision}
-    if use_fused_scoring(scoring, index_q, index_k, weights, precision=precision):
+    if key_mask is not None and scoring == "fused":
+        raise ValueError("scoring='fused' cannot take a key_mask (padded keys score -inf in the chunked scoring)")
+    if key_mask is None and use_fused_scoring(scoring, index_q, index_k, weights, precision=precision):
         with torch.no_grad():  # a selection is discrete: no gradient flows through it
             idx = fused_topk(index_q, index_k, weights, top_k=top_k, causal=causal, relu=True,
                              precision=precision)  # [B, N_q, K]
@@ -102,7 +105,7 @@ def dsa_select(index_q: Tensor, index_k: Tensor, weights: Tensor, *, top_k: int,
         index_q, index_k = (t.to(torch.bfloat16).float() for t in (index_q, index_k))
     idx = chunked_topk(
         lambda start, stop, key_stop: indexer_scores(index_q, index_k, weights, slice(start, stop), key_stop),
-        n_q, n_k, top_k, causal=causal, device=index_q.device, rows_per_query=b * h_i,
+        n_q, n_k, top_k, causal=causal, device=index_q.device, rows_per_query=b * h_i, key_mask=key_mask,
     )  # [B, N_q, K]
     return Selection(idx.unsqueeze(1), n_k, causal, "dsa", {**info, "scoring": "chunked"})
 
@@ -166,17 +169,18 @@ def dsa_cost(selection: Selection, params: dict, *, heads: int, kv_heads: int, h
     summary="DeepSeek lightning indexer + top-k, one selection shared by all heads",
     reference="DeepSeek-AI 2025, DeepSeek-V3.2-Exp (DSA)",
     budget_param="top_k", cost=dsa_cost, color="tab:red", marker="D",
-    full_coverage=lambda n: {"top_k": n},
+    full_coverage=lambda n: {"top_k": n}, masks_keys=True,
 )
 def select_dsa(
     q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64, n_heads: int = 4, head_dim: int = 64,
     seed: int = 0, index_q: Tensor | None = None, index_k: Tensor | None = None, index_weights: Tensor | None = None,
-    scoring: str = "auto", precision: str = "float32",
+    scoring: str = "auto", precision: str = "float32", key_mask: Tensor | None = None,
 ) -> Selection:
     """DSA selection from given indexer tensors, or from an untrained random-projection indexer.
 
     Pass all three of ``index_q``, ``index_k``, ``index_weights`` (e.g. from a trained
-    :class:`LightningIndexer`) or none of them (see :func:`random_indexer`).
+    :class:`LightningIndexer`) or none of them (see :func:`random_indexer`). ``key_mask``: see
+    :func:`dsa_select`.
     """
     given = [t is not None for t in (index_q, index_k, index_weights)]
     if any(given) and not all(given):
@@ -188,6 +192,6 @@ def select_dsa(
     elif index_q.shape[2] != q.shape[2] or index_k.shape[1] != k.shape[2]:
         raise ValueError("indexer tensors must cover the same queries and keys as q and k")
     selection = dsa_select(index_q, index_k, index_weights, top_k=top_k, causal=causal, scoring=scoring,
-                           precision=precision)
+                           precision=precision, key_mask=key_mask)
     selection.info["indexer"] = "random projection" if not any(given) else "given"
     return selection
