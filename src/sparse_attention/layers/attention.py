@@ -43,6 +43,7 @@ from ..utils.checks import check_int
 from .attention_stats import layer_stats, topk_from_scores
 from .indexer import LightningIndexer, indexer_scores_for_training
 from .indexer_loss import dense_indexer_loss, sparse_indexer_loss
+from .kv_cache import LayerCache
 from .rope import apply_rope
 
 ATTENTION_MODES = ("dense", "warmup", "sparse")
@@ -202,6 +203,42 @@ class SparseSelfAttention(nn.Module):
         """
         y, aux = self.forward_with_aux(x, mode, train_indexer=False, key_mask=key_mask)
         return (y, aux.selection) if return_selection else y
+
+    def decode(self, x: Tensor, cache: LayerCache) -> Tensor:
+        """Attention of new tokens ``x [B, n, dim]`` that follow the ``cache.length`` cached ones.
+
+        The new tokens' keys and values (and, for DSA, indexer keys) are appended to ``cache``;
+        each new query sees the cached keys and the new ones up to itself (end-aligned causal),
+        through the layer's method in ``sparse`` mode (DSA: its indexer scores the new queries
+        against every cached indexer key, then top-k). Returns ``[B, n, dim]``: what
+        :meth:`forward` gives these positions of the whole sequence, for every method whose
+        selection of a query depends only on the keys up to it (dense, ``local``, ``topk``, ``dsa``).
+        """
+        c = self.config
+        if not c.causal:
+            raise ValueError("decode: a non-causal layer cannot decode token by token")
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != c.dim:
+            raise ValueError(f"x must be [B, n, dim={c.dim}], got shape {tuple(getattr(x, 'shape', ()))}")
+        b, n, _ = x.shape
+        positions = torch.arange(cache.length, cache.length + n, device=x.device)
+        q, k, v = self.project(x, positions)
+        index_k = None
+        if self.indexer is not None and not {"index_q", "index_k", "index_weights"} & c.method_params.keys():
+            index_q, index_k, weights = self.indexer(x, positions)
+        cache.append(k, v, index_k)
+        if c.method == "dense":
+            out = dense_attention(q, cache.k, cache.v, causal=True)
+        else:
+            with torch.no_grad():
+                if index_k is not None:
+                    selection = dsa_select(index_q, cache.index_k, weights, causal=True,
+                                           **self.indexer_selection_params())
+                else:
+                    selection = select(q, cache.k, c.method, causal=True, **c.method_params)
+            out = sparse_attention(q, cache.k, cache.v, selection.indices, causal=True, backend=c.backend)
+        if self.head_hook is not None:
+            out = self.head_hook(q, cache.k, cache.v, out)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, c.n_heads * c.head_dim))
 
     def _check_input(self, x: Tensor, mode: str) -> None:
         c = self.config

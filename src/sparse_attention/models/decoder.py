@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.attention import AttentionAux, AttentionConfig, SparseSelfAttention
+from ..layers.kv_cache import LayerCache
 from ..layers.moe import MoEFeedForward
 from .config import ModelConfig
 
@@ -67,6 +68,11 @@ class Block(nn.Module):
         if collect:
             aux.stats["expert_load_max"] = moe.load.max().item()
         return x + moe.out, aux, moe.aux_loss
+
+    def decode(self, x: Tensor, cache: LayerCache) -> Tensor:
+        """The block on new tokens after the cached ones (see ``SparseSelfAttention.decode``)."""
+        x = x + self.attn.decode(self.attn_norm(x), cache)
+        return x + self.ffn(self.ffn_norm(x)).out
 
 
 @dataclass
@@ -163,3 +169,28 @@ class SparseLM(nn.Module):
         kl = [a.indexer_loss for a in layers if a.indexer_loss is not None]
         return LMOutput(logits, loss, correct, scored, torch.stack(aux_losses).sum(),
                         torch.stack(kl).mean() if kl else None, layers)
+
+    def new_cache(self) -> list[LayerCache]:
+        """An empty cache per layer, for :meth:`decode`."""
+        return [LayerCache() for _ in self.blocks]
+
+    @torch.no_grad()
+    def decode(self, input_ids: Tensor, cache: list[LayerCache]) -> Tensor:
+        """Logits ``[B, n, vocab]`` of new tokens ``input_ids [B, n]`` that follow the cached ones;
+        appends them to ``cache`` (from :meth:`new_cache`). The prompt is one call, then one token a
+        step; the logits equal those of :meth:`forward` on the whole sequence (``sparse`` mode)."""
+        if input_ids.dim() != 2 or input_ids.dtype != torch.long:
+            raise ValueError(f"input_ids must be [B, n] int64, got {tuple(input_ids.shape)} {input_ids.dtype}")
+        if len(cache) != len(self.blocks):
+            raise ValueError(f"cache must hold one LayerCache per layer ({len(self.blocks)}), got {len(cache)}")
+        x = self.embed(input_ids)  # [B, n, d_model]
+        for block, layer_cache in zip(self.blocks, cache):
+            x = block.decode(x, layer_cache)
+        return F.linear(self.norm(x), self.embed.weight)
+
+    def generate(self, input_ids: Tensor, max_new_tokens: int, **sampling) -> Tensor:
+        """``input_ids [B, N]`` followed by ``max_new_tokens`` generated tokens: ``[B, N + new]``
+        (greedy by default; see :func:`sparse_attention.models.generation.generate`)."""
+        from .generation import generate
+
+        return generate(self, input_ids, max_new_tokens, **sampling)
