@@ -20,7 +20,7 @@ LAYERS = {
     "layers": 3, "api": 3,
     "models": 4,
     "training": 5, "report": 5,
-    "bench": 6, "experiments": 6,
+    "bench": 6, "experiments": 6, "integrations": 6,
     "cli": 7,
     "__main__": 8,
 }

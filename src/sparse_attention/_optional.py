@@ -13,7 +13,8 @@ import importlib
 from types import ModuleType
 
 #: The extra of ``pyproject.toml`` that installs each optional package (by import name).
-EXTRAS = {"safetensors": "real", "tokenizers": "real"}
+EXTRAS = {"safetensors": "real", "tokenizers": "real", "onnx": "export", "onnxscript": "export",
+          "onnxruntime": "export"}
 
 
 def install_command(package: str) -> str:

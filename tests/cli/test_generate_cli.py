@@ -31,3 +31,14 @@ def test_generate_errors(run_dir, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2 and text in capsys.readouterr().err
+
+
+def test_export_writes_a_graph_that_onnxruntime_runs(run_dir, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(run_dir), "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.exists() and "max abs error" in text
+    errors = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if "max abs error" in line]
+    assert len(errors) == 2 and max(errors) <= 1e-4

@@ -240,6 +240,42 @@ class SparseSelfAttention(nn.Module):
             out = self.head_hook(q, cache.k, cache.v, out)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, c.n_heads * c.head_dim))
 
+    def export_forward(self, x: Tensor) -> Tensor:
+        """The forward in plain tensor operations, for ONNX export (``torch.onnx.export`` calls it).
+
+        No C++ kernel and no data-dependent Python control flow, so batch and length stay
+        dynamic in the graph: dense attention is a masked softmax; DSA scores every causal pair
+        with its indexer, takes the top-k (ONNX ``TopK`` keeps the lower index on ties, as the
+        fused scorer does), and attends by a softmax over the dense logits masked to the
+        selection (``[B, H, N, N]`` logits: O(N^2) memory, fine for export and short inference).
+        Equals :meth:`forward` in ``sparse`` (dense) mode.
+        """
+        c = self.config
+        if c.method not in ("dense", "dsa") or (c.method == "dsa" and self.indexer is None):
+            raise ValueError(f"ONNX export supports dense and dsa attention, not {c.method!r}")
+        if c.method == "dsa" and {"index_q", "index_k", "index_weights"} & c.method_params.keys():
+            raise ValueError("ONNX export of dsa needs the layer's own indexer (no fixed index tensors)")
+        b, n, _ = x.shape
+        q, k, v = self.project(x)
+        g = c.n_heads // c.n_kv_heads
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)  # [B, H, N, D]
+        logits = (q @ k.transpose(-1, -2)) * c.head_dim ** -0.5  # [B, H, N, N]
+        allowed = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()  # [N, N]
+        if c.method == "dsa":
+            index_q, index_k, weights = self.indexer(x)
+            relu = torch.relu(index_q @ index_k.unsqueeze(1).transpose(-1, -2))  # [B, H_I, N, N]
+            scores = (relu * weights.transpose(1, 2).unsqueeze(-1)).sum(dim=1)  # [B, N, N]
+            scores = scores.masked_fill(~allowed, float("-inf"))
+            top_k = self.top_k
+            # top_k padding columns of -inf: TopK always has top_k candidates, whatever N is.
+            scores = torch.cat([scores, scores.new_full((b, n, top_k), float("-inf"))], dim=-1)
+            top, idx = scores.topk(top_k, dim=-1)  # [B, N, K]
+            chosen = torch.zeros_like(scores).scatter(-1, idx, torch.isfinite(top).to(scores.dtype))[..., :n] > 0
+            allowed = allowed & chosen.unsqueeze(1)  # [B, 1, N, N]
+        probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+        out = probs @ v  # [B, H, N, D]
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, c.n_heads * c.head_dim))
+
     def _check_input(self, x: Tensor, mode: str) -> None:
         c = self.config
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != c.dim:
@@ -264,6 +300,8 @@ class SparseSelfAttention(nn.Module):
         ``key_mask [B, N]``: padded positions (False / 0), see :meth:`forward`; not with the
         indexer loss, ``collect`` or ``keep_scores`` (which assume unpadded sequences).
         """
+        if torch.onnx.is_in_onnx_export():
+            return self.export_forward(x), AttentionAux()
         mode = self.default_mode if mode is None else mode
         self._check_input(x, mode)
         c = self.config

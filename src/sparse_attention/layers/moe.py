@@ -57,6 +57,19 @@ class MoEFeedForward(nn.Module):
         self.experts = nn.ModuleList(SwiGLU(dim, hidden) for _ in range(n_experts))
         self.shared = nn.ModuleList(SwiGLU(dim, hidden) for _ in range(n_shared))
 
+    def _export_forward(self, tokens: Tensor, top_experts: Tensor, gates: Tensor, shape) -> MoEOutput:
+        """For ONNX export: every expert on every token, weighted by a dense gate matrix that is
+        zero outside each token's top-k (the same sum, with no data-dependent loop); no aux loss."""
+        dense_gates = torch.zeros(tokens.shape[0], self.n_experts, dtype=gates.dtype,
+                                  device=tokens.device).scatter(1, top_experts, gates)  # [T, E]
+        out = torch.zeros_like(tokens)
+        for e, expert in enumerate(self.experts):
+            out = out + dense_gates[:, e:e + 1] * expert(tokens)
+        for expert in self.shared:
+            out = out + expert(tokens)
+        zero = tokens.new_zeros(())
+        return MoEOutput(out.view(shape), zero, tokens.new_zeros(self.n_experts))
+
     def forward(self, x: Tensor) -> MoEOutput:
         """``x [B, N, dim]`` -> :class:`MoEOutput`."""
         shape = x.shape
@@ -64,6 +77,8 @@ class MoEFeedForward(nn.Module):
         scores = torch.sigmoid(self.router(tokens).float())  # [T, E]
         top_scores, top_experts = scores.topk(self.top_k, dim=-1)  # [T, k]
         gates = (top_scores / top_scores.sum(dim=-1, keepdim=True)).to(x.dtype)
+        if torch.onnx.is_in_onnx_export():
+            return self._export_forward(tokens, top_experts, gates, shape)
         out = torch.zeros_like(tokens)
         flat_experts = top_experts.reshape(-1)  # [T * k]
         counts = torch.bincount(flat_experts, minlength=self.n_experts)

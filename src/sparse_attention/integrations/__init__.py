@@ -1,0 +1,1 @@
+"""Where users meet the package: ONNX export (and, later, Hugging Face transformers)."""
