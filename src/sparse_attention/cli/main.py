@@ -85,13 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.set_defaults(func=_cmd_demo)
 
-    from . import bench, experiments, export, generate, head_approx, lm, lm_analysis
+    from . import bench, experiments, export, generate, head_approx, hf, lm, lm_analysis
 
     experiments.add_parsers(sub)
     bench.add_parsers(sub)
     head_approx.add_parsers(sub)
     generate.add_parsers(sub)
     export.add_parsers(sub)
+    hf.add_parsers(sub)
     p = sub.add_parser("lm", help="the LM harness: train | compare | visualize | ablation | profile | table",
                        description="Language-model harness: dense vs DeepSeek Sparse Attention training and analysis.")
     lm_sub = p.add_subparsers(dest="lm_command", required=True, metavar="COMMAND")
