@@ -9,6 +9,8 @@ kernel (a backend, O(N K) memory) that the fast kernels are tested against.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,6 +30,12 @@ def causal_mask(n_q: int, n_k: int, device: torch.device | str | None = None) ->
     return torch.arange(n_k, device=device)[None, :] <= rows
 
 
+#: SDPA takes KV heads shared by groups of query heads itself from torch 2.5 (``enable_gqa``);
+#: repeating them instead copies ``H / H_kv`` times the keys and values, which dominates a decode
+#: step (one query against a long cache).
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
 def dense_attention(
     q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: float | None = None,
     key_mask: Tensor | None = None,
@@ -35,31 +43,38 @@ def dense_attention(
     """Full softmax attention via SDPA. Shapes as in :func:`sparse_attention`.
 
     ``key_mask [B, N_k]`` bool (False = a padded key): padded keys are not attended; a query row
-    left with no key gives zeros (SDPA alone would give NaN there).
+    left with no key gives zeros (SDPA alone would give NaN there). GQA/MQA run without copying
+    the KV heads where SDPA can (torch >= 2.5).
 
     Returns ``[B, H, N_q, D_v]``.
     """
     check_qkv(q, k, v)
     scale = resolve_scale(scale, q.shape[-1])
-    k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
     n_q, n_k = q.shape[2], k.shape[2]
+    if q.shape[1] != k.shape[1] and _SDPA_GQA:
+        sdpa = functools.partial(F.scaled_dot_product_attention, enable_gqa=True)
+    else:
+        k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
+        sdpa = F.scaled_dot_product_attention
+    if key_mask is None and causal and n_q == 1 and n_k >= 1:
+        causal = False  # one end-aligned query sees every key: no mask (a decode step)
     if key_mask is not None:
         allowed = key_mask[:, None, None, :]  # [B, 1, 1, N_k]
         if causal:
             allowed = allowed & causal_mask(n_q, n_k, q.device)  # [B, 1, N_q, N_k]
         allowed = allowed.expand(q.shape[0], 1, n_q, n_k)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+        out = sdpa(q, k, v, attn_mask=allowed, scale=scale)
         seen = allowed.any(dim=-1, keepdim=True)  # [B, 1, N_q, 1]
         return torch.where(seen, out, torch.zeros_like(out))
     if not causal:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return sdpa(q, k, v, scale=scale)
     if n_q == n_k:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        return sdpa(q, k, v, is_causal=True, scale=scale)
     if n_q > n_k:  # the first N_q - N_k queries see no key: zeros (SDPA would give NaN rows)
-        seen = F.scaled_dot_product_attention(q[:, :, n_q - n_k:], k, v, is_causal=True, scale=scale)
+        seen = sdpa(q[:, :, n_q - n_k:], k, v, is_causal=True, scale=scale)
         return torch.cat([seen.new_zeros(*seen.shape[:2], n_q - n_k, seen.shape[-1]), seen], dim=2)
     mask = causal_mask(n_q, n_k, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return sdpa(q, k, v, attn_mask=mask, scale=scale)
 
 
 def selection_counts(indices: Tensor, n_k: int, causal: bool) -> Tensor:

@@ -55,10 +55,10 @@ class HugePageArray {
   static constexpr int64_t kMinBytes = int64_t{1} << 20;
   static constexpr int64_t kHuge = int64_t{2} << 20;
 
-  // A copy of src[0 .. numel).
+  // A copy of src[0 .. numel), or src itself when !worth (see staging_pays).
   template <typename T>
-  static HugePageArray copy_of(const T* src, int64_t numel) {
-    HugePageArray a(numel * static_cast<int64_t>(sizeof(T)));
+  static HugePageArray copy_of(const T* src, int64_t numel, bool worth = true) {
+    HugePageArray a(worth ? numel * static_cast<int64_t>(sizeof(T)) : 0);
     if (a.owned_ == nullptr) {
       a.data_ = const_cast<T*>(src);
       return a;
@@ -113,6 +113,13 @@ class HugePageArray {
   void* owned_ = nullptr;
 };
 
+struct Shapes;
+// Whether copying K and V onto huge pages pays: the copy reads every key row once, so it only
+// does when the call gathers at least as many rows as it would copy. A decode step (a few
+// queries against a long cache) gathers far fewer, and the copy alone would cost more than its
+// gathers (one query, K = 2048 of 32768 keys: a 16 MiB copy for 2048 rows read).
+bool staging_pays(const Shapes& s);
+
 constexpr int kTile = 16;   // keys per tile (one AVX-512 register of floats)
 constexpr int kHeads = 4;   // heads per register block
 
@@ -127,6 +134,8 @@ struct Shapes {
   bool causal, per_head;
   int64_t items() const { return B * (per_head ? H : Hkv) * Nq; }
 };
+
+bool staging_pays(const Shapes& s) { return s.items() * s.K >= s.B * s.Hkv * s.Nk; }
 
 // Decode an item into (batch, kv head, first query head, heads in group, selection row).
 struct Item {
@@ -534,8 +543,8 @@ void forward_token_blocks(const Shapes& s, const E* q, const E* k, const E* v, c
 template <typename T>
 void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, const int64_t* idx, double scale, T* out,
                   float* lse, bool allow_amx) {
-  const auto k_copy = HugePageArray::copy_of(k_in, s.B * s.Hkv * s.Nk * s.D);
-  const auto v_copy = HugePageArray::copy_of(v_in, s.B * s.Hkv * s.Nk * s.Dv);
+  const auto k_copy = HugePageArray::copy_of(k_in, s.B * s.Hkv * s.Nk * s.D, staging_pays(s));
+  const auto v_copy = HugePageArray::copy_of(v_in, s.B * s.Hkv * s.Nk * s.Dv, staging_pays(s));
   const T* k = k_copy.template data<T>();
   const T* v = v_copy.template data<T>();
   if (use_amx<T>(s, allow_amx)) {
@@ -661,8 +670,8 @@ template <typename T>
 void backward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, const int64_t* idx, double scale,
                    const T* out, const float* lse, const T* dout, float* dq, float* dk_all, float* dv_all,
                    int64_t kv_numel_k, int64_t kv_numel_v) {
-  const auto k_copy = HugePageArray::copy_of(k_in, kv_numel_k);
-  const auto v_copy = HugePageArray::copy_of(v_in, kv_numel_v);
+  const auto k_copy = HugePageArray::copy_of(k_in, kv_numel_k, staging_pays(s));
+  const auto v_copy = HugePageArray::copy_of(v_in, kv_numel_v, staging_pays(s));
   const T* k = k_copy.template data<T>();
   const T* v = v_copy.template data<T>();
 #if defined(SA_LANES)
