@@ -193,7 +193,7 @@ def softmax_head(q: Tensor, k: Tensor, v: Tensor, idx: Tensor) -> Tensor:
     return sparse_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), idx.unsqueeze(1), causal=True)[:, 0]
 
 
-def _pad_slots(idx: Tensor, top_k: int) -> Tensor:
+def pad_slots(idx: Tensor, top_k: int) -> Tensor:
     """``idx`` with exactly ``top_k`` slots (``-1`` padding), so one MLP serves every length."""
     extra = top_k - idx.shape[-1]
     return F.pad(idx, (0, extra), value=-1) if extra > 0 else idx
@@ -227,7 +227,7 @@ class HeadApprox:
             idx = dsa_keys(self.indexer, x, self.top_k)
         else:
             idx = selector_keys(self.selector, q, self.top_k)
-        return _pad_slots(idx, self.top_k)
+        return pad_slots(idx, self.top_k)
 
     @torch.no_grad()
     def predict(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor | None = None) -> Tensor:
@@ -266,7 +266,7 @@ def fit_head(variant: str, top_k: int, train: dict[str, Tensor], *, hidden: int,
             x = train.get("x")
             feats = mlp_features(q[sl], k[sl], v[sl], approx.keys(q[sl], k[sl], None if x is None else x[sl]))
         else:  # the seed trains on the teacher's top-K keys in rank order
-            feats = seed_features(v[sl], _pad_slots(train["top_idx"][sl, :, :top_k].long(), top_k))
+            feats = seed_features(v[sl], pad_slots(train["top_idx"][sl, :, :top_k].long(), top_k))
         parts.append(feats[keep[sl]])  # [kept rows, F]
     feats, target = torch.cat(parts), out[keep]
     net = Standardized(mlp(feats.shape[-1], hidden, q.shape[-1], s.seed), feats, target)

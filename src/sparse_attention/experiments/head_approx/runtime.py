@@ -21,7 +21,7 @@ from ...ops.dense import causal_mask, dense_attention
 from ...utils.timing import time_interleaved
 from .approximators import (
     VARIANTS,
-    _pad_slots,
+    pad_slots,
     dsa_keys,
     gather_rows,
     mlp_features,
@@ -54,13 +54,13 @@ def variant_call(variant: str, q: Tensor, k: Tensor, v: Tensor, x: Tensor, top_k
         def keys() -> Tensor:
             logits = selector(q).masked_fill(~mask, float("-inf"))  # [H, T, T]
             values, idx = logits.topk(min(top_k, t), dim=-1)
-            return _pad_slots(torch.where(torch.isfinite(values), idx, torch.full_like(idx, -1)), top_k)
+            return pad_slots(torch.where(torch.isfinite(values), idx, torch.full_like(idx, -1)), top_k)
     elif selection == "topk":
         def keys() -> Tensor:
-            return _pad_slots(topk_keys(q, k, top_k), top_k)
+            return pad_slots(topk_keys(q, k, top_k), top_k)
     else:
         def keys() -> Tensor:
-            return _pad_slots(dsa_keys(indexer, x, top_k), top_k).expand(h, -1, -1)
+            return pad_slots(dsa_keys(indexer, x, top_k), top_k).expand(h, -1, -1)
 
     if head == "softmax":
         return lambda: softmax_head(q, k, v, keys())

@@ -17,10 +17,9 @@ meta matches is reused instead of recomputed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -150,12 +149,3 @@ def read_layer(root: str | Path, split: str, layer: int, fields: tuple[str, ...]
         for name in fields:
             parts[name].append(loaded[name])
     return {name: torch.cat(ts) for name, ts in parts.items()}
-
-
-def iter_shards(root: str | Path, split: str, layer: int) -> Iterator[dict[str, Tensor]]:
-    """The shards of one layer and split, one at a time (bounded memory)."""
-    st = safetensors_torch()
-    root = Path(root)
-    meta = json.loads((root / "meta.json").read_text())
-    for shard in range(meta["shards"][split]):
-        yield st.load_file(str(_shard_path(root, split, layer, shard)))

@@ -171,6 +171,7 @@ class Study:
         self.out_dir = Path(self.out_dir)
         self.results_path = self.out_dir / "results.json"
         self.settings = TrainSettings(steps=self.config.fit_steps, seed=self.config.seed)
+        self._loaded = None  # (teacher run folder, what _sequences returns)
 
     # ------------------------------------------------------------------ steps
     def teacher(self) -> dict[str, Any]:
@@ -186,14 +187,19 @@ class Study:
                 "train_time_s": results["train_time_s"]}
 
     def _sequences(self, teacher: dict[str, Any]):
-        """``(model, run config, {split: [input_ids]}, held-out (inputs, targets) batches)``."""
+        """``(model, run config, {split: [input_ids]}, held-out (inputs, targets) batches)``, loaded
+        once per teacher and shared by the steps (every hook a step adds is removed again)."""
+        if self._loaded is not None and self._loaded[0] == teacher["run_dir"]:
+            return self._loaded[1]
         cfg = self.config
         model, run_cfg = load_model(teacher["run_dir"])
         data = load_data(run_cfg.data, run_cfg.train.seq_len, seed=cfg.seed + 1)
         steps = range(cfg.train_sequences // cfg.batch_size + (cfg.train_sequences % cfg.batch_size > 0))
         train_ids = [data.train_batch(10**6 + s, cfg.batch_size)[0] for s in steps]  # past the teacher's steps
         val = data.val_batches(max(1, -(-cfg.val_sequences // cfg.batch_size)), cfg.batch_size)
-        return model, run_cfg, {"train": train_ids, "val": [x for x, _ in val]}, val
+        loaded = (model, run_cfg, {"train": train_ids, "val": [x for x, _ in val]}, val)
+        self._loaded = (teacher["run_dir"], loaded)
+        return loaded
 
     def signals(self, teacher: dict[str, Any]) -> dict[str, Any]:
         model, _, batches, _ = self._sequences(teacher)
