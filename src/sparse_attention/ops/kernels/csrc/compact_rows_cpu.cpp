@@ -3,7 +3,7 @@
 // The clustering and hashing selections (ssa, routing, lsh) produce, per query, a list of M
 // candidate key positions with duplicates, padding (-1) and causally invisible entries; the
 // kernel wants each row ascending and unique. Sorting every row costs O(M log M) compares with
-// unpredictable branches (torch.sort: ~30 us per row of 1k). Positions are small integers in
+// unpredictable branches. Positions are small integers in
 // [0, N_k), so each row instead sets bits in a per-thread bitmap of N_k bits (N_k / 8 bytes, in
 // L1 for N_k up to ~256k) and reads the set bits back in order: O(M + span / 64) per row, where
 // span is the range of positions the row touched. Output equals the sort-based reference
