@@ -198,3 +198,17 @@ def test_hash_of_a_nan_or_zero_row_equals_argmax_over_both_halves():
     rot = random_rotations(1, 8, 10, seed=0)[0]
     xr = x @ rot
     assert torch.equal(hash_buckets(x, rot), torch.cat([xr, -xr], dim=-1).argmax(dim=-1))
+
+
+def test_hash_rounds_in_row_blocks_equals_each_round_alone(monkeypatch):
+    from sparse_attention.selection import lsh
+
+    x = torch.randn(2, 3, 37, 8, generator=torch.Generator().manual_seed(1))
+    x[1, 2, 5, 0] = float("nan")
+    rot = random_rotations(3, 8, 12, seed=4)
+    monkeypatch.setattr(lsh, "_HASH_BLOCK_BYTES", 4 * 3 * 6 * 20)  # blocks of 20 rows: 222 rows, a ragged last block
+    got = lsh.hash_rounds(x, rot)
+    assert got.shape == (3, 2, 3, 37)
+    for r in range(3):
+        xr = x @ rot[r]
+        assert torch.equal(got[r], torch.cat([xr, -xr], dim=-1).argmax(dim=-1))

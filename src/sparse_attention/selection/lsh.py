@@ -35,18 +35,40 @@ def random_rotations(n_hashes: int, dim: int, n_buckets: int, seed: int, device=
     return rot.to(device) if device is not None else rot
 
 
+_HASH_BLOCK_BYTES = 4 << 20  # products per block of rows in hash_rounds (a CPU block stays in L2/L3)
+
+
 def hash_buckets(x: Tensor, rotation: Tensor) -> Tensor:
     """Angular LSH ``argmax([xR ; -xR])`` of ``x [..., N, D]`` with ``rotation [D, n_buckets/2]``.
 
     Returns ``[..., N]`` int64 buckets in ``[0, n_buckets)``.
     """
-    xr = x.float() @ rotation  # [..., N, n_buckets/2]
-    # argmax over [xR ; -xR] without building it: the largest of xR, or the smallest of xR
-    # shifted by n_buckets/2; ties and NaN (a NaN row's first NaN) go to the xR half, as
-    # argmax over the concatenation has them.
-    top, top_at = xr.max(dim=-1)
-    low, low_at = xr.min(dim=-1)
-    return torch.where(torch.isnan(top) | (top >= -low), top_at, low_at + xr.shape[-1])
+    return hash_rounds(x, rotation[None])[0]
+
+
+def hash_rounds(x: Tensor, rotations: Tensor) -> Tensor:
+    """:func:`hash_buckets` for every round at once: ``rotations [R, D, n_buckets/2]`` -> ``[R, ..., N]``.
+
+    One GEMM against all rounds' rotations per block of rows, reduced while the block's
+    ``[rows, R * n_buckets/2]`` products are still in cache (on CPU, blocks of ~4 MiB):
+    about a third faster than a full-size product per round, which is written to and read
+    back from memory twice (max, then min).
+    """
+    rounds, d, half = rotations.shape
+    rows = x.reshape(-1, d)  # [T, D], T = every leading index x N
+    cols = rotations.permute(1, 0, 2).reshape(d, rounds * half)  # [D, R * b/2]
+    out = torch.empty(rounds, rows.shape[0], dtype=torch.long, device=x.device)  # [R, T]
+    budget = _HASH_BLOCK_BYTES if x.device.type == "cpu" else 64 * _HASH_BLOCK_BYTES
+    block = max(16, budget // (4 * rounds * half))
+    for start in range(0, rows.shape[0], block):
+        xr = (rows[start:start + block].float() @ cols).view(-1, rounds, half)  # [T_b, R, b/2]
+        # argmax over [xR ; -xR] without building it: the largest of xR, or the smallest of xR
+        # shifted by n_buckets/2; ties and NaN (a NaN row's first NaN) go to the xR half, as
+        # argmax over the concatenation has them.
+        top, top_at = xr.max(dim=-1)
+        low, low_at = xr.min(dim=-1)
+        out[:, start:start + block] = torch.where(torch.isnan(top) | (top >= -low), top_at, low_at + half).T
+    return out.view(rounds, *x.shape[:-1])
 
 
 def _bucket_runs(qb: Tensor, kb: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -191,16 +213,14 @@ def select_lsh(q: Tensor, k: Tensor, *, causal: bool = True, n_hashes: int = 4, 
     pos = limit.clamp(min=-1).repeat(g)  # [G * N_q], matches the grouped query layout below
     q_grouped = q.reshape(b, h_kv, g * n_q, d)  # query head h = kv head h // G, group h % G
 
-    runs = []  # per round: (order, lo, at, hi)
-    for r in range(n_hashes):
-        if n_buckets == 1:
-            qb = torch.zeros(b, h_kv, g * n_q, dtype=torch.long, device=device)
-            kb = torch.zeros(b, h_kv, n_k, dtype=torch.long, device=device)
-        else:
-            qb, kb = hash_buckets(q_grouped, rotations[r]), hash_buckets(k, rotations[r])
-        runs.append(_bucket_runs(qb, kb, pos))
-        if n_buckets == 1:
-            break  # every round would select the same keys
+    if n_buckets == 1:
+        # Every key in one bucket: every round would select the same keys, so run one.
+        q_buckets = torch.zeros(1, b, h_kv, g * n_q, dtype=torch.long, device=device)
+        k_buckets = torch.zeros(1, b, h_kv, n_k, dtype=torch.long, device=device)
+    else:
+        q_buckets = hash_rounds(q_grouped, rotations)  # [n_hashes, B, H_kv, G * N_q]
+        k_buckets = hash_rounds(k, rotations)  # [n_hashes, B, H_kv, N_k]
+    runs = [_bucket_runs(qb, kb, pos) for qb, kb in zip(q_buckets, k_buckets)]  # per round: (order, lo, at, hi)
     if compact_cpu.available(q):
         # C++: each row reads its runs of the sorted orders directly (no [rows, rounds x W] list).
         order, lo, at, hi = (torch.stack(t).reshape(len(runs), b * h_kv, -1) for t in zip(*runs))
