@@ -22,13 +22,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <memory>
 #include <vector>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 namespace {
 
@@ -75,27 +70,6 @@ int64_t compact_row(ForEach&& for_each_candidate, int64_t last, int64_t range_st
 
 constexpr int64_t kRowsPerChunk = 64;
 
-// An uninitialised [R, width] int64 tensor for the index rows. The rows are written once and
-// the tensor is large (GiBs for ssa at long N), so on 4 KiB pages its first touch is a page
-// fault every 4 KiB, a large part of the compaction's time. Linux backs memory with 2 MiB pages
-// only where asked (transparent_hugepage=madvise is common), so large ones ask; the tensor
-// frees the block itself. Small ones, other systems or a failed request: at::empty.
-at::Tensor empty_index_rows(int64_t R, int64_t width, const at::TensorOptions& options) {
-#if defined(__linux__)
-  constexpr int64_t kHuge = int64_t{2} << 20;
-  const int64_t bytes = R * width * static_cast<int64_t>(sizeof(int64_t));
-  if (bytes >= 4 * kHuge) {
-    const int64_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-    void* p = nullptr;
-    if (posix_memalign(&p, kHuge, rounded) == 0) {
-      madvise(p, rounded, MADV_HUGEPAGE);
-      return at::from_blob(p, {R, width}, [](void* block) { std::free(block); }, options.dtype(at::kLong));
-    }
-  }
-#endif
-  return at::empty({R, width}, options.dtype(at::kLong));
-}
-
 // Rows [0, R) compacted by `row(r, bits, out)` (which appends row r to out and returns its
 // length) into an [R, max(1, widest row)] int64 tensor, -1 padded.
 template <typename RowFn>
@@ -112,7 +86,7 @@ at::Tensor compact_all_rows(int64_t R, int64_t n_keys, const at::TensorOptions& 
   });
   int64_t width = 1;
   for (int64_t r = 0; r < R; ++r) width = std::max(width, counts[r]);
-  auto out = empty_index_rows(R, width, options);
+  auto out = at::empty({R, width}, options);
   int64_t* dst = out.data_ptr<int64_t>();
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
