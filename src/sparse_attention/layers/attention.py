@@ -175,6 +175,13 @@ class SparseSelfAttention(nn.Module):
             k = apply_rope(k, positions, theta=c.rope_theta)
         return q, k, v
 
+    @property
+    def selects_by_own_indexer(self) -> bool:
+        """DSA selecting with this layer's lightning indexer (not with fixed indexer tensors
+        given as ``method_params``)."""
+        fixed = {"index_q", "index_k", "index_weights"} & self.config.method_params.keys()
+        return self.indexer is not None and not fixed
+
     def indexer_selection_params(self) -> dict[str, Any]:
         """``top_k``, ``scoring`` and ``precision`` of the layer's own indexer (method ``dsa``):
         ``method_params`` values over the method's defaults."""
@@ -185,10 +192,8 @@ class SparseSelfAttention(nn.Module):
         """The selection for this input (no gradient: indices are integers); ``key_mask [B, N]``
         (False = padding) keeps padded keys out."""
         c = self.config
-        if c.method == "dsa" and not {"index_q", "index_k", "index_weights"} & c.method_params.keys():
-            with torch.no_grad():
-                return dsa_select(*self.indexer(x), causal=c.causal, key_mask=key_mask,
-                                  **self.indexer_selection_params())
+        if self.selects_by_own_indexer:
+            return self.indexer.select(x, causal=c.causal, key_mask=key_mask, **self.indexer_selection_params())
         with torch.no_grad():
             return select(q.detach(), k.detach(), c.method, causal=c.causal, key_mask=key_mask, **c.method_params)
 
@@ -223,7 +228,7 @@ class SparseSelfAttention(nn.Module):
         positions = torch.arange(cache.length, cache.length + n, device=x.device)
         q, k, v = self.project(x, positions)
         index_k = None
-        if self.indexer is not None and not {"index_q", "index_k", "index_weights"} & c.method_params.keys():
+        if self.selects_by_own_indexer:
             index_q, index_k, weights = self.indexer(x, positions)
         cache.append(k, v, index_k)
         if c.method == "dense":
@@ -251,9 +256,9 @@ class SparseSelfAttention(nn.Module):
         Equals :meth:`forward` in ``sparse`` (dense) mode.
         """
         c = self.config
-        if c.method not in ("dense", "dsa") or (c.method == "dsa" and self.indexer is None):
+        if c.method not in ("dense", "dsa"):
             raise ValueError(f"ONNX export supports dense and dsa attention, not {c.method!r}")
-        if c.method == "dsa" and {"index_q", "index_k", "index_weights"} & c.method_params.keys():
+        if c.method == "dsa" and not self.selects_by_own_indexer:
             raise ValueError("ONNX export of dsa needs the layer's own indexer (no fixed index tensors)")
         b, n, _ = x.shape
         q, k, v = self.project(x)

@@ -79,8 +79,9 @@ class LightningIndexer(nn.Module):
         return indexer_scores(*self(x), query_slice=query_slice)
 
     def select(self, x: Tensor, top_k: int, causal: bool = True, scoring: str = "auto",
-               precision: str = "float32") -> Selection:
+               precision: str = "float32", key_mask: Tensor | None = None) -> Selection:
         """Top-k selection ``indices [B, 1, N, K]`` shared by all attention heads
-        (``scoring``, ``precision``: as :func:`~sparse_attention.selection.dsa.dsa_select`)."""
+        (``scoring``, ``precision``, ``key_mask [B, N]``: as :func:`~sparse_attention.selection.dsa.dsa_select`)."""
         with torch.no_grad():
-            return dsa_select(*self(x), top_k=top_k, causal=causal, scoring=scoring, precision=precision)
+            return dsa_select(*self(x), top_k=top_k, causal=causal, scoring=scoring, precision=precision,
+                              key_mask=key_mask)
