@@ -70,3 +70,20 @@ def test_a_non_causal_layer_cannot_decode():
     layer = SparseSelfAttention(AttentionConfig(dim=16, n_heads=2, causal=False))
     with pytest.raises(ValueError, match="non-causal"):
         layer.decode(torch.randn(1, 2, 16), LayerCache())
+
+
+def test_layer_cache_grows_in_place_and_holds_every_appended_token():
+    from sparse_attention.layers.kv_cache import LayerCache
+
+    gen = torch.Generator().manual_seed(0)
+    cache = LayerCache()
+    ks, vs, iks = [], [], []
+    for n in (5, 1, 1, 12, 1, 30, 1):  # a prompt, single steps, and chunks that outgrow the buffer
+        k, v = torch.randn(2, 3, n, 4, generator=gen), torch.randn(2, 3, n, 4, generator=gen)
+        ik = torch.randn(2, n, 6, generator=gen)
+        cache.append(k, v, ik)
+        ks.append(k), vs.append(v), iks.append(ik)
+        assert cache.length == sum(t.shape[2] for t in ks)
+        assert torch.equal(cache.k, torch.cat(ks, dim=2)) and torch.equal(cache.v, torch.cat(vs, dim=2))
+        assert torch.equal(cache.index_k, torch.cat(iks, dim=1))
+    assert cache._k.shape[2] < 2 * cache.length + 16  # capacity doubles, not more
