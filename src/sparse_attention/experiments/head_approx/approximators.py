@@ -29,7 +29,6 @@ from ...layers.indexer_loss import dense_indexer_loss
 from ...ops.dense import causal_mask
 from ...ops.sparse_attention import sparse_attention
 from ...selection.base import select
-from ...selection.dsa import dsa_select
 
 #: variant -> (selection, head)
 VARIANTS = {
@@ -116,8 +115,7 @@ def topk_keys(q: Tensor, k: Tensor, top_k: int) -> Tensor:
 
 def dsa_keys(indexer: LightningIndexer, x: Tensor, top_k: int) -> Tensor:
     """The lightning indexer's causal top-k for ``x [S, T, dim]``: ``[S, T, K]`` (shared by the heads)."""
-    with torch.no_grad():
-        return dsa_select(*indexer(x), top_k=top_k, causal=True).indices[:, 0]
+    return indexer.select(x, top_k=top_k, causal=True).indices[:, 0]
 
 
 def selector_keys(selector: nn.Module, q: Tensor, top_k: int) -> Tensor:

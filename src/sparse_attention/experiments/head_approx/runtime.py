@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ...layers.indexer import LightningIndexer
-from ...ops.dense import causal_mask, dense_attention
+from ...ops.dense import dense_attention
 from ...utils.timing import time_interleaved
 from .approximators import (
     VARIANTS,
@@ -25,6 +25,7 @@ from .approximators import (
     dsa_keys,
     gather_rows,
     mlp_features,
+    selector_keys,
     softmax_head,
     topk_keys,
 )
@@ -48,13 +49,10 @@ def variant_call(variant: str, q: Tensor, k: Tensor, v: Tensor, x: Tensor, top_k
     h, t, d = q.shape
     gen = torch.Generator().manual_seed(seed)
     if selection == "seed_selector":
-        selector = _batched_mlp(d, hidden, t, h, gen)
-        mask = causal_mask(t, t, q.device)
+        selector = _batched_mlp(d, hidden, t, h, gen)  # [H, T, D] -> [H, T, T] position logits
 
         def keys() -> Tensor:
-            logits = selector(q).masked_fill(~mask, float("-inf"))  # [H, T, T]
-            values, idx = logits.topk(min(top_k, t), dim=-1)
-            return pad_slots(torch.where(torch.isfinite(values), idx, torch.full_like(idx, -1)), top_k)
+            return pad_slots(selector_keys(selector, q, top_k), top_k)
     elif selection == "topk":
         def keys() -> Tensor:
             return pad_slots(topk_keys(q, k, top_k), top_k)
