@@ -5,7 +5,8 @@ selection), used by the layer tests and by every CPU build's tests."""
 import torch
 
 from sparse_attention.ops.dense import _repeat_kv
-from sparse_attention.ops.kernels.indexer_kl_cpu import indexer_kl_cpu
+from sparse_attention.ops.indexer_kl.cpu import indexer_kl_cpu
+from sparse_attention.ops.topk import indexer_scores
 
 
 def kl_inputs(b, h, h_kv, n, d, h_i, d_i, top_k, *, seed=0, empty_rows=0, duplicates=False):
@@ -30,7 +31,7 @@ def dense_indexer_kl(q, k, iq, ik, w, idx, scale):
     top_k = idx.shape[-1]
     valid = idx >= 0
     gather = idx.clamp(min=0)
-    scores = (w.double()[:, :, :, None] * torch.relu(iq.transpose(1, 2) @ ik.transpose(-1, -2)[:, None])).sum(2)
+    scores = indexer_scores(iq.double(), ik.double(), w.double())  # [B, N, N]
     selected = scores.gather(-1, gather).masked_fill(~valid, float("-inf"))  # [B, N, K]
     logits = (q @ _repeat_kv(k, h).transpose(-1, -2)) * scale  # [B, H, N, N]
     logits = logits.gather(-1, gather[:, None].expand(b, h, n, top_k)).masked_fill(~valid[:, None], float("-inf"))

@@ -4,7 +4,7 @@ import torch
 from helpers import assert_close, grads
 
 from sparse_attention import sparse_attention
-from sparse_attention.ops.kernels import cpu
+from sparse_attention.ops.attention import cpu
 
 #: relative RMS error allowed against the float64 reference, per dtype.
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2}

@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from .ops.dense import dense_attention
-from .ops.sparse_attention import sparse_attention
+from .ops.attention import sparse_attention
 from .selection.base import Selection, get_method, select
 from .selection.key_mask import check_key_mask
 

@@ -10,7 +10,7 @@ from sparse_attention.bench import peers
 from sparse_attention.bench.kernels import KernelBenchConfig, markdown_table
 from sparse_attention.bench.peers import PEERS, build_peer, measure_peer, resolve_peers
 from sparse_attention.cli.main import main
-from sparse_attention.ops.sparse_attention import sparse_attention
+from sparse_attention.ops.attention import sparse_attention
 
 
 @pytest.mark.parametrize("name", list(PEERS))

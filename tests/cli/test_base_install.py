@@ -18,7 +18,9 @@ from sparse_attention._optional import MissingDependency, require
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 PACKAGE = SRC / "sparse_attention"
-CSRC = PACKAGE / "ops" / "kernels" / "csrc"
+OPS = PACKAGE / "ops"
+#: Every folder of C++ the package compiles at run time: each op's csrc/ and the shared headers.
+CPP_FOLDERS = sorted([*OPS.glob("*/csrc"), OPS / "cpp" / "include"])
 
 #: Import names of every optional dependency (extras real, peers, test; MiniLM's model package).
 OPTIONAL = ("safetensors", "tokenizers", "transformers", "datasets", "local_attention", "reformer_pytorch",
@@ -155,13 +157,14 @@ def test_wheel_package_data_ships_every_csrc_file():
     setuptools = _load_pyproject()["tool"]["setuptools"]
     assert setuptools["packages"]["find"]["where"] == ["src"]
     shipped = _shipped_data(setuptools)
-    csrc = {p for p in CSRC.iterdir() if p.is_file()}
-    assert any(p.suffix == ".cpp" for p in csrc) and any(p.suffix == ".h" for p in csrc)
-    assert not csrc - shipped, f"not shipped in the wheel: {sorted(p.name for p in csrc - shipped)}"
-    # the glob is the whole folder, so a header or source added later ships without an edit
-    patterns = setuptools["package-data"]["sparse_attention.ops.kernels"]
-    for name in ("new_header.h", "new_source.cpp", "new_inline.inl"):
-        assert any(fnmatch.fnmatch(f"csrc/{name}", pattern) for pattern in patterns), name
+    assert len(CPP_FOLDERS) >= 6  # attention, topk, indexer_kl, kmeans, compact, cpp/include
+    cpp = {p for folder in CPP_FOLDERS for p in folder.iterdir() if p.is_file()}
+    assert any(p.suffix == ".cpp" for p in cpp) and any(p.suffix == ".h" for p in cpp)
+    assert not cpp - shipped, f"not shipped in the wheel: {sorted(str(p.relative_to(OPS)) for p in cpp - shipped)}"
+    # the globs are whole folders, so a new op, header or source ships without an edit
+    patterns = setuptools["package-data"]["sparse_attention.ops"]
+    for name in ("new_op/csrc/new_source.cpp", "topk/csrc/new_header.h", "cpp/include/new_inline.inl"):
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
 
 
 def test_every_data_file_of_the_package_is_shipped():

@@ -1,6 +1,6 @@
 """Result files say which CPU kernel build produced them."""
 
-from sparse_attention.ops.kernels.cpu import machine_with_kernel
+from sparse_attention.ops.record import machine_with_kernel
 
 
 def test_cpu_results_record_the_kernel_build():

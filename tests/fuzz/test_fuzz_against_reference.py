@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import sparse_attention as sa  # noqa: E402
-from sparse_attention.ops.backends import choose_backend  # noqa: E402
-from sparse_attention.ops.kernels.reference import sparse_attention_reference  # noqa: E402
+from sparse_attention.ops.attention import choose_backend  # noqa: E402
+from sparse_attention.ops.attention.reference import sparse_attention_reference  # noqa: E402
 
 EXAMPLES = int(os.environ.get("SPARSE_ATTENTION_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sparse_attention import AttentionConfig, SparseSelfAttention
-from sparse_attention.layers.indexer import indexer_scores_for_training
+from sparse_attention.ops.topk import indexer_scores
 from sparse_attention.layers.indexer_loss import kl_to_indexer, sparse_attention_target
 from sparse_attention.ops.dense import _repeat_kv, causal_mask
 
@@ -47,7 +47,7 @@ def test_sparse_stage_loss_and_indexer_gradients_equal_the_dense_formulation(pre
     index_q, index_k, weights = layer.indexer(x)
     if precision == "bfloat16":
         index_q, index_k = index_q.bfloat16().float(), index_k.bfloat16().float()
-    scores = indexer_scores_for_training(index_q, index_k, weights).masked_fill(~causal_mask(29, 29), float("-inf"))
+    scores = indexer_scores(index_q, index_k, weights).masked_fill(~causal_mask(29, 29), float("-inf"))
     q, k, _ = layer.project(x)
     loss = kl_to_indexer(dense_target(q.detach(), k.detach(), indices), scores.gather(-1, indices.clamp(min=0)),
                          indices >= 0)
@@ -65,7 +65,7 @@ def test_the_sparse_stage_never_builds_an_n_by_n_score_matrix(monkeypatch):
     def no_full_scores(*args, **kwargs):
         raise AssertionError("the sparse training step must not score every [B, N, N] pair")
 
-    monkeypatch.setattr(attention_module, "indexer_scores_for_training", no_full_scores)
+    monkeypatch.setattr(attention_module, "indexer_scores", no_full_scores)
     layer = SparseSelfAttention(AttentionConfig(dim=32, n_heads=2, method="dsa", indexer_heads=2, indexer_head_dim=16,
                                                 method_params={"top_k": 4}))
     y, aux = layer.forward_with_aux(torch.randn(1, 50, 32), "sparse")

@@ -7,7 +7,7 @@ import torch
 
 from sparse_attention import AttentionConfig, SparseSelfAttention
 from sparse_attention.layers.attention_stats import topk_from_scores
-from sparse_attention.layers.indexer import indexer_scores_for_training
+from sparse_attention.ops.topk import indexer_scores
 from sparse_attention.layers.indexer_loss import dense_attention_target, dense_indexer_loss, kl_to_indexer
 from sparse_attention.ops.dense import causal_mask
 from sparse_attention.selection.base import Selection
@@ -17,7 +17,7 @@ from sparse_attention.utils.memory import peak_memory_bytes, peak_memory_unavail
 
 def whole_matrix_warmup_loss(q, k, iq, ik, w):
     n = q.shape[2]
-    scores = indexer_scores_for_training(iq, ik, w).masked_fill(~causal_mask(n, n), float("-inf"))
+    scores = indexer_scores(iq, ik, w).masked_fill(~causal_mask(n, n), float("-inf"))
     return kl_to_indexer(dense_attention_target(q, k), scores, causal_mask(n, n).expand_as(scores))
 
 
@@ -68,7 +68,7 @@ def test_collected_statistics_equal_the_whole_matrix_ones(mode):
         _, aux = layer.forward_with_aux(x, mode, collect=True)
         q, k, _ = layer.project(x)
         n = x.shape[1]
-        scores = indexer_scores_for_training(*layer.indexer(x)).masked_fill(~causal_mask(n, n), float("-inf"))
+        scores = indexer_scores(*layer.indexer(x)).masked_fill(~causal_mask(n, n), float("-inf"))
         target = dense_attention_target(q, k)
         visible = causal_mask(n, n).expand_as(scores)
         oracle = topk_from_scores(target.masked_fill(~visible, float("-inf")), top_k)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparse_attention.layers.attention import AttentionConfig, SparseSelfAttention
-from sparse_attention.layers.indexer import indexer_scores_for_training
+from sparse_attention.layers.indexer import LightningIndexer
 from sparse_attention.layers.indexer_loss import (
     dense_attention_target,
     kl_to_indexer,
@@ -17,7 +17,7 @@ from sparse_attention.layers.indexer_loss import (
 from sparse_attention.layers.moe import MoEFeedForward
 from sparse_attention.models.decoder import SparseLM, attention_config
 from sparse_attention.ops.dense import causal_mask
-from sparse_attention.selection.dsa import indexer_scores
+from sparse_attention.ops.topk import indexer_scores
 from sparse_attention.training.config import PRESETS, RunConfig, apply_overrides, preset
 
 
@@ -78,14 +78,10 @@ def test_kl_to_indexer_matches_the_definition():
     assert scores.grad[~mask].abs().max() == 0
 
 
-def test_training_scores_equal_inference_scores_with_gradients():
-    torch.manual_seed(0)
-    index_q = torch.randn(2, 3, 7, 4, dtype=torch.float64, requires_grad=True)
-    index_k = torch.randn(2, 7, 4, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
-    torch.testing.assert_close(indexer_scores_for_training(index_q, index_k, weights),
-                               indexer_scores(index_q, index_k, weights))
-    assert torch.autograd.gradcheck(indexer_scores_for_training, (index_q, index_k, weights))
+def test_the_layer_scores_with_the_one_indexer_formula():
+    layer = LightningIndexer(16, n_heads=3, head_dim=8)
+    x = torch.randn(2, 7, 16)
+    torch.testing.assert_close(layer.scores(x), indexer_scores(*layer(x)))  # gradients: tests/ops/topk
 
 
 def test_sparse_inference_selects_like_training_without_an_n_by_n_matrix(monkeypatch):
@@ -102,7 +98,7 @@ def test_sparse_inference_selects_like_training_without_an_n_by_n_matrix(monkeyp
     def no_dense_scores(*args, **kwargs):
         raise AssertionError("inference must not build the [B, N, N] indexer scores")
 
-    monkeypatch.setattr(lm_attention, "indexer_scores_for_training", no_dense_scores)
+    monkeypatch.setattr(lm_attention, "indexer_scores", no_dense_scores)
     with torch.no_grad():
         y_eval, aux_eval = layer.forward_with_aux(x, "sparse")
     assert aux_eval.indexer_loss is None and aux_eval.selection.info["scoring"] == "fused"
@@ -163,13 +159,24 @@ def test_overrides_convert_types_and_reject_unknown_keys():
         preset("huge")
 
 
+def test_a_conflicting_top_k_is_an_error_that_names_both():
+    with pytest.raises(ValueError, match=r"model.method_params.top_k \(5\) conflicts with model.top_k \(8\)"):
+        apply_overrides(preset("tiny", "dsa"), ['model.method_params={"top_k": 5}'])
+    same = apply_overrides(preset("tiny", "dsa"), ['model.method_params={"top_k": 8}'])  # redundant, not conflicting
+    assert same.model.selection_params["top_k"] == 8
+    with pytest.raises(ValueError, match="model.method_params.precision .* conflicts with train.precision"):
+        apply_overrides(preset("tiny", "dsa"), ['model.method_params={"precision": "bfloat16"}'])
+    with pytest.raises(ValueError, match="train.dtype .* conflicts with train.precision"):
+        apply_overrides(preset("tiny", "dsa"), ['train.dtype="bfloat16"'])
+
+
 def test_method_params_reach_the_dsa_selection_of_the_lm():
-    # model.method_params top_k / scoring / precision are what the LM's DSA layers select with,
-    # in training (scores with autograd) and in inference (dsa_select), not model.top_k.
+    # model.top_k and model.method_params scoring / precision are what the LM's DSA layers select
+    # with, in training (scores with autograd) and in inference (dsa_select).
     config = apply_overrides(preset("tiny", "dsa"), [
-        'model.method_params={"top_k": 5, "scoring": "chunked", "precision": "bfloat16"}'])
+        "model.top_k=5", "train.precision=bf16", 'model.method_params={"scoring": "chunked", "precision": "bfloat16"}'])
     layer = SparseSelfAttention(attention_config(config.model))
-    assert config.model.top_k != 5 and layer.top_k == 5
+    assert layer.top_k == 5 and layer.selection_params["top_k"] == 5
     x = torch.randn(2, 24, config.model.d_model)
     _, train_aux = layer.forward_with_aux(x, "sparse")
     assert train_aux.selection.top_k == 5 and train_aux.selection.info["precision"] == "bfloat16"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparse_attention.data.synthetic import gaussian_qkv
-from sparse_attention.ops.sparse_attention import sparse_attention
+from sparse_attention.ops.attention import sparse_attention
 from sparse_attention.selection import select
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

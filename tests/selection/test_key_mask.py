@@ -6,7 +6,7 @@ import torch
 
 import sparse_attention as sa
 from sparse_attention.ops.dense import dense_attention
-from sparse_attention.ops.sparse_attention import sparse_attention
+from sparse_attention.ops.attention import sparse_attention
 from sparse_attention.selection import list_methods, select
 
 METHODS = [spec.name for spec in list_methods()]

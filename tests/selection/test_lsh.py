@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparse_attention.ops.dense import dense_attention
-from sparse_attention.ops.sparse_attention import sparse_attention
+from sparse_attention.ops.attention import sparse_attention
 from sparse_attention.selection import select
 from sparse_attention.selection.lsh import (
     hash_buckets,
@@ -179,16 +179,17 @@ def test_bad_params(params, name, exc):
 @pytest.mark.parametrize("n_q,n_k,params", [(200, 200, {}), (60, 200, {"n_hashes": 3}), (150, 90, {"n_hashes": 2}),
                                             (100, 100, {"n_buckets": 1, "bucket_size": 16}),
                                             (333, 333, {"bucket_size": 8, "n_hashes": 5})])
-def test_cpu_rows_equal_the_pytorch_path(causal, include_self, n_q, n_k, params, monkeypatch):
+def test_cpu_rows_equal_the_pytorch_path(causal, include_self, n_q, n_k, params):
     """The C++ rows (runs of the sorted order, bitmap union) equal gathered candidates + sorting compaction."""
-    from sparse_attention.ops.kernels import compact_cpu, cpu
+    from sparse_attention.ops.compact import cpu
+    from sparse_attention.ops.dispatch import forced
 
-    if cpu.load_error() is not None:
-        pytest.skip(f"CPU extension unavailable: {cpu.load_error()}")
+    if cpu.EXTENSION.load_error() is not None:
+        pytest.skip(f"CPU extension unavailable: {cpu.EXTENSION.load_error()}")
     q, k, _ = _qkv(n_k, n_q=n_q, seed=n_q)
     fast = select(q, k, "lsh", causal=causal, include_self=include_self, **params)
-    monkeypatch.setattr(compact_cpu, "available", lambda *a, **kw: False)
-    slow = select(q, k, "lsh", causal=causal, include_self=include_self, **params)
+    with forced(lsh_rows="reference"):
+        slow = select(q, k, "lsh", causal=causal, include_self=include_self, **params)
     assert torch.equal(fast.indices, slow.indices)
 
 

@@ -16,7 +16,7 @@ import torch
 from helpers import make_qkv
 
 import sparse_attention as sa
-from sparse_attention.ops.backends import choose_backend
+from sparse_attention.ops.attention import choose_backend
 
 SCORERS = [("topk", "fused"), ("topk", "chunked"), ("dsa", "fused"), ("dsa", "chunked")]
 #: The CPU backends, and Triton where it can run (CUDA, or TRITON_INTERPRET=1: tests/ops/test_triton_kernel.py

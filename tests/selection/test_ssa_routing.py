@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparse_attention.ops.dense import dense_attention
-from sparse_attention.ops.sparse_attention import sparse_attention
+from sparse_attention.ops.attention import sparse_attention
 from sparse_attention.selection import select
 from sparse_attention.selection._kmeans import kmeans
 from sparse_attention.selection._util import make_generator, query_key_limit

@@ -12,7 +12,7 @@ import torch
 
 from sparse_attention.models.decoder import SparseLM
 from sparse_attention.training.config import apply_overrides, preset
-from sparse_attention.training.lm_data import load_data
+from sparse_attention.data.lm import load_data
 from sparse_attention.training.trainer import Trainer, plan_stages, train
 
 

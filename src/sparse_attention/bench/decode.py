@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from ..ops.dense import dense_attention
-from ..ops.kernels.cpu import machine_with_kernel
-from ..ops.sparse_attention import sparse_attention
+from ..ops.record import dispatch_record, machine_with_kernel
+from ..ops.attention import sparse_attention
 from ..selection.dsa import dsa_select
 from ..utils.checks import check_int
 from ..utils.timing import time_interleaved
@@ -68,7 +68,7 @@ def run_decode_bench(cfg: DecodeBenchConfig, progress=lambda items, desc: items)
             rows.append({"cache_length": length, "keys_per_step": min(cfg.top_k, length),
                          "dense_ms": dense["median_ms"], "dsa_ms": dsa["median_ms"],
                          "speedup": dense["median_ms"] / dsa["median_ms"]})
-    return {"machine": machine_with_kernel("cpu"), "config": asdict(cfg), "rows": rows,
+    return {"machine": machine_with_kernel("cpu"), "config": asdict(cfg), "rows": rows, "dispatch": dispatch_record(),
             "timer": f"time_interleaved, median of {cfg.repeats} rounds after 2 warm-up rounds",
             "threads": torch.get_num_threads()}
 

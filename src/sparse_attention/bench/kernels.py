@@ -29,11 +29,11 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..ops.backends import backends as registered_backends
-from ..ops.backends import choose_backend
+from ..ops.attention import backends as registered_backends
+from ..ops.attention import choose_backend
 from ..ops.dense import dense_attention
-from ..ops.kernels import cpu as cpu_kernels
-from ..ops.sparse_attention import sparse_attention
+from ..ops.record import dispatch_record, machine_with_kernel
+from ..ops.attention import sparse_attention
 from ..utils.memory import peak_memory_bytes
 from ..utils.timing import synchronize, time_call, time_interleaved
 from .peers import measure_peer, resolve_peers
@@ -231,7 +231,7 @@ def selection_overlap(indices: torch.Tensor, reference: torch.Tensor, chunk: int
 def _dsa_end_to_end(cfg: KernelBenchConfig, n: int, k: int, q, kk, v, dense: dict, base: dict) -> list[dict[str, Any]]:
     """Forward time of lightning-indexer scoring + top-k + sparse attention (backend auto), once
     per indexer precision; the bf16 row also reports how much of the fp32 selection it keeps."""
-    from ..ops.kernels.topk_cpu import bf16_path
+    from ..ops.topk.cpu import bf16_path
     from ..selection.dsa import dsa_select
 
     gen = torch.Generator().manual_seed(cfg.seed + 11)
@@ -270,7 +270,7 @@ def run_kernel_bench(cfg: KernelBenchConfig, progress: Callable[[Iterable, str],
     for n, k, h, h_kv in progress(points, "bench"):
         rows.extend(measure_point(cfg, n, k, h, h_kv))
     config = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    return {"machine": cpu_kernels.machine_with_kernel(cfg.device), "config": config, "rows": rows,
+    return {"machine": machine_with_kernel(cfg.device), "config": config, "rows": rows, "dispatch": dispatch_record(),
             "flop_model": {"forward_per_edge_per_head": "4 * D", "backward_factor": BACKWARD_FLOP_FACTOR}}
 
 

@@ -1,4 +1,4 @@
-"""``sparse-attention experiments``, ``plot`` and ``report``: argument parsing and output only."""
+"""``sparse-attention suite`` (old name ``experiments``), ``plot`` and ``report``: argument parsing and output only."""
 
 from __future__ import annotations
 
@@ -32,9 +32,7 @@ def add_parsers(sub) -> None:
     from ..experiments.attention.context import all_methods
     from ..experiments.attention.suite import EXPERIMENTS
 
-    p = sub.add_parser("suite", aliases=["experiments"],
-                       help="run the attention-level experiment suite (results.json, report.md, plots);"
-                            " `experiments` is its old name")
+    p = sub.add_parser("suite", help="run the attention-level experiment suite (results.json, report.md, plots)")
     p.add_argument("--quick", action="store_true", help="small configuration: under 5 minutes on 2 CPU cores")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "npu"], help="device (default cpu)")
     p.add_argument("--output-dir", help="where to write (default results/quick or results/full)")

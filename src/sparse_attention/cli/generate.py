@@ -23,7 +23,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from ..models.generation import generate
-    from ..training.lm_data import load_data
+    from ..data.lm import load_data
     from ..training.run_dir import load_model
 
     model, config = load_model(args.run_dir)

@@ -47,15 +47,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def alias_note(text: str, alias_of: str | None) -> str:
-    """Help text of a command, marked as an old name of ``sparse-attention lm ALIAS_OF``."""
-    return text if alias_of is None else f"{text} (old name of `sparse-attention lm {alias_of}`)"
-
-
-def add_parsers(sub, name: str = "train", alias_of: str | None = None) -> None:
-    """``train`` (``lm train``; at the top level, its old name)."""
-    p = sub.add_parser(name, help=alias_note("train a GLM4-style MoE LM with dense, DSA or any selection attention",
-                                             alias_of),
+def add_parsers(sub) -> None:
+    """``lm train`` (its old top-level name ``train`` is registered by :mod:`.main`)."""
+    p = sub.add_parser("train", help="train a GLM4-style MoE LM with dense, DSA or any selection attention",
                        description="Train one run. attention=dsa runs the DeepSeek-V3.2 recipe: dense warm-up of the"
                                    " lightning indexer (KL to the dense attention), then sparse training. Under"
                                    " torchrun (python -m torch.distributed.run --nproc_per_node N -m sparse_attention"

@@ -2,7 +2,9 @@
 
 The old top-level names (``experiment dsa|table``, ``visualize``, ``ablation``, ``profile``) and
 the seed project's (``run_experiment``, ``visualize_attention``, ``ablation_study``,
-``profile_efficiency``) stay as aliases; their ``--help`` says which ``lm`` command they are.
+``profile_efficiency``) still run these commands: :data:`sparse_attention.cli.main.OLD_NAMES`
+registers each as the very parser of its ``lm`` command, and ``sparse-attention --help`` lists
+them on one line.
 
 The logic lives in :mod:`sparse_attention.experiments.lm.compare`, :mod:`~sparse_attention.experiments.lm.visualize`,
 :mod:`~sparse_attention.experiments.lm.sweep` and :mod:`~sparse_attention.experiments.lm.profile`.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .lm import add_run_arguments, alias_note, build_config
+from .lm import add_run_arguments, build_config
 
 
 def _quick_text() -> str:
@@ -112,12 +114,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_compare(sub, name: str = "compare", alias_of: str | None = None) -> None:
+def add_compare(sub) -> None:
     """``lm compare``: dense baseline vs DSA with one config (old name: ``experiment dsa``)."""
 
     p = sub.add_parser(
-        name, help=alias_note("train a dense baseline and a DSA run (warm-up + sparse) with one config, then compare"
-                              " them", alias_of),
+        "compare", help="train a dense baseline and a DSA run (warm-up + sparse) with one config, then compare"
+                        " them",
         description="Trains OUT/dense and OUT/sparse with the same config, data and batch order, then writes"
                     " OUT/comparison/: comparison_metrics.json, performance_comparison.png and the attention"
                     " visualisations of the sparse run.")
@@ -133,19 +135,18 @@ def add_compare(sub, name: str = "compare", alias_of: str | None = None) -> None
     p.set_defaults(func=_cmd_experiment_dsa)
 
 
-def add_table(sub, name: str = "table", alias_of: str | None = None) -> None:
+def add_table(sub) -> None:
     """``lm table``: Markdown tables from compare and profile JSON (old name: ``experiment table``)."""
-    p = sub.add_parser(name, help=alias_note("Markdown tables from `lm compare` comparisons and `lm profile` JSON"
-                                             " (optionally into the README)", alias_of))
+    p = sub.add_parser("table", help="Markdown tables from `lm compare` comparisons and `lm profile` JSON"
+                                     " (optionally into the README)")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="an `lm compare` output folder (or its comparison_metrics.json) or a profile.json")
     p.add_argument("--readme", help="README whose LM block is replaced by the tables")
     p.set_defaults(func=_cmd_experiment_table)
 
 
-def add_visualize(sub, name: str = "visualize", alias_of: str | None = None) -> None:
-    p = sub.add_parser(name, help=alias_note("draw a DSA run's indexer scores, top-k selection and sparse attention",
-                                             alias_of),
+def add_visualize(sub) -> None:
+    p = sub.add_parser("visualize", help="draw a DSA run's indexer scores, top-k selection and sparse attention",
                        description="Loads RUN_DIR's model, runs one validation sequence in sparse mode and writes"
                                    " attention_pattern_layer{L}.png, indexer_heads_layer{L}.png,"
                                    " attention_statistics.png and attention_statistics.json. Needs a dsa run: a"
@@ -158,8 +159,8 @@ def add_visualize(sub, name: str = "visualize", alias_of: str | None = None) -> 
     p.set_defaults(func=_cmd_visualize)
 
 
-def add_ablation(sub, name: str = "ablation", alias_of: str | None = None) -> None:
-    p = sub.add_parser(name, help=alias_note("train one run per value of one config key and compare them", alias_of),
+def add_ablation(sub) -> None:
+    p = sub.add_parser("ablation", help="train one run per value of one config key and compare them",
                        description="Trains OUT/<key>=<value>/ for every value (finished runs with the same config"
                                    " are skipped, checkpointed ones continued), then writes ablation.json and"
                                    " ablation.png (val loss, indexer recall, time per step against the value).")
@@ -176,9 +177,8 @@ def add_ablation(sub, name: str = "ablation", alias_of: str | None = None) -> No
     p.set_defaults(func=_cmd_ablation)
 
 
-def add_profile(sub, name: str = "profile", alias_of: str | None = None) -> None:
-    p = sub.add_parser(name, help=alias_note("time and memory of a dense vs a DSA training step across sequence"
-                                             " lengths", alias_of),
+def add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="time and memory of a dense vs a DSA training step across sequence lengths",
                        description="For each length builds the dense and the DSA model (shared weights equal),"
                                    " times one training step and one forward pass of each, interleaved, and"
                                    " measures their extra peak memory. Writes JSON and profile.png next to it.")
@@ -203,26 +203,9 @@ def add_profile(sub, name: str = "profile", alias_of: str | None = None) -> None
 #: ``lm`` command -> its parser builder (``train`` is cli.lm.add_parsers).
 LM_COMMANDS = {"compare": add_compare, "table": add_table, "visualize": add_visualize, "ablation": add_ablation,
                "profile": add_profile}
-#: The seed project's script names, kept as top-level aliases: name -> ``lm`` command.
-SEED_NAMES = {"run_experiment": "compare", "visualize_attention": "visualize", "ablation_study": "ablation",
-              "profile_efficiency": "profile"}
 
 
 def add_lm_commands(lm_sub) -> None:
     """``sparse-attention lm compare | table | visualize | ablation | profile``."""
-    for name, add in LM_COMMANDS.items():
-        add(lm_sub, name)
-
-
-def add_parsers(sub) -> None:
-    """The old top-level names: ``experiment dsa|table``, ``visualize``, ``ablation``, ``profile``,
-    and the seed project's names; each is the ``lm`` command its help names."""
-    p = sub.add_parser("experiment", help="old name of `sparse-attention lm compare` (dsa) and `lm table` (table)",
-                       description="Old names: `experiment dsa` = `lm compare`, `experiment table` = `lm table`.")
-    experiments = p.add_subparsers(dest="experiment", required=True, metavar="NAME")
-    add_compare(experiments, "dsa", alias_of="compare")
-    add_table(experiments, "table", alias_of="table")
-    for name in ("visualize", "ablation", "profile"):
-        LM_COMMANDS[name](sub, name, alias_of=name)
-    for name, command in SEED_NAMES.items():
-        LM_COMMANDS[command](sub, name, alias_of=command)
+    for add in LM_COMMANDS.values():
+        add(lm_sub)

@@ -24,10 +24,12 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
-    from ..ops import backends
+    from ..ops import all_ops
 
-    for b in backends():
-        print(f"{b.name} (priority {b.priority}, {b.status()}): {b.description}")
+    for op in all_ops():  # attention first: its backends are what most users choose
+        print(f"{op.name} ({op.option}=auto or one of these, highest priority first):")
+        for b in op.implementations():
+            print(f"  {b.name} (priority {b.priority}, {b.status()}): {b.description}")
     return 0
 
 
@@ -57,10 +59,55 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Old command names that still run a command (the first versions' and the seed project's
+#: scripts'): old name -> the command it runs. Each is registered as that command's own parser, so
+#: it takes the same arguments and gives the same result; ``--help`` names them all on one line.
+OLD_NAMES = {
+    "experiments": "suite",
+    "train": "lm train",
+    "experiment dsa": "lm compare",
+    "experiment table": "lm table",
+    "visualize": "lm visualize",
+    "ablation": "lm ablation",
+    "profile": "lm profile",
+    "run_experiment": "lm compare",
+    "visualize_attention": "lm visualize",
+    "ablation_study": "lm ablation",
+    "profile_efficiency": "lm profile",
+}
+
+
+def old_names_line() -> str:
+    """The line of ``--help`` that names every old name with the command it runs."""
+    by_command: dict[str, list[str]] = {}
+    for old, new in OLD_NAMES.items():
+        by_command.setdefault(new, []).append(old)
+    return "old names, still accepted: " + "; ".join(f"{', '.join(olds)} -> {new}" for new, olds in by_command.items())
+
+
+def _add_old_names(groups: dict[tuple[str, ...], argparse._SubParsersAction]) -> None:
+    """Register each of :data:`OLD_NAMES` under the parser of its command, with no help line of its own.
+
+    ``groups`` maps a command prefix (``()`` for the top level, ``("lm",)``) to its subparsers;
+    an old group such as ``experiment`` is added (hidden) on first use.
+    """
+    for old, new in OLD_NAMES.items():
+        *new_group, new_name = new.split()
+        *old_group, old_name = old.split()
+        if tuple(old_group) not in groups:
+            *outer, group_name = old_group
+            olds = ", ".join(f"`{o}` = `{n}`" for o, n in OLD_NAMES.items() if o.split()[:-1] == old_group)
+            p = groups[tuple(outer)].add_parser(group_name, description=f"Old names: {olds}.")
+            groups[tuple(old_group)] = p.add_subparsers(dest=group_name, required=True)
+        # What argparse does for `aliases=`, minus the help line: the old name maps to the same parser.
+        groups[tuple(old_group)].choices[old_name] = groups[tuple(new_group)].choices[new_name]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparse-attention",
         description="Sparse attention research toolkit: selection methods, one sparse kernel, measured comparisons.",
+        epilog=old_names_line(),
     )
     from .. import __version__
 
@@ -70,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list selection methods with their parameters and defaults")
     p.set_defaults(func=_cmd_methods)
 
-    p = sub.add_parser("backends", help="list sparse attention backends in dispatch order")
+    p = sub.add_parser("backends", help="list every op's implementations (attention backends first) in dispatch order")
     p.set_defaults(func=_cmd_backends)
 
     p = sub.add_parser("demo", help="compare every method with dense attention on a generated input")
@@ -98,10 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     lm_sub = p.add_subparsers(dest="lm_command", required=True, metavar="COMMAND")
     lm.add_parsers(lm_sub)
     lm_analysis.add_lm_commands(lm_sub)
-    # Old names, kept working: train, experiment dsa|table, visualize, ablation, profile, and the
-    # seed project's run_experiment, visualize_attention, ablation_study, profile_efficiency.
-    lm.add_parsers(sub, alias_of="train")
-    lm_analysis.add_parsers(sub)
+    # Usage lists the commands only: the old names below are accepted but not listed as commands.
+    sub.metavar = "{" + ",".join(sub.choices) + "}"
+    _add_old_names({(): sub, ("lm",): lm_sub})
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Data: synthetic attention inputs (and, later, corpora and tokenizers)."""
+"""Data: synthetic attention inputs, text corpora, and LM token data (:mod:`.lm`: batches, tokenizers, tasks)."""
 
 from .synthetic import clustered_qkv, gaussian_qkv
 

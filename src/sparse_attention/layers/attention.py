@@ -19,8 +19,9 @@ the shared sparse attention kernel. Each forward call runs in one of three modes
 ``collect`` statistics walk query chunks as the warm-up does. Only ``keep_scores``
 (visualisation) holds all ``[B, N, N]`` indexer scores.
 
-For DSA, ``top_k``, ``scoring`` and ``precision`` come from ``config.method_params`` (over the
-method's defaults) on every path.
+The method's parameters are worked out once, when the layer is built
+(:attr:`SparseSelfAttention.selection_params`: ``config.method_params`` over the method's
+defaults); for DSA its ``top_k``, ``scoring`` and ``precision`` drive every path.
 
 ``forward(x)`` returns the output (and the selection); :meth:`SparseSelfAttention.forward_with_aux`
 adds the indexer loss and statistics (:class:`AttentionAux`) the LM trainer uses.
@@ -35,13 +36,14 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.dense import causal_mask, dense_attention
-from ..ops.sparse_attention import sparse_attention
+from ..ops.attention import sparse_attention
+from ..ops.topk import indexer_scores
 from ..selection.base import Selection, get_method, select
 from ..selection.dsa import dsa_select
 from ..selection.key_mask import check_key_mask
 from ..utils.checks import check_int
 from .attention_stats import layer_stats, topk_from_scores
-from .indexer import LightningIndexer, indexer_scores_for_training
+from .indexer import LightningIndexer
 from .indexer_loss import dense_indexer_loss, sparse_indexer_loss
 from .kv_cache import LayerCache
 from .rope import apply_rope
@@ -136,6 +138,9 @@ class SparseSelfAttention(nn.Module):
     def __init__(self, config: AttentionConfig):
         super().__init__()
         self.config = c = config
+        #: The method's parameters, ``method_params`` over its defaults, worked out once here.
+        self.selection_params: dict[str, Any] = (
+            {} if c.method == "dense" else {**get_method(c.method).defaults(), **c.method_params})
         self.q_proj = nn.Linear(c.dim, c.n_heads * c.head_dim, bias=c.bias)
         self.k_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=c.bias)
         self.v_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=c.bias)
@@ -155,12 +160,9 @@ class SparseSelfAttention(nn.Module):
 
     @property
     def top_k(self) -> int:
-        """Keys per query: the method's ``top_k`` (``method_params`` over its default) where it
-        has one, else ``config.stats_top_k`` (used by the oracle statistics only)."""
-        c = self.config
-        if c.method != "dense" and "top_k" in {p.name for p in get_method(c.method).params}:
-            return c.method_params.get("top_k", get_method(c.method).defaults()["top_k"])
-        return c.stats_top_k
+        """Keys per query: the method's ``top_k`` (:attr:`selection_params`) where it has one,
+        else ``config.stats_top_k`` (used by the oracle statistics only)."""
+        return self.selection_params.get("top_k", self.config.stats_top_k)
 
     def project(self, x: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``x [B, N, dim]`` -> ``q [B, H, N, D]``, ``k, v [B, H_kv, N, D]`` with RoPE applied."""
@@ -183,10 +185,9 @@ class SparseSelfAttention(nn.Module):
         return self.indexer is not None and not fixed
 
     def indexer_selection_params(self) -> dict[str, Any]:
-        """``top_k``, ``scoring`` and ``precision`` of the layer's own indexer (method ``dsa``):
-        ``method_params`` values over the method's defaults."""
-        defaults = get_method("dsa").defaults()
-        return {name: self.config.method_params.get(name, defaults[name]) for name in ("top_k", "scoring", "precision")}
+        """``top_k``, ``scoring`` and ``precision`` of the layer's own indexer (method ``dsa``), from
+        :attr:`selection_params`."""
+        return {name: self.selection_params[name] for name in ("top_k", "scoring", "precision")}
 
     def select(self, x: Tensor, q: Tensor, k: Tensor, key_mask: Tensor | None = None) -> Selection:
         """The selection for this input (no gradient: indices are integers); ``key_mask [B, N]``
@@ -195,7 +196,7 @@ class SparseSelfAttention(nn.Module):
         if self.selects_by_own_indexer:
             return self.indexer.select(x, causal=c.causal, key_mask=key_mask, **self.indexer_selection_params())
         with torch.no_grad():
-            return select(q.detach(), k.detach(), c.method, causal=c.causal, key_mask=key_mask, **c.method_params)
+            return select(q.detach(), k.detach(), c.method, causal=c.causal, key_mask=key_mask, **self.selection_params)
 
     def forward(self, x: Tensor, *, mode: str | None = None, return_selection: bool = False,
                 key_mask: Tensor | None = None) -> Tensor | tuple[Tensor, Selection | None]:
@@ -268,9 +269,7 @@ class SparseSelfAttention(nn.Module):
         allowed = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()  # [N, N]
         if c.method == "dsa":
             index_q, index_k, weights = self.indexer(x)
-            relu = torch.relu(index_q @ index_k.unsqueeze(1).transpose(-1, -2))  # [B, H_I, N, N]
-            scores = (relu * weights.transpose(1, 2).unsqueeze(-1)).sum(dim=1)  # [B, N, N]
-            scores = scores.masked_fill(~allowed, float("-inf"))
+            scores = indexer_scores(index_q, index_k, weights).masked_fill(~allowed, float("-inf"))  # [B, N, N]
             top_k = self.top_k
             # top_k padding columns of -inf: TopK always has top_k candidates, whatever N is.
             scores = torch.cat([scores, scores.new_full((b, n, top_k), float("-inf"))], dim=-1)
@@ -331,7 +330,7 @@ class SparseSelfAttention(nn.Module):
                 # The rounding dsa_select applies, here differentiable (the cast passes gradients on).
                 indexer_out = (index_q.bfloat16().float(), index_k.bfloat16().float(), weights)
             if keep_scores:  # for visualisation only: every [B, N, N] score
-                scores = indexer_scores_for_training(*indexer_out).float()
+                scores = indexer_scores(*indexer_out).float()
                 scores = scores.masked_fill(~causal_mask(n, n, x.device), float("-inf"))
         if mode == "sparse":
             if scores is not None:  # kept scores: select from them, so the picture shows the selection used

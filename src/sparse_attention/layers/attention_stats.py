@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..selection.base import Selection
-from ..selection.dsa import indexer_scores
+from ..ops.topk import indexer_scores
 from ..selection.stats import attention_recall, selection_stats
 from .indexer_loss import causal_rows, dense_target_rows, kl_to_indexer, query_chunks
 

@@ -5,27 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..ops.topk import indexer_scores
 from ..selection.base import Selection
-from ..selection.dsa import dsa_select, indexer_scores
+from ..selection.dsa import dsa_select
 from ..utils.checks import check_int
 from .rope import apply_rope
-
-
-def indexer_scores_for_training(index_q: Tensor, index_k: Tensor, weights: Tensor) -> Tensor:
-    """Indexer scores ``I [B, N_q, N_k]`` with a cheap backward.
-
-    Same values as :func:`~sparse_attention.selection.dsa.indexer_scores`, laid out for
-    autograd: ``relu(q_I . k_I)`` as ``[B * N_q, H_I, N_k]`` and the weighted head sum as one
-    batched matmul ``w [B * N_q, 1, H_I] @ relu``. (The in-place per-head loop of the
-    inference path makes autograd zero-fill a full ``[B, H_I, N, N]`` gradient per head.)
-
-    Args: ``index_q [B, H_I, N_q, D_I]``, ``index_k [B, N_k, D_I]``, ``weights [B, N_q, H_I]``.
-    """
-    b, h_i, n_q, d_i = index_q.shape
-    n_k = index_k.shape[1]
-    q = index_q.transpose(1, 2).reshape(b, n_q * h_i, d_i)  # [B, N_q * H_I, D_I]
-    relu = torch.relu(q @ index_k.transpose(-1, -2)).view(b * n_q, h_i, n_k)  # [B * N_q, H_I, N_k]
-    return (weights.reshape(b * n_q, 1, h_i) @ relu).view(b, n_q, n_k)
 
 
 class LightningIndexer(nn.Module):
@@ -75,7 +59,8 @@ class LightningIndexer(nn.Module):
         return index_q, index_k, weights
 
     def scores(self, x: Tensor, query_slice: slice | None = None) -> Tensor:
-        """Indexer scores ``[B, C, N]`` for the queries in ``query_slice`` (no causal mask)."""
+        """Indexer scores ``[B, C, N]`` for the queries in ``query_slice`` (no causal mask;
+        :func:`~sparse_attention.ops.topk.indexer_scores`, the one formula, differentiable)."""
         return indexer_scores(*self(x), query_slice=query_slice)
 
     def select(self, x: Tensor, top_k: int, causal: bool = True, scoring: str = "auto",

@@ -21,8 +21,9 @@ class ModelConfig:
         n_shared_experts: always-on experts added to the routed output (GLM4-MoE uses 1).
         aux_loss_coef: weight of the Switch-style load-balancing loss.
         attention: ``dense`` or a registered selection method (``dsa`` = lightning indexer).
-        top_k: keys per query for ``dsa``/``topk``-like methods.
-        method_params: extra parameters of the selection method.
+        top_k: keys per query for ``dsa``/``topk``-like methods: the one place it is set (a
+            different ``method_params["top_k"]`` is an error that names both).
+        method_params: the selection method's other parameters (``scoring``, ``window``, ...).
         indexer_heads, indexer_head_dim: lightning indexer shape (``dsa``).
         rope_theta: RoPE base. norm_eps: RMSNorm epsilon.
         backend: sparse attention backend (``auto`` picks the fastest that fits).
@@ -69,6 +70,10 @@ class ModelConfig:
             raise ValueError(f"model.indexer_head_dim must be even (RoPE), got {self.indexer_head_dim}")
         if not isinstance(self.method_params, dict):
             raise TypeError(f"model.method_params must be a dict, got {type(self.method_params).__name__}")
+        given = self.method_params.get("top_k", self.top_k)
+        if given != self.top_k:
+            raise ValueError(f"model.method_params.top_k ({given!r}) conflicts with model.top_k ({self.top_k}): keys"
+                             " per query are set by model.top_k alone; drop top_k from model.method_params")
         if self.attention != "dense":
             get_method(self.attention).check_params(self.selection_params)
 
@@ -78,10 +83,11 @@ class ModelConfig:
 
     @property
     def selection_params(self) -> dict:
-        """Parameters passed to the selection method (``top_k`` where the method takes one)."""
-        params = dict(self.method_params)
+        """Parameters passed to the selection method: ``method_params`` plus ``model.top_k`` where the
+        method takes a ``top_k``."""
+        params = {name: value for name, value in self.method_params.items() if name != "top_k"}
         if "top_k" in {p.name for p in get_method(self.attention).params}:
-            params.setdefault("top_k", self.top_k)
+            params["top_k"] = self.top_k
         return params
 
     @property

@@ -40,7 +40,7 @@ class RMSNorm(nn.Module):
 
 def attention_config(config: ModelConfig) -> AttentionConfig:
     """The attention layer's config for this model: the method's parameters are
-    ``config.selection_params`` (``model.method_params`` over ``model.top_k``), and a dense
+    ``config.selection_params`` (``model.method_params`` and ``model.top_k``), and a dense
     model keeps ``model.top_k`` for its oracle statistics."""
     return AttentionConfig(
         dim=config.d_model, n_heads=config.n_heads, n_kv_heads=config.n_kv_heads, method=config.attention,

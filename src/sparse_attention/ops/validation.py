@@ -128,3 +128,11 @@ def selection_head_map(h_sel: int, h: int, h_kv: int) -> str:
         return "per_kv_head"
     assert h_sel == h, "check_indices guarantees H_sel in {1, H_kv, H}"
     return "per_head"
+
+
+def query_key_limit(n_q: int, n_k: int, causal: bool, device) -> Tensor:
+    """``[N_q]`` last key position each query may see (``N_k - 1`` when not causal)."""
+    rows = torch.arange(n_q, device=device)
+    if causal:
+        return rows + causal_offset(n_q, n_k)
+    return torch.full_like(rows, n_k - 1)

@@ -15,11 +15,10 @@ and which keys each cluster holds (a ``route`` function). This module handles th
   causal. Each block draws from its own generator, so random draws do not depend on what
   later blocks do either.
 * **Rows**: each query takes its ``clusters_per_query`` best-scoring clusters; the union of
-  their members (plus, causal, its own block up to itself) becomes its sorted index row. On
-  CPU the C++ bitmap pass reads the members directly
-  (:func:`~sparse_attention.ops.kernels.compact_cpu.cluster_rows`), so the ``[rows, c x
-  largest cluster]`` candidate list is never built; elsewhere :func:`route_to_members` then
-  :func:`~._util.compact_indices_reference` compute the same rows.
+  their members (plus, causal, its own block up to itself) becomes its sorted index row
+  (the ``cluster_rows`` op, :func:`sparse_attention.ops.compact.cluster_rows`: on CPU a bitmap
+  pass reads the members directly, so the ``[rows, c x largest cluster]`` candidate list is
+  never built).
 """
 
 from __future__ import annotations
@@ -30,10 +29,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..ops.kernels import compact_cpu
+from ..ops.compact import cluster_rows, compact_rows
 from ..ops.validation import causal_offset
 from ..utils.checks import check_int
-from ._util import compact_indices, compact_indices_reference, make_generator, query_key_limit
+from ._util import make_generator, query_key_limit
 from .base import Selection
 
 #: ``fit(q_ctx [B, H, P_q, D], k_ctx [B, H_kv, P, D], block) -> model``: cluster the context
@@ -85,27 +84,6 @@ def members_from_assignments(labels: Tensor, n_clusters: int) -> Tensor:
     return torch.where(slot < counts.unsqueeze(-1), members, torch.full_like(members, -1))
 
 
-def route_to_members(scores: Tensor, members: Tensor, clusters_per_query: int) -> Tensor:
-    """Keys reached by each query through its best clusters.
-
-    Args:
-        scores: ``[B, H_kv, G, S, C]`` query-to-centroid affinity (larger = closer), query
-            head ``h`` being ``(h // G, h % G)``.
-        members: ``[B, H_kv, C, M]`` key positions per cluster, ``-1`` padding.
-        clusters_per_query: clusters per query; more than ``C`` means all of them.
-    Returns:
-        ``[B, H, S, c * M]`` candidate key positions (``c = min(clusters_per_query, C)``),
-        possibly with duplicates when clusters overlap.
-    """
-    b, h_kv, g, s, n_c = scores.shape
-    m = members.shape[-1]
-    chosen = scores.topk(min(clusters_per_query, n_c), dim=-1).indices  # [B, H_kv, G, S, c]
-    # Flatten (cluster, slot) so one gather per KV head fetches all member lists.
-    flat_pos = chosen.unsqueeze(-1) * m + torch.arange(m, device=scores.device)  # [B, H_kv, G, S, c, M]
-    cand = torch.gather(members.reshape(b, h_kv, n_c * m), 2, flat_pos.reshape(b, h_kv, -1))
-    return cand.reshape(b, h_kv * g, s, -1)
-
-
 def cluster_index_rows(scores: Tensor, members: Tensor, clusters_per_query: int, n_keys: int,
                        limit: Tensor | None = None, key_range: tuple[int, int] | None = None) -> Tensor:
     """Sorted index rows of a block of queries: the members of their best clusters (+ a key range).
@@ -120,13 +98,10 @@ def cluster_index_rows(scores: Tensor, members: Tensor, clusters_per_query: int,
     b, h_kv, g, s, n_c = scores.shape
     if s == 0:
         return torch.full((b, h_kv * g, 0, 1), -1, dtype=torch.long, device=scores.device)
-    if compact_cpu.available(members):
-        chosen = scores.topk(min(clusters_per_query, n_c), dim=-1).indices  # [B, H_kv, G, S, c]
-        rows = compact_cpu.cluster_rows(members.reshape(b * h_kv, n_c, -1), chosen.reshape(b * h_kv, g * s, -1),
-                                        n_keys, limit, key_range)  # [B * H_kv, G * S, K]
-        return rows.view(b, h_kv * g, s, rows.shape[-1])
-    cand = route_to_members(scores, members, clusters_per_query)  # [B, H, S, c * M]
-    return compact_indices_reference(cand, n_keys, limit, key_range)
+    chosen = scores.topk(min(clusters_per_query, n_c), dim=-1).indices  # [B, H_kv, G, S, c]
+    rows = cluster_rows(members.reshape(b * h_kv, n_c, -1), chosen.reshape(b * h_kv, g * s, -1),
+                        n_keys, limit, key_range)  # [B * H_kv, G * S, K]
+    return rows.view(b, h_kv * g, s, rows.shape[-1])
 
 
 def _collect(infos: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -194,7 +169,7 @@ def clustered_select(
                 rows = cluster_index_rows(scores, members, clusters_per_query, n_k, limit[lo:hi], local)
             else:
                 block_info = {}
-                rows = compact_indices(torch.full((b, h, hi - lo, 0), -1, dtype=torch.long, device=device), n_k,
+                rows = compact_rows(torch.full((b, h, hi - lo, 0), -1, dtype=torch.long, device=device), n_k,
                                        limit[lo:hi], key_range=local)
             infos.append(block_info)
             parts.append((lo, rows))  # [B, H, S', K_b]

@@ -9,9 +9,9 @@ O(G * L * k), never O(L^2).
 k-means++ draws ``k`` points one after another, each with probability proportional to its
 squared distance to the nearest point drawn so far. The draws are inverse-CDF draws from
 ``k`` uniforms per problem taken from the seeded ``torch.Generator`` on CPU, with distances and
-running sums in float64; on CPU a C++ loop (:mod:`~sparse_attention.ops.kernels.kmeans_cpu`)
-makes them, elsewhere :func:`kmeanspp_picks_reference` (the same draws from the same
-uniforms). A given seed therefore picks the same initial points on every device.
+running sums in float64 (the ``kmeans_seed`` op, :mod:`sparse_attention.ops.kmeans`: a C++ loop
+on CPU, its PyTorch reference elsewhere, the same draws from the same uniforms). A given seed
+therefore picks the same initial points on every device.
 """
 
 from __future__ import annotations
@@ -20,49 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops.kernels import kmeans_cpu
+from ..ops import kmeans as kmeans_op
 from ..utils.checks import check_int
-
-
-def _sq_distance64(x: Tensor, x_sq: Tensor, c: Tensor, spherical: bool) -> Tensor:
-    """Squared distance ``[G, L]`` (float64) of the points ``x [G, L, D]`` to one point ``c [G, D]`` each.
-
-    Euclidean: ``|x|^2 - 2 x.c + |c|^2`` (``x_sq [G, L]``: the squared norms); spherical (unit
-    points): the squared chord ``2 - 2 cos``, so k-means++ weighs by squared distance in both
-    modes. Clamped at 0.
-    """
-    dots = (x * c.unsqueeze(1)).sum(-1)  # [G, L]
-    if spherical:
-        return (2.0 - 2.0 * dots).clamp_min(0.0)
-    return (x_sq - 2.0 * dots + (c * c).sum(-1, keepdim=True)).clamp_min(0.0)
-
-
-def kmeanspp_picks_reference(x: Tensor, uniforms: Tensor, spherical: bool) -> Tensor:
-    """Indices ``[G, k]`` of the points k-means++ draws from ``x [G, L, D]`` given ``uniforms [G, k]``.
-
-    Draw 0 is uniform (``floor(u * L)``). Draw ``j`` weighs every point by its float64 squared
-    distance to the nearest point drawn so far (0 where that is not a positive finite number)
-    and takes the first point whose running sum of weights exceeds ``u_j`` times their total;
-    where every weight is 0 (all points coincide with drawn ones) it is uniform again. Any
-    device; the reference of :func:`~sparse_attention.ops.kernels.kmeans_cpu.kmeanspp_picks`.
-    """
-    g, n, _ = x.shape
-    x = x.double()
-    u = uniforms.to(x.device, torch.float64)
-    rows = torch.arange(g, device=x.device)
-    x_sq = (x * x).sum(-1)  # [G, L]
-    uniform = (u * n).long().clamp(max=n - 1)  # [G, k] uniform draws
-    picks = [uniform[:, 0]]
-    min_d = _sq_distance64(x, x_sq, x[rows, picks[0]], spherical)  # [G, L]
-    for j in range(1, u.shape[1]):
-        w = torch.where(torch.isfinite(min_d) & (min_d > 0), min_d, torch.zeros_like(min_d))
-        cum = w.cumsum(-1)  # [G, L], a sequential sum as in the C++ loop
-        total = cum[:, -1]
-        nxt = torch.searchsorted(cum, (u[:, j] * total).unsqueeze(-1), right=True).squeeze(-1).clamp(max=n - 1)
-        nxt = torch.where(total > 0, nxt, uniform[:, j])
-        picks.append(nxt)
-        min_d = torch.minimum(min_d, _sq_distance64(x, x_sq, x[rows, nxt], spherical))
-    return torch.stack(picks, dim=1)  # [G, k]
 
 
 def kmeans_pp_init(x: Tensor, k: int, generator: torch.Generator, *, spherical: bool = False) -> Tensor:
@@ -73,31 +32,15 @@ def kmeans_pp_init(x: Tensor, k: int, generator: torch.Generator, *, spherical: 
     """
     g = x.shape[0]
     uniforms = torch.rand(g, k, generator=generator, dtype=torch.float64)  # [G, k], on CPU
-    if kmeans_cpu.available(x):
-        picks = kmeans_cpu.kmeanspp_picks(x, uniforms, spherical)
-    else:
-        picks = kmeanspp_picks_reference(x, uniforms, spherical)
+    picks = kmeans_op.kmeanspp_picks(x, uniforms, spherical)
     return torch.gather(x, 1, picks.to(x.device).unsqueeze(-1).expand(-1, -1, x.shape[2]))  # [G, k, D]
 
 
-def _scores(x: Tensor, c: Tensor, spherical: bool) -> Tensor:
-    """``[G, L, k]`` affinity of points ``x [G, L, D]`` to centroids ``c [G, k, D]``, larger = nearer.
-
-    Spherical: ``x.c``. Euclidean: ``x.c - |c|^2 / 2`` (``argmin |x - c|^2``; the ``|x|^2``
-    term is shared by a row), one GEMM with the norms as its bias.
-    """
-    if spherical:
-        return x @ c.transpose(-1, -2)
-    bias = -0.5 * (c * c).sum(dim=-1).unsqueeze(1)  # [G, 1, k]
-    return torch.baddbmm(bias, x, c.transpose(-1, -2))
-
-
 def _assign(x: Tensor, c: Tensor, spherical: bool) -> Tensor:
-    """Nearest centroid ``[G, L]`` for ``x [G, L, D]``, ``c [G, k, D]``: the fused C++ GEMM + argmax
-    on CPU, :func:`_scores` then ``argmax`` elsewhere (the same rule: first centroid on ties)."""
-    if kmeans_cpu.available(x):
-        return kmeans_cpu.assign(x, c, None if spherical else -0.5 * (c * c).sum(dim=-1))
-    return _scores(x, c, spherical).argmax(dim=-1)
+    """Nearest centroid ``[G, L]`` for ``x [G, L, D]``, ``c [G, k, D]`` (the ``kmeans_assign`` op):
+    spherical, the largest ``x.c``; Euclidean, the largest ``x.c - |c|^2 / 2`` (``argmin |x - c|^2``;
+    the ``|x|^2`` term is shared by a row). First centroid on ties."""
+    return kmeans_op.assign(x, c, None if spherical else -0.5 * (c * c).sum(dim=-1))
 
 
 def _update(x: Tensor, labels: Tensor, c: Tensor, spherical: bool) -> Tensor:

@@ -19,9 +19,9 @@ import math
 import torch
 from torch import Tensor
 
-from ..ops.kernels.topk_cpu import PRECISIONS, fused_topk
+from ..ops.topk import indexer_scores, scored_topk
 from ..utils.checks import check_int
-from ._util import chunked_topk, make_generator, use_fused_scoring
+from ._util import make_generator
 from .base import Param, Selection, register_method
 from .costs import pairs
 
@@ -45,34 +45,6 @@ def _check_indexer_inputs(index_q: Tensor, index_k: Tensor, weights: Tensor) -> 
         raise ValueError("index_q, index_k and weights must be on one device")
 
 
-def indexer_scores(index_q: Tensor, index_k: Tensor, weights: Tensor, query_slice: slice | None = None,
-                   key_stop: int | None = None) -> Tensor:
-    """Lightning indexer scores ``I[t, s]`` for the queries in ``query_slice``.
-
-    Args:
-        index_q: ``[B, H_I, N_q, D_I]`` indexer queries.
-        index_k: ``[B, N_k, D_I]`` the single shared indexer key head.
-        weights: ``[B, N_q, H_I]`` per-token per-head weights ``w``.
-        query_slice: which queries (default all).
-        key_stop: score keys ``[0, key_stop)`` only (default all).
-    Returns:
-        ``[B, C, key_stop]`` scores, no causal mask applied.
-    """
-    query_slice = query_slice or slice(0, index_q.shape[2])
-    b, h_i, _, d_i = index_q.shape
-    keys = index_k if key_stop is None else index_k[:, :key_stop]
-    q_c = index_q[:, :, query_slice]
-    c = q_c.shape[2]
-    # One GEMM for all indexer heads: [B, H_I * C, D_I] @ [B, D_I, N] (a batched 4-D matmul
-    # with a broadcast key runs several times slower on CPU).
-    logits = torch.relu_(q_c.reshape(b, h_i * c, d_i) @ keys.transpose(-1, -2)).view(b, h_i, c, -1)
-    w = weights[:, query_slice]  # [B, C, H_I]
-    scores = logits[:, 0] * w[:, :, 0, None]
-    for j in range(1, h_i):  # weighted sum over heads without another [B, H_I, C, N] temporary
-        scores.addcmul_(logits[:, j], w[:, :, j, None])
-    return scores
-
-
 def dsa_select(index_q: Tensor, index_k: Tensor, weights: Tensor, *, top_k: int, causal: bool = True,
                scoring: str = "auto", precision: str = "float32", key_mask: Tensor | None = None) -> Selection:
     """Top-k keys per query by lightning-indexer score, shared by all heads.
@@ -89,25 +61,11 @@ def dsa_select(index_q: Tensor, index_k: Tensor, weights: Tensor, *, top_k: int,
     """
     _check_indexer_inputs(index_q, index_k, weights)
     check_int("top_k", top_k)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    b, h_i, n_q, _ = index_q.shape
     n_k = index_k.shape[1]
-    info = {"top_k": top_k, "indexer_heads": h_i, "precision": precision}
-    if key_mask is not None and scoring == "fused":
-        raise ValueError("scoring='fused' cannot take a key_mask (padded keys score -inf in the chunked scoring)")
-    if key_mask is None and use_fused_scoring(scoring, index_q, index_k, weights, precision=precision):
-        with torch.no_grad():  # a selection is discrete: no gradient flows through it
-            idx = fused_topk(index_q, index_k, weights, top_k=top_k, causal=causal, relu=True,
-                             precision=precision)  # [B, N_q, K]
-        return Selection(idx.unsqueeze(1), n_k, causal, "dsa", {**info, "scoring": "fused"})
-    if precision == "bfloat16":  # same arithmetic as the kernel: bf16-rounded inputs, fp32 sums
-        index_q, index_k = (t.to(torch.bfloat16).float() for t in (index_q, index_k))
-    idx = chunked_topk(
-        lambda start, stop, key_stop: indexer_scores(index_q, index_k, weights, slice(start, stop), key_stop),
-        n_q, n_k, top_k, causal=causal, device=index_q.device, rows_per_query=b * h_i, key_mask=key_mask,
-    )  # [B, N_q, K]
-    return Selection(idx.unsqueeze(1), n_k, causal, "dsa", {**info, "scoring": "chunked"})
+    info = {"top_k": top_k, "indexer_heads": index_q.shape[1], "precision": precision}
+    idx, ran = scored_topk(index_q, index_k, weights, top_k=top_k, causal=causal, relu=True,
+                           precision=precision, key_mask=key_mask, scoring=scoring)  # [B, N_q, K]
+    return Selection(idx.unsqueeze(1), n_k, causal, "dsa", {**info, "scoring": ran})
 
 
 def random_indexer(q: Tensor, k: Tensor, n_heads: int, head_dim: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ops.compact import lsh_rows
 from ..utils.checks import check_int
-from ..ops.kernels import compact_cpu
-from ._util import compact_indices_reference, make_generator, query_key_limit
+from ._util import make_generator, query_key_limit
 from .base import Param, Selection, register_method
 from .costs import INDEX_BYTES, log2, merge_flops
 
@@ -93,35 +93,6 @@ def _bucket_runs(qb: Tensor, kb: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, T
     # pos >= -1 keeps base + pos above every key of the previous bucket.
     at = torch.searchsorted(sorted_ck, base + pos, right=True)  # [B, H_kv, M]
     return order, lo, at, hi
-
-
-def _round_candidates(order: Tensor, lo: Tensor, at: Tensor, hi: Tensor, pos: Tensor, window: int,
-                      causal: bool) -> Tensor:
-    """Keys one hash round lets each query see (the PyTorch path; see :func:`_bucket_runs`).
-
-    Returns:
-        ``[B, H_kv, M, window]`` key positions, ``-1`` = none: causal, the ``window`` keys of
-        ``order[lo:at]`` nearest its end (the most recent same-bucket keys); non-causal, the
-        ``window`` keys of the bucket nearest to ``pos`` (ties to the earlier key).
-    """
-    n_k = order.shape[-1]
-    if causal:
-        # The most recent `window` same-bucket keys at or before pos.
-        slots = at[..., None] - window + torch.arange(window, device=order.device)  # [B, H_kv, M, W]
-    else:
-        # The nearest `window` same-bucket keys form a run of sorted order within
-        # [at - W, at + W): take those 2W candidates, keep the W closest to pos.
-        slots = at[..., None] - window + torch.arange(2 * window, device=order.device)  # [B, H_kv, M, 2W]
-    inside = (slots >= lo[..., None]) & (slots < hi[..., None])
-    flat = slots.clamp(0, n_k - 1).flatten(-2)  # [B, H_kv, M * W']
-    cand = order.gather(-1, flat).view_as(slots)
-    if not causal:
-        # Distance with ties broken towards the earlier key: unique, so the choice is deterministic.
-        dist = 2 * (cand - pos[:, None]).abs() + (cand > pos[:, None]).long()
-        dist = torch.where(inside, dist, torch.full_like(dist, 4 * n_k + 4))
-        keep = dist.topk(window, dim=-1, largest=False).indices  # [B, H_kv, M, W]
-        cand, inside = cand.gather(-1, keep), inside.gather(-1, keep)
-    return torch.where(inside, cand, torch.full_like(cand, -1))
 
 
 def lsh_cost(selection: Selection, params: dict, *, heads: int, kv_heads: int, head_dim: int,
@@ -221,16 +192,9 @@ def select_lsh(q: Tensor, k: Tensor, *, causal: bool = True, n_hashes: int = 4, 
         q_buckets = hash_rounds(q_grouped, rotations)  # [n_hashes, B, H_kv, G * N_q]
         k_buckets = hash_rounds(k, rotations)  # [n_hashes, B, H_kv, N_k]
     runs = [_bucket_runs(qb, kb, pos) for qb, kb in zip(q_buckets, k_buckets)]  # per round: (order, lo, at, hi)
-    if compact_cpu.available(q):
-        # C++: each row reads its runs of the sorted orders directly (no [rows, rounds x W] list).
-        order, lo, at, hi = (torch.stack(t).reshape(len(runs), b * h_kv, -1) for t in zip(*runs))
-        idx = compact_cpu.lsh_rows(order, lo, at, hi, pos, window, causal, include_self, n_k)  # [B*H_kv, G*N_q, K]
-        idx = idx.view(b, h, n_q, idx.shape[-1])
-    else:
-        parts = [_round_candidates(*run, pos, window, causal) for run in runs]  # each [B, H_kv, G*N_q, W]
-        if include_self:
-            parts.append(pos.expand(b, h_kv, -1)[..., None])  # -1 (none) where t < 0
-        cand = torch.cat(parts, dim=-1).reshape(b, h, n_q, -1)  # [B, H, N_q, M]
-        idx = compact_indices_reference(cand, n_k, limit if causal else None)  # [B, H, N_q, K]
+    # Each row reads its runs of the sorted orders (the lsh_rows op; on CPU no [rows, rounds x W] list).
+    order, lo, at, hi = (torch.stack(t).reshape(len(runs), b * h_kv, -1) for t in zip(*runs))
+    idx = lsh_rows(order, lo, at, hi, pos, window, causal, include_self, n_k)  # [B * H_kv, G * N_q, K]
+    idx = idx.view(b, h, n_q, idx.shape[-1])
     return Selection(idx, n_k, causal, "lsh",
                      {"n_hashes": n_hashes, "n_buckets": n_buckets, "bucket_size": bucket_size})

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..ops.kernels.topk_cpu import fused_topk
+from ..ops.topk import scored_topk
 from ..utils.checks import check_int
-from ._util import chunked_topk, use_fused_scoring
 from .base import Param, Selection, register_method
 from .costs import pairs
 
@@ -43,21 +42,10 @@ def select_topk(q: Tensor, k: Tensor, *, causal: bool = True, top_k: int = 64, s
     check_int("top_k", top_k)
     b, h, n_q, d = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
-    g = h // h_kv
-    if key_mask is not None and scoring == "fused":
-        raise ValueError("scoring='fused' cannot take a key_mask (padded keys score -inf in the chunked scoring)")
-    if key_mask is None and use_fused_scoring(scoring, q, k):
-        with torch.no_grad():  # [B * H, 1 head, N_q, D] rows against [B * H_kv, N_k, D] keys
-            idx = fused_topk(q.reshape(b * h, 1, n_q, d), k.reshape(b * h_kv, n_k, d), None, top_k=top_k,
-                             causal=causal, relu=False, group=g)
-        return Selection(idx.view(b, h, n_q, -1), n_k, causal, "topk", {"top_k": top_k, "scoring": "fused"})
-    q_grouped = q.reshape(b, h_kv, g, n_q, d)
+    rows_mask = None if key_mask is None else key_mask.repeat_interleave(h_kv, dim=0)  # [B * H_kv, N_k]
+    # [B * H, 1 head, N_q, D] rows against [B * H_kv, N_k, D] keys: row r scores key row r // G
+    idx, ran = scored_topk(q.reshape(b * h, 1, n_q, d), k.reshape(b * h_kv, n_k, d), None, top_k=top_k,
+                           causal=causal, relu=False, group=h // h_kv, key_mask=rows_mask,
+                           scoring=scoring)  # [B * H, N_q, K]
+    return Selection(idx.view(b, h, n_q, -1), n_k, causal, "topk", {"top_k": top_k, "scoring": ran})
 
-    def scores(start: int, stop: int, key_stop: int) -> Tensor:
-        keys = k[:, :, :key_stop].transpose(-1, -2)  # [B, H_kv, D, N']
-        s = q_grouped[:, :, :, start:stop].reshape(b, h_kv, g * (stop - start), d) @ keys  # one GEMM per KV head
-        return s.reshape(b, h, stop - start, key_stop)
-
-    idx = chunked_topk(scores, n_q, n_k, top_k, causal=causal, device=q.device, rows_per_query=b * h,
-                       key_mask=key_mask)
-    return Selection(idx, n_k, causal, "topk", {"top_k": top_k, "scoring": "chunked"})

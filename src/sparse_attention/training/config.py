@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.lm.config import DataConfig
 from ..models.config import ModelConfig
 from ..utils.checks import check_config_int, check_number
 
@@ -64,9 +65,11 @@ class TrainConfig:
         checkpoint_every: checkpoint period in steps (0 = only at stage ends).
         seed: seeds parameters, data order and dropout.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        dtype: ``float32`` or ``bfloat16`` (autocast on the forward pass).
-        precision: ``fp32`` or ``bf16``: bf16 autocast plus the DSA indexer scored in bf16, where
-            the device has bf16 arithmetic, else fp32 with a warning (:mod:`.precision`).
+        precision: ``fp32`` or ``bf16``, the run's one precision setting: bf16 autocast plus the
+            DSA indexer scored in bf16, where the device has bf16 arithmetic, else fp32 with a
+            warning (:mod:`.precision`).
+        dtype: the autocast dtype :mod:`.precision` derives from ``precision`` (``float32``, or
+            ``bfloat16`` under ``bf16``); not a setting of its own (``bfloat16`` with ``fp32`` is an error).
     """
 
     batch_size: int = 16
@@ -115,42 +118,6 @@ class TrainConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where tokens come from (see :mod:`sparse_attention.training.lm_data`).
-
-    Attributes:
-        source: ``stdlib`` (embedded: Python standard library docstrings), a path to a text
-            file or a directory of ``*.txt``/``*.md``/``*.py`` files, ``hf:NAME[:CONFIG]`` (a
-            Hugging Face dataset, needs ``datasets`` and network or a cache), ``mqar``
-            (multi-query associative recall) or ``needle`` (needle-retrieval LM task).
-        tokenizer: ``bpe`` (byte-level BPE trained locally and cached) or ``bytes``.
-        bpe_vocab_size: vocabulary of the trained BPE.
-        val_fraction: share of the token stream held out (the tail) for validation.
-        max_chars: cap on the characters read from a text source (0 = all).
-        cache_dir: where tokenizers and token streams are cached (default ``~/.cache/sparse-attention``).
-    """
-
-    source: str = "stdlib"
-    tokenizer: str = "bpe"
-    bpe_vocab_size: int = 4096
-    val_fraction: float = 0.05
-    max_chars: int = 0
-    cache_dir: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.source, str) or not self.source:
-            raise ValueError(f"data.source must be a non-empty string, got {self.source!r}")
-        if self.tokenizer not in ("bpe", "bytes"):
-            raise ValueError(f"data.tokenizer must be 'bpe' or 'bytes', got {self.tokenizer!r}")
-        check_config_int("data", "bpe_vocab_size", self.bpe_vocab_size)
-        if self.bpe_vocab_size < 260:
-            raise ValueError(f"data.bpe_vocab_size must be >= 260 (256 bytes + specials), got {self.bpe_vocab_size}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        check_config_int("data", "max_chars", self.max_chars, allow_zero=True)
-
-
-@dataclass
 class RunConfig:
     """Everything one training run needs."""
 
@@ -165,6 +132,20 @@ class RunConfig:
             self.train = TrainConfig(**self.train)
         if isinstance(self.data, dict):
             self.data = DataConfig(**self.data)
+        self._check_precision()
+
+    def _check_precision(self) -> None:
+        """``train.precision`` is the one precision setting: the autocast dtype and the DSA indexer's
+        arithmetic follow from it (:func:`~sparse_attention.training.precision.apply_precision`)."""
+        if self.train.precision == "bf16":
+            return  # apply_precision turns bf16 on where the device has it
+        if self.train.dtype != "float32":
+            raise ValueError(f"train.dtype ({self.train.dtype!r}) conflicts with train.precision ('fp32'): set"
+                             " train.precision=bf16, the one precision setting (train.dtype follows from it)")
+        indexer = self.model.method_params.get("precision", "float32")
+        if indexer != "float32":
+            raise ValueError(f"model.method_params.precision ({indexer!r}) conflicts with train.precision ('fp32'):"
+                             " set train.precision=bf16, the one precision setting (the indexer's follows from it)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from ..ops.kernels.cpu import cpu_flags
+from ..ops.cpp.build import cpu_flags
 from .config import RunConfig
 
 PRECISIONS = ("fp32", "bf16")

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..models.decoder import STAT_KEYS, SparseLM
+from ..ops.dispatch import dispatch_record
 from ..utils.machine import machine_info
 from ..utils.memory import peak_memory_since_reset, reset_peak_memory
 from ..utils.results_io import write_json, write_text
@@ -199,7 +200,7 @@ class Trainer:
             finished one too (the cosine schedule is recomputed for the new length from the
             resumed step on).
         progress: show a progress bar (main process only).
-        data: an already loaded :class:`~sparse_attention.training.lm_data.LMData` (else loaded from
+        data: an already loaded :class:`~sparse_attention.data.lm.LMData` (else loaded from
             ``config.data``).
     """
 
@@ -210,7 +211,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress = progress and self.ctx.is_main
         if data is None:
-            from .lm_data import load_data
+            from ..data.lm import load_data
 
             data = load_data(config.data, config.train.seq_len, seed=config.train.seed, progress=self.progress)
         self.data = data
@@ -428,6 +429,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "data": self.data.description,
             "machine": machine_info(self.ctx.device),
+            "dispatch": dispatch_record(),  # which implementation ran each op, and any fallback
             "world_size": self.ctx.world_size,
             "precision_note": self.precision_note,
             "pretrained_from": self.pretrained_from,

@@ -14,7 +14,7 @@ from sparse_attention.experiments.attention.context import (
     all_methods,
 )
 from sparse_attention.ops.dense import masked_dense_attention
-from sparse_attention.ops.sparse_attention import sparse_attention
+from sparse_attention.ops.attention import sparse_attention
 from sparse_attention.selection.base import select
 from sparse_attention.selection.stats import attention_recall
 

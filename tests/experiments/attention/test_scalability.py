@@ -6,7 +6,7 @@ import pytest
 
 from sparse_attention.experiments.attention import scalability
 from sparse_attention.experiments.attention.context import RunContext, SuiteConfig
-from sparse_attention.ops.backends import backends
+from sparse_attention.ops.attention import backends
 from sparse_attention.utils.memory import peak_memory_unavailable
 
 CONFIG = SuiteConfig(lengths=(64, 128), budget=16, methods=("local", "topk", "ssa"), heads=2, kv_heads=1,

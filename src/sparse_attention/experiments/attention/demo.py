@@ -10,7 +10,7 @@ import torch
 
 from ...data.synthetic import clustered_qkv
 from ...ops.dense import dense_attention
-from ...ops.sparse_attention import sparse_attention
+from ...ops.attention import sparse_attention
 from ...selection.base import budget_params, get_method, list_methods, select
 from ...selection.stats import selection_stats
 from ...utils.timing import time_call

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ...ops.dense import dense_attention
-from ...ops.sparse_attention import sparse_attention
+from ...ops.attention import sparse_attention
 from ...selection.base import select
 from .context import RunContext
 

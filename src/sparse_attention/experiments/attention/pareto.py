@@ -34,7 +34,7 @@ import torch
 
 from ...data.synthetic import clustered_qkv
 from ...ops.dense import dense_attention
-from ...ops.sparse_attention import sparse_attention
+from ...ops.attention import sparse_attention
 from ...selection.base import get_method, select
 from ...selection.costs import attention_flops, selection_flops
 from ...selection.stats import selection_stats

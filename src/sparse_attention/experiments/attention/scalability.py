@@ -43,7 +43,7 @@ import torch
 
 from ...data.synthetic import gaussian_qkv
 from ...ops.dense import dense_attention
-from ...ops.sparse_attention import sparse_attention
+from ...ops.attention import sparse_attention
 from ...selection.base import select
 from ...utils.memory import peak_memory_bytes, peak_memory_unavailable
 from ...utils.timing import synchronize, time_call

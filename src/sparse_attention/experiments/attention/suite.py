@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ...ops.kernels.cpu import machine_with_kernel
+from ...ops.record import dispatch_record, machine_with_kernel
 from ...utils.results_io import read_json, write_json
 from .context import RunContext, SuiteConfig
 
@@ -74,6 +74,7 @@ def run_suite(config: SuiteConfig, output_dir: str | Path, *, resume: bool = Fal
         start = time.perf_counter()
         results["experiments"][name] = _module(name).run(ctx)
         results["runtime_s"][name] = time.perf_counter() - start
+        results["dispatch"] = dispatch_record()  # which implementation ran each op, and any fallback
         write_json(path, results)
         log(f"{name}: {results['runtime_s'][name]:.1f} s")
     # Report order is this order (report.sections follows the file), also after a resume.

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ...layers.indexer import LightningIndexer
 from ...layers.indexer_loss import dense_indexer_loss
 from ...ops.dense import causal_mask
-from ...ops.sparse_attention import sparse_attention
+from ...ops.attention import sparse_attention
 from ...selection.base import select
 
 #: variant -> (selection, head)

@@ -28,10 +28,10 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ...ops.kernels.cpu import machine_with_kernel
+from ...ops.record import dispatch_record, machine_with_kernel
 from ...models.config import ModelConfig
 from ...training.config import RunConfig, StageConfig, TrainConfig
-from ...training.lm_data import load_data
+from ...data.lm import load_data
 from ...training.run_dir import load_model, load_results
 from ...training.trainer import train
 from ...utils.checks import check_int
@@ -339,6 +339,7 @@ class Study:
                 results["steps"]["runtime"] = self.runtime()
             results["runtime_s"][step] = time.perf_counter() - start
             self.log(f"{step}: {results['runtime_s'][step]:.1f} s")
+            results["dispatch"] = dispatch_record()  # which implementation ran each op, and any fallback
             write_json(self.results_path, results)
         results["runtime_s"]["total"] = sum(v for k, v in results["runtime_s"].items() if k != "total")
         write_json(self.results_path, results)

@@ -154,7 +154,7 @@ def run_dsa_experiment(config: RunConfig, out_dir: str | Path, *, resume: bool =
     checkpoint. Returns the contents of ``comparison_metrics.json``.
     """
     from ...report.lm.plots import plot_performance_comparison
-    from ...training.lm_data import load_data
+    from ...data.lm import load_data
 
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")

@@ -74,7 +74,7 @@ def attention_phases(model_config, n: int, top_k: int, *, batch_size: int = 1, r
     from ...layers.indexer_loss import sparse_indexer_loss
     from ...models.decoder import attention_config
     from ...ops.dense import dense_attention
-    from ...ops.sparse_attention import sparse_attention
+    from ...ops.attention import sparse_attention
     from ...selection.costs import selection_flops
     from ...selection.dsa import dsa_select
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ...ops.kernels.cpu import machine_with_kernel
+from ...ops.record import dispatch_record, machine_with_kernel
 from ...training.config import RunConfig
 from ...utils.checks import check_int
 from ...utils.memory import peak_memory_bytes, peak_memory_unavailable, saved_tensor_bytes
@@ -81,7 +81,7 @@ def _models(config: RunConfig, n: int, top_k: int, vocab: int, batch_size: int):
 
 def _backend_name(config: RunConfig, batch_size: int, n: int, top_k: int, device: torch.device) -> str:
     """The sparse attention backend ``model.backend`` resolves to for these shapes."""
-    from ...ops.backends import choose_backend
+    from ...ops.attention import choose_backend
 
     m = config.model
     q = torch.empty(batch_size, m.n_heads, n, m.head_dim, device=device)
@@ -242,6 +242,7 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
                      "precision_note": precision_note, "memory_unavailable": peak_memory_unavailable(device),
                      "timing": "median of interleaved single-call samples after one warm-up call each"},
         "rows": rows,
+        "dispatch": dispatch_record(),
     }
 
 

@@ -99,7 +99,7 @@ def run_ablation(config: RunConfig, key: str, values: Sequence[str] | str, out_d
     """Train one run per value of ``key`` (module docstring); returns the contents of ``ablation.json``."""
     from tqdm import tqdm
 
-    from ...training.lm_data import load_data
+    from ...data.lm import load_data
     from .compare import run_summary, train_or_load
 
     values = parse_values(values)

@@ -82,7 +82,7 @@ def _masked(matrix: Tensor, visible: Tensor):
 
 def _sample(run_config, sample: int, progress: bool) -> tuple[Tensor, Tensor, str]:
     """Validation sequence number ``sample`` (in the trainer's validation order), with its text."""
-    from ...training.lm_data import load_data
+    from ...data.lm import load_data
 
     check_int("--sample", sample, 0)
     train = run_config.train

@@ -1,0 +1,8 @@
+"""The sparse attention op: ``reference.py`` (the oracle), ``cpu.py`` + ``csrc/`` (C++ kernel),
+``triton.py`` (GPU kernel), ``implementations.py`` (what each supports, the registry) and
+``op.py`` (the public function: validation, dispatch, kernel)."""
+
+from .implementations import ATTENTION, Backend, backends, choose_backend, register_backend
+from .op import sparse_attention
+
+__all__ = ["ATTENTION", "Backend", "backends", "choose_backend", "register_backend", "sparse_attention"]

@@ -1,0 +1,106 @@
+"""Sparse attention on CPU: the C++ kernel of ``csrc/attention_cpu.cpp``.
+
+Per query token and KV group it computes the small GEMMs ``Q_g K_sel^T`` and ``P V_sel`` over the
+gathered keys (one gather serves every query head that shares the selection), with a fused
+softmax; the backward pass recomputes the probabilities from the saved log-sum-exp. bf16 forward
+passes of groups of up to 16 heads with D and D_v multiples of 32 run on the AMX tile unit where
+the CPU has one (``amx_attention.h``: products of bf16 values accumulated in fp32, the
+probabilities rounded to bf16 for ``P V``, as SDPA's bf16 CPU kernel does); everything else
+computes in fp32. The lane kernels (``lanes*.h``) run on AVX-512 or AVX2 + FMA (``simd16.h``); a
+build without FMA runs portable loops. Built per instruction-set level by
+:class:`~sparse_attention.ops.cpp.build.CppExtension`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..cpp.build import REPORTED_CPU_FLAGS, CppExtension, compile_flags, cpu_flags, isa_level
+from ..dispatch import Fallback
+
+EXTENSION = CppExtension("attention", Path(__file__).with_name("csrc"))
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def load_error(isa: str | None = None) -> str | None:
+    """Why the kernel for ``isa`` (default the session's level) is unavailable, None when it loaded."""
+    return EXTENSION.load_error(isa)
+
+
+def build_info(isa: str | None = None) -> dict:
+    """What the kernel was built for and what the CPU offers, for result files.
+
+    Returns ``{"isa_level", "compile_flags", "compiled_features", "cpu_flags", "amx_attention"}``;
+    ``compiled_features`` lists the instruction sets the build's code may use (empty when it
+    did not load, with ``"load_error"`` saying why).
+    """
+    level = isa_level() if isa is None else isa
+    ext = EXTENSION.module(level)
+    flags = cpu_flags()
+    info = {
+        "isa_level": level,
+        "compile_flags": compile_flags(level),
+        "compiled_features": list(ext.compiled_features()) if ext is not None else [],
+        "cpu_flags": [f for f in REPORTED_CPU_FLAGS if f in flags],
+        "amx_attention": bool(ext is not None and ext.amx_attention_available()),
+    }
+    if ext is None:
+        info["load_error"] = EXTENSION.load_error(level)
+    return info
+
+
+def amx_attention_available(isa: str | None = None) -> bool:
+    """Whether bf16 attention runs on AMX tiles here (a CPU with AMX-BF16 that the OS lets use)."""
+    ext = EXTENSION.module(isa)
+    return bool(ext is not None and ext.amx_attention_available())
+
+
+def _saved_indices(indices: Tensor, n_keys: int) -> Tensor:
+    """``indices`` as int32 when every key position fits (half the saved bytes), else as they are."""
+    return indices.int() if n_keys < 2**31 else indices
+
+
+class _SparseAttentionCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, indices, causal, scale, ext):
+        out, lse = ext.forward(q, k, v, indices, causal, scale)
+        # Kept as int32 until the backward: the selection is the largest tensor a sparse layer
+        # saves (N x K per selection head), and key positions fit 32 bits.
+        ctx.save_for_backward(q, k, v, _saved_indices(indices, k.shape[2]), out, lse)
+        ctx.causal, ctx.scale, ctx.ext = causal, scale, ext
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, indices, out, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.ext.backward(q, k, v, indices.long(), ctx.causal, ctx.scale, out, lse, grad_out.contiguous())
+        return dq, dk, dv, None, None, None, None
+
+
+def sparse_attention_cpu(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, *, causal: bool, scale: float,
+                         isa: str | None = None) -> Tensor:
+    """Same contract as the reference kernel; inputs are made contiguous and indices int64.
+
+    ``isa``: the build to run (``ISA_LEVELS``; default the session's level), for tests and
+    benchmarks of one level on a machine that has several.
+    """
+    ext = EXTENSION.require(isa)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return _SparseAttentionCPU.apply(q, k, v, indices.long().contiguous(), causal, float(scale), ext)
+
+
+def supports(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, needs_grad: bool) -> str | None:
+    """None when this kernel can run the inputs, else the reason (float16 CPU tensors: a documented
+    fallback to the reference)."""
+    if q.device.type != "cpu":
+        return f"runs on CPU tensors only, got {q.device.type}"
+    if q.dtype == torch.float16:
+        return Fallback("float16 on CPU runs on the reference (the CPU kernel takes float32 and bfloat16;"
+                        " cast to bfloat16 for speed)")
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {q.dtype} not supported (float32, bfloat16)"
+    return None

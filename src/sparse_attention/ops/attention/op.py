@@ -1,0 +1,66 @@
+"""The public sparse attention op: validation, dispatch, kernel."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from ..validation import check_index_range, check_indices, check_qkv, resolve_scale
+from .implementations import choose_backend
+
+logger = logging.getLogger(__name__)
+
+
+def sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    indices: Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    backend: str = "auto",
+    return_backend: bool = False,
+) -> Tensor | tuple[Tensor, str]:
+    """Softmax attention of each query over exactly the keys its selection lists.
+
+    Args:
+        q: ``[B, H, N_q, D]`` queries.
+        k: ``[B, H_kv, N_k, D]`` keys; ``H % H_kv == 0`` (GQA/MQA).
+        v: ``[B, H_kv, N_k, D_v]`` values.
+        indices: ``[B, H_sel, N_q, K]`` integer key positions. ``H_sel`` is 1 (one selection
+            shared by all heads, as in DeepSeek-V3.2), ``H_kv`` (one per KV head) or ``H``
+            (one per query head). ``-1`` marks an empty slot.
+        causal: when True, an index past the query's position is ignored even if listed.
+            Queries are end-aligned with keys: query ``i`` sees keys ``<= i + N_k - N_q``.
+        scale: softmax scale, default ``1/sqrt(D)``.
+        backend: ``"auto"`` (fastest backend that supports the inputs) or a backend name;
+            see :func:`sparse_attention.ops.attention.backends`.
+        return_backend: also return the name of the backend that ran.
+
+    Returns:
+        ``[B, H, N_q, D_v]`` (and the backend name when ``return_backend``).
+
+    Semantics:
+        * A row with no valid key (all ``-1`` or all in the causal future) returns zeros and
+          passes zero gradients, never NaN.
+        * Each slot is one term of the softmax: a key listed twice in a row gets twice the
+          weight (as if ``log 2`` were added to its logit). Selectors of this package never
+          emit duplicates.
+        * NaN in a query row propagates to that row only; NaN in a key or value reaches the
+          rows that select it, as in dense attention.
+    """
+    check_qkv(q, k, v)
+    check_indices(indices, q, k, check_range=False)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    scale = resolve_scale(scale, q.shape[-1])
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    chosen = choose_backend(backend, q, k, v, indices, needs_grad)
+    if not chosen.checks_index_range:
+        check_index_range(indices, k.shape[2])
+    logger.debug("sparse_attention: backend=%s", chosen.name)
+    out = chosen.run(q, k, v, indices, causal=causal, scale=scale)
+    return (out, chosen.name) if return_backend else out

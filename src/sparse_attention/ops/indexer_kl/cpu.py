@@ -1,0 +1,71 @@
+"""The DSA sparse-stage indexer loss, fused on CPU (``indexer_kl`` of the C++ extension).
+
+One pass per query row computes the lightning-indexer logits at the selected keys, the target
+(each attention head's softmax restricted to the selected keys, averaged over heads) and the
+row's ``KL(target || softmax(logits))`` together with its gradient: a row's loss depends on
+that row's logits only, so the gradient is known in the forward pass. The autograd function
+keeps the gradients and scales them by the incoming gradient in backward. No ``[N, K, D]``
+gathered copy and no ``[N, N]`` tensor is ever formed. See ``csrc/indexer_kl_cpu.cpp``; the
+PyTorch formulation it must equal is :func:`.reference.sparse_indexer_loss_reference`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..cpp.build import CppExtension
+
+EXTENSION = CppExtension("indexer_kl", Path(__file__).with_name("csrc"))
+
+#: input dtypes the kernel takes (converted to float32 without rounding).
+EXACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def supports(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor, *inputs, **options) -> str | None:
+    """None when :func:`indexer_kl_cpu` can run on these tensors, else why not."""
+    for t in (q, k, index_q, index_k, weights):
+        if t.device.type != "cpu":
+            return f"runs on CPU tensors only, got {t.device.type}"
+        if t.is_floating_point() and t.dtype not in EXACT_DTYPES:
+            return f"computes in float32; {t.dtype} inputs would lose precision"
+    return None
+
+
+class _IndexerKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, index_q, index_k, weights, indices, scale, ext):
+        need_grad = any(ctx.needs_input_grad[2:5])
+        try:
+            row_kl, has_keys, diq, dik, dw = ext.indexer_kl(q, k, index_q, index_k, weights, indices, scale, need_grad)
+        except RuntimeError as err:  # the kernel's shape and range checks, as the public boundary reports them
+            raise ValueError(str(err).splitlines()[0]) from None
+        rows = int(has_keys.sum())
+        ctx.grads = (diq / max(rows, 1), dik / max(rows, 1), dw / max(rows, 1)) if need_grad else None
+        return row_kl.sum() / rows if rows else row_kl.sum() * 0.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        diq, dik, dw = (g * grad for g in ctx.grads)
+        return None, None, diq, dik, dw, None, None, None
+
+
+def indexer_kl_cpu(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor, indices: Tensor, *,
+                   scale: float, isa: str | None = None) -> Tensor:
+    """Mean over query rows with a selected key of the sparse-stage indexer KL; differentiable in
+    ``index_q``, ``index_k`` and ``weights`` (the target is a constant).
+
+    Args:
+        q: ``[B, H, N, D]`` attention queries; k: ``[B, H_kv, N_k, D]`` attention keys.
+        index_q: ``[B, H_I, N, D_I]``; index_k: ``[B, N_k, D_I]``; weights: ``[B, N, H_I]``.
+        indices: ``[B, N, K]`` selected key positions shared by all heads, ``-1`` = empty slot.
+        scale: the attention's softmax scale.
+    Returns:
+        a scalar (0 with a zero gradient when no row has a key).
+    """
+    ext = EXTENSION.require(isa)
+    q, k = q.detach().float().contiguous(), k.detach().float().contiguous()
+    return _IndexerKL.apply(q, k, index_q.float().contiguous(), index_k.float().contiguous(),
+                            weights.float().contiguous(), indices.long().contiguous(), float(scale), ext)
