@@ -146,6 +146,23 @@ class Op:
             warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+def anywhere(*inputs: Any, **options: Any) -> None:
+    """``supports`` of an implementation that runs any inputs (a reference)."""
+    return None
+
+
+def reference_and_cpu(name: str, reference: Callable[..., Any], reference_description: str, cpu: Callable[..., Any],
+                      cpu_description: str, cpu_supports: Callable[..., Optional[str]],
+                      cpu_unavailable: Callable[[], Optional[str]] = _available) -> Op:
+    """An op with a ``reference`` (priority 0, runs anywhere) and a ``cpu`` implementation (priority 10)."""
+    op = Op(name)
+    op.register(Implementation(name="reference", priority=0, run=reference, supports=anywhere,
+                               description=reference_description))
+    op.register(Implementation(name="cpu", priority=10, run=cpu, supports=cpu_supports, unavailable=cpu_unavailable,
+                               description=cpu_description))
+    return op
+
+
 @contextmanager
 def forced(**implementations: str):
     """Within the block, ``"auto"`` takes the named implementation of each op given, e.g.

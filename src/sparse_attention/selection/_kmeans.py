@@ -45,15 +45,7 @@ def _assign(x: Tensor, c: Tensor, spherical: bool) -> Tensor:
 
 def _update(x: Tensor, labels: Tensor, c: Tensor, spherical: bool) -> Tensor:
     """New centroids ``[G, k, D]``; a cluster left empty keeps its previous centroid."""
-    g, k, d = c.shape
-    if x.device.type == "cpu":  # index_add is deterministic on CPU and avoids a [G, L, k] one-hot
-        flat = (labels + k * torch.arange(g).unsqueeze(-1)).reshape(-1)  # [G * L] cluster of problem g
-        sums = torch.zeros(g * k, d, dtype=x.dtype).index_add_(0, flat, x.reshape(-1, d)).view(g, k, d)
-        counts = torch.bincount(flat, minlength=g * k).view(g, k).to(x.dtype)
-    else:  # one-hot matmul: deterministic on GPU (no atomics)
-        onehot = F.one_hot(labels, k).to(x.dtype)  # [G, L, k]
-        sums = onehot.transpose(1, 2) @ x  # [G, k, D]
-        counts = onehot.sum(dim=1)  # [G, k]
+    sums, counts = kmeans_op.cluster_sums(x, labels, c.shape[1])  # [G, k, D], [G, k]
     if spherical:
         norms = sums.norm(dim=-1, keepdim=True)
         new = sums / norms.clamp_min(1e-12)

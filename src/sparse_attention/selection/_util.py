@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from ..ops.validation import query_key_limit
 from ..utils.checks import check_int

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..ops.topk import indexer_scores, scored_topk
+from ..ops.topk import scored_topk
 from ..utils.checks import check_int
 from ._util import make_generator
 from .base import Param, Selection, register_method

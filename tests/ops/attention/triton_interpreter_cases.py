@@ -1,8 +1,8 @@
-"""Run under TRITON_INTERPRET=1 (see test_triton_kernel.py): the Triton backend against the
-float64 reference, outputs and q/k/v gradients. Exits non-zero with a message on failure."""
+"""Collected only under TRITON_INTERPRET=1, by test_triton.py (the interpreter must be on before
+triton is imported): the Triton backend against the float64 reference, outputs and q/k/v
+gradients, on every index layout, GQA/MQA, duplicates, empty rows and float16."""
 
-import sys
-
+import pytest
 import torch
 from helpers import assert_close, grads, make_qkv
 
@@ -20,37 +20,27 @@ CASES = [  # (B, H, H_kv, N, D, K, layout, causal, dtype, tol)
 ]
 
 
-def main() -> int:
-    for b, h, h_kv, n, d, k, layout, causal, dtype, tol in CASES:
-        q, kk, v = make_qkv(b, h, h_kv, n, d=d, dtype=torch.float64, seed=n)
-        gen = torch.Generator().manual_seed(n + k)
-        h_sel = {"shared": 1, "per_kv_head": h_kv, "per_head": h}[layout]
-        idx = torch.randint(0, n, (b, h_sel, n, k), generator=gen)
-        idx = idx.masked_fill(torch.rand(idx.shape, generator=gen) < 0.2, -1)
-        idx[..., min(3, n - 1), :] = -1  # one row without keys
-        xs = [t.to(dtype).requires_grad_() for t in (q, kk, v)]
-        out, backend = sparse_attention(*xs, idx, causal=causal, backend="triton", return_backend=True)
-        refs = [t.detach().double().requires_grad_() for t in xs]
-        ref = sparse_attention(*refs, idx, causal=causal, backend="reference")
-        try:
-            assert backend == "triton"
-            assert_close(out, ref, tol)
-            for g, r in zip(grads(out, *xs), grads(ref, *refs)):
-                assert torch.isfinite(g).all()
-                assert_close(g, r, tol)
-        except AssertionError as err:
-            print(f"case {(b, h, h_kv, n, d, k, layout, causal, dtype)}: {err}")
-            return 1
-    try:
-        q, kk, v = make_qkv(1, 4, 2, 8, d=16)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c[:8])))
+def test_triton_interpreter_matches_the_reference(case):
+    b, h, h_kv, n, d, k, layout, causal, dtype, tol = case
+    q, kk, v = make_qkv(b, h, h_kv, n, d=d, dtype=torch.float64, seed=n)
+    gen = torch.Generator().manual_seed(n + k)
+    h_sel = {"shared": 1, "per_kv_head": h_kv, "per_head": h}[layout]
+    idx = torch.randint(0, n, (b, h_sel, n, k), generator=gen)
+    idx = idx.masked_fill(torch.rand(idx.shape, generator=gen) < 0.2, -1)
+    idx[..., min(3, n - 1), :] = -1  # one row without keys
+    xs = [t.to(dtype).requires_grad_() for t in (q, kk, v)]
+    out, backend = sparse_attention(*xs, idx, causal=causal, backend="triton", return_backend=True)
+    refs = [t.detach().double().requires_grad_() for t in xs]
+    ref = sparse_attention(*refs, idx, causal=causal, backend="reference")
+    assert backend == "triton"
+    assert_close(out, ref, tol)
+    for g, r in zip(grads(out, *xs), grads(ref, *refs)):
+        assert torch.isfinite(g).all()
+        assert_close(g, r, tol)
+
+
+def test_triton_interpreter_declines_a_selection_of_other_heads():
+    q, kk, v = make_qkv(1, 4, 2, 8, d=16)
+    with pytest.raises(ValueError, match="H_sel=3 must be 1, H_kv=2 or H=4"):
         sparse_attention(q, kk, v, torch.zeros(1, 3, 8, 2, dtype=torch.long), backend="triton")
-        print("a selection of 3 heads for 4 query heads on 2 KV heads was not declined")
-        return 1
-    except ValueError as err:
-        assert "index heads" in str(err) or "H_sel" in str(err), err
-    print("ok")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

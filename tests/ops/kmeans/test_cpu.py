@@ -9,7 +9,8 @@ from isa_levels import OTHER_LEVELS, require_level
 
 from sparse_attention.ops.dispatch import forced
 from sparse_attention.ops.kmeans import cpu as kmeans_cpu
-from sparse_attention.ops.kmeans.reference import assign_reference, kmeanspp_picks_reference
+from sparse_attention.ops.kmeans import cluster_sums
+from sparse_attention.ops.kmeans.reference import assign_reference, cluster_sums_reference, kmeanspp_picks_reference
 from sparse_attention.selection import select
 
 pytestmark = pytest.mark.skipif(kmeans_cpu.EXTENSION.load_error() is not None,
@@ -78,6 +79,16 @@ def test_fused_assignment_ties_and_nan():
     got = kmeans_cpu.assign(x, cent)
     assert got.tolist() == [[1, 3, 0]]  # ties go to the first; a NaN row scores NaN everywhere: the first
     assert torch.equal(got, (x @ cent.transpose(1, 2)).argmax(-1))
+
+
+@pytest.mark.parametrize("g, n, d, k", [(1, 1, 3, 1), (3, 50, 7, 5), (2, 300, 16, 40)])
+def test_cluster_sums_equal_the_one_hot_reference(g, n, d, k):
+    gen = torch.Generator().manual_seed(n)
+    x, labels = torch.randn(g, n, d, generator=gen), torch.randint(0, k, (g, n), generator=gen)
+    sums, counts = cluster_sums(x, labels, k, implementation="cpu")
+    want_sums, want_counts = cluster_sums_reference(x, labels, k)
+    torch.testing.assert_close(sums, want_sums, rtol=1e-5, atol=1e-5)
+    assert torch.equal(counts, want_counts) and counts.dtype == x.dtype
 
 
 @pytest.mark.parametrize("isa", OTHER_LEVELS)

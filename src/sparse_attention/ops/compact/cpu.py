@@ -26,17 +26,8 @@ def supports(first: Tensor, *inputs, **options) -> str | None:
 
 def compact_rows(indices: Tensor, n_keys: int, limit: Tensor | None = None, key_range: tuple[int, int] | None = None,
                  isa: str | None = None) -> Tensor:
-    """Sort each row, drop duplicates and invalid entries, trim to the widest row.
-
-    Args:
-        indices: ``[..., N_q, M]`` candidate key positions (integer; negative = none).
-        n_keys: ``N_k``; positions ``>= N_k`` are dropped.
-        limit: optional ``[N_q]`` last visible key per query; larger positions are dropped.
-        key_range: optional ``(start, stop)``: every row also holds keys ``[start, stop)`` (up
-            to its limit) without listing them, e.g. a causal block's own keys.
-    Returns:
-        ``[..., N_q, K]`` int64, ascending positions first, ``-1`` padding, ``K = max(1, widest row)``.
-    """
+    """:func:`sparse_attention.ops.compact.compact_rows` (arguments and result as there) by one bitmap
+    pass per row; ``isa``: the build to run (default the session's level)."""
     *lead, n_q, m = indices.shape
     flat = indices.reshape(math.prod(lead) * n_q, m).long()  # [R, M]
     lim = torch.empty(0, dtype=torch.long) if limit is None else limit.long().reshape(n_q)
@@ -47,18 +38,8 @@ def compact_rows(indices: Tensor, n_keys: int, limit: Tensor | None = None, key_
 
 def cluster_rows(members: Tensor, chosen: Tensor, n_keys: int, limit: Tensor | None = None,
                  key_range: tuple[int, int] | None = None, isa: str | None = None) -> Tensor:
-    """Index rows of the clustering selections: the union of the chosen clusters' members.
-
-    Args:
-        members: ``[Gm, C, M]`` key positions of each of ``C`` clusters per group (``-1`` padding).
-        chosen: ``[Gm, Q, c]`` clusters read by each of the group's ``Q`` query rows.
-        n_keys: ``N_k``. limit: optional ``[N_q]`` last visible key, row ``q`` using
-            ``limit[q % N_q]``. key_range: keys ``[start, stop)`` every row holds too.
-    Returns:
-        ``[Gm, Q, K]`` int64, ascending unique positions, ``-1`` padding, ``K = max(1, widest
-        row)``: what :func:`compact_rows` returns for the gathered member lists, without
-        gathering them.
-    """
+    """:func:`sparse_attention.ops.compact.cluster_rows`: reads the chosen clusters' members straight
+    into each row's bitmap, never gathering the ``[Q, c x M]`` candidate lists."""
     lim = torch.empty(0, dtype=torch.long) if limit is None else limit.long().reshape(-1)
     start, stop = (0, 0) if key_range is None else (int(key_range[0]), int(key_range[1]))
     return EXTENSION.require(isa).cluster_rows(members.long(), chosen.long(), int(n_keys), lim, start, stop)
@@ -66,17 +47,7 @@ def cluster_rows(members: Tensor, chosen: Tensor, n_keys: int, limit: Tensor | N
 
 def lsh_rows(order: Tensor, lo: Tensor, at: Tensor, hi: Tensor, pos: Tensor, window: int, causal: bool,
              include_self: bool, n_keys: int, isa: str | None = None) -> Tensor:
-    """Index rows of the LSH selection from the keys sorted by bucket (``selection.lsh``).
-
-    Args:
-        order: ``[T, Gk, N_k]`` per hash round and KV group, key positions sorted by (bucket, position).
-        lo, at, hi: ``[T, Gk, M]`` per query row: its bucket's run ``[lo, hi)`` of ``order`` and
-            the end ``at`` of the run's keys at positions ``<= pos``.
-        pos: ``[M]`` the row's end-aligned position. window: keys per row and round.
-        causal: take the ``window`` keys before ``at``; otherwise the ``window`` keys of the run
-            nearest to ``pos`` (ties to the earlier key). include_self: add the key at ``pos``.
-    Returns:
-        ``[Gk, M, K]`` int64, the union over rounds ascending and unique, ``-1`` padding.
-    """
+    """:func:`sparse_attention.ops.compact.lsh_rows`: each row reads its runs of the sorted orders
+    straight into its bitmap."""
     return EXTENSION.require(isa).lsh_rows(order.long(), lo.long(), at.long(), hi.long(), pos.long(), int(window),
                                        bool(causal), bool(include_self), int(n_keys))

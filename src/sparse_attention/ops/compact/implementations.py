@@ -8,24 +8,15 @@ kernel (one bitmap pass per row).
 
 from __future__ import annotations
 
-from ..dispatch import Implementation, Op
+from ..dispatch import reference_and_cpu
 from . import cpu, reference
 
+_SORTS = "PyTorch: sort, drop duplicates, sort again (any device)"
+_BITMAP = "C++: one bitmap of N_k bits per row, read back in order"
 
-def _anywhere(*inputs, **options) -> None:
-    return None
-
-
-def _op(name: str, reference_fn, cpu_fn) -> Op:
-    op = Op(name)
-    op.register(Implementation(name="reference", priority=0, run=reference_fn, supports=_anywhere,
-                               description="PyTorch: sort, drop duplicates, sort again (any device)"))
-    op.register(Implementation(name="cpu", priority=10, run=cpu_fn, supports=cpu.supports,
-                               unavailable=cpu.EXTENSION.load_error,
-                               description="C++: one bitmap of N_k bits per row, read back in order"))
-    return op
-
-
-COMPACT_ROWS = _op("compact_rows", reference.compact_rows_reference, cpu.compact_rows)
-CLUSTER_ROWS = _op("cluster_rows", reference.cluster_rows_reference, cpu.cluster_rows)
-LSH_ROWS = _op("lsh_rows", reference.lsh_rows_reference, cpu.lsh_rows)
+COMPACT_ROWS = reference_and_cpu("compact_rows", reference.compact_rows_reference, _SORTS, cpu.compact_rows, _BITMAP,
+                                 cpu.supports, cpu.EXTENSION.load_error)
+CLUSTER_ROWS = reference_and_cpu("cluster_rows", reference.cluster_rows_reference, _SORTS, cpu.cluster_rows, _BITMAP,
+                                 cpu.supports, cpu.EXTENSION.load_error)
+LSH_ROWS = reference_and_cpu("lsh_rows", reference.lsh_rows_reference, _SORTS, cpu.lsh_rows, _BITMAP, cpu.supports,
+                             cpu.EXTENSION.load_error)

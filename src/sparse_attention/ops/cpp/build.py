@@ -136,6 +136,10 @@ def _write_if_missing(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+#: Every op's extension by op name (each room's ``cpu.py`` creates its own on import).
+EXTENSIONS: dict[str, "CppExtension"] = {}
+
+
 class CppExtension:
     """One op's C++ extension: the ``.cpp`` and headers of ``csrc`` plus :data:`SHARED_INCLUDE`.
 
@@ -149,6 +153,7 @@ class CppExtension:
         self._lock = threading.Lock()
         self._modules: dict[str, object] = {}
         self._errors: dict[str, str] = {}
+        EXTENSIONS.setdefault(op, self)
 
     def files(self) -> list[Path]:
         """Every file the build reads: the op's sources and headers, then the shared headers."""
@@ -236,3 +241,57 @@ class CppExtension:
             raise ValueError(f"the {self.op} CPU kernel for {isa or isa_level()!r} is unavailable:"
                              f" {self.load_error(isa)}")
         return module
+
+
+def prebuild(levels: list[str] | tuple[str, ...] = ("native",), workers: int = 2, log=None) -> dict[str, str]:
+    """Compile every op's extension at ``levels`` that this CPU runs and the cache lacks, ``workers``
+    builds at a time, each in a process of its own (one compiler job per build; on first use they
+    would build one after another). Returns ``{"op/level": error}`` for the builds that failed;
+    a later :meth:`CppExtension.module` loads the rest from the cache at once.
+
+    Args:
+        levels: instruction-set levels (:data:`ISA_LEVELS`). workers: builds at a time.
+        log: called with a line per build started (e.g. ``print``), or None.
+    """
+    import subprocess
+
+    todo = [(ext, level) for level in levels for ext in EXTENSIONS.values()
+            if isa_unavailable_reason(level) is None and not ext.is_built(level)]
+    failed: dict[str, str] = {}
+    running: list[tuple[str, subprocess.Popen]] = []
+
+    def finish(entry):
+        key, proc = entry
+        _, err = proc.communicate()
+        if proc.returncode:
+            failed[key] = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+
+    for ext, level in todo:
+        while len(running) >= max(1, workers):
+            finish(running.pop(0))
+        if log is not None:
+            log(f"sparse-attention: compiling the {ext.op} CPU kernel for {level!r}")
+        running.append((f"{ext.op}/{level}", subprocess.Popen(
+            [sys.executable, "-m", "sparse_attention.ops.cpp.build", ext.op, level],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
+    for entry in running:
+        finish(entry)
+    return failed
+
+
+def _build_one(op: str, level: str) -> int:
+    """``python -m sparse_attention.ops.cpp.build OP LEVEL``: build one extension (used by :func:`prebuild`)."""
+    import importlib
+
+    importlib.import_module(f"sparse_attention.ops.{op}.cpu")  # registers the op's extension
+    # Run as __main__, this file is a module of its own: the registry is the imported module's.
+    registry = importlib.import_module("sparse_attention.ops.cpp.build").EXTENSIONS
+    error = registry[op].load_error(level)
+    if error is not None:
+        sys.stderr.write(f"{op}/{level}: {error}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_build_one(*sys.argv[1:3]))

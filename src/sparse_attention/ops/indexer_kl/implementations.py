@@ -4,7 +4,7 @@ pass), chosen by :data:`INDEXER_KL` under the rule of :mod:`sparse_attention.ops
 
 from __future__ import annotations
 
-from ..dispatch import Implementation, Op
+from ..dispatch import Implementation, Op, anywhere
 from . import cpu
 from .reference import sparse_indexer_loss_reference
 
@@ -12,7 +12,7 @@ from .reference import sparse_indexer_loss_reference
 INDEXER_KL = Op("indexer_kl")
 
 INDEXER_KL.register(Implementation(
-    name="reference", priority=0, run=sparse_indexer_loss_reference, supports=lambda *inputs, **options: None,
+    name="reference", priority=0, run=sparse_indexer_loss_reference, supports=anywhere,
     description="PyTorch: indexer logits at the selected keys, the sparse attention target and the KL, per"
     " query chunk (any device; autograd)"))
 INDEXER_KL.register(Implementation(

@@ -1,5 +1,5 @@
-"""k-means steps of the clustering selections (``ssa``, ``routing``): the k-means++ draws and the
-nearest-centroid assignment. ``reference.py`` (the oracle), ``cpu.py`` + ``csrc/`` (C++ kernels),
+"""k-means steps of the clustering selections (``ssa``, ``routing``): the k-means++ draws, the
+nearest-centroid assignment and the per-cluster sums of the update. ``reference.py`` (the oracle), ``cpu.py`` + ``csrc/`` (C++ kernels),
 ``implementations.py`` (what each supports). The Lloyd loop itself is
 :func:`sparse_attention.selection._kmeans.kmeans`."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .implementations import KMEANS_ASSIGN, KMEANS_SEED
+from .implementations import KMEANS_ASSIGN, KMEANS_SEED, KMEANS_SUMS
 
 
 def kmeanspp_picks(x: Tensor, uniforms: Tensor, spherical: bool, *, implementation: str = "auto") -> Tensor:
@@ -28,4 +28,11 @@ def assign(x: Tensor, centroids: Tensor, bias: Tensor | None = None, *, implemen
     return KMEANS_ASSIGN.choose(implementation, x).run(x, centroids, bias)
 
 
-__all__ = ["KMEANS_ASSIGN", "KMEANS_SEED", "assign", "kmeanspp_picks"]
+
+def cluster_sums(x: Tensor, labels: Tensor, k: int, *, implementation: str = "auto") -> tuple[Tensor, Tensor]:
+    """Per cluster the sum ``[G, k, D]`` and the count ``[G, k]`` (in ``x``'s dtype) of the points
+    ``x [G, L, D]`` whose ``labels [G, L]`` name it: the Lloyd update's reduction."""
+    return KMEANS_SUMS.choose(implementation, x).run(x, labels, k)
+
+
+__all__ = ["KMEANS_ASSIGN", "KMEANS_SEED", "KMEANS_SUMS", "assign", "cluster_sums", "kmeanspp_picks"]

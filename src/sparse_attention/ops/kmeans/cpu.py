@@ -42,3 +42,12 @@ def assign(x: Tensor, centroids: Tensor, bias: Tensor | None = None, isa: str | 
     """
     b = torch.empty(0) if bias is None else bias.float().contiguous()
     return EXTENSION.require(isa).kmeans_assign(x.float().contiguous(), centroids.float().contiguous(), b)
+
+
+def cluster_sums(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`.reference.cluster_sums_reference` by ``index_add`` and ``bincount``: deterministic on CPU,
+    and no ``[G, L, k]`` one-hot (PyTorch ops; the CPU's implementation, not a C++ kernel)."""
+    g, d = x.shape[0], x.shape[-1]
+    flat = (labels + k * torch.arange(g).unsqueeze(-1)).reshape(-1)  # [G * L]: cluster of problem g
+    sums = torch.zeros(g * k, d, dtype=x.dtype).index_add_(0, flat, x.reshape(-1, d)).view(g, k, d)
+    return sums, torch.bincount(flat, minlength=g * k).view(g, k).to(x.dtype)

@@ -7,6 +7,7 @@ distances), the same argmax with its tie rule.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -57,3 +58,10 @@ def assign_reference(x: Tensor, centroids: Tensor, bias: Tensor | None = None) -
     if bias is None:
         return (x @ centroids.transpose(-1, -2)).argmax(dim=-1)  # [G, L, C] -> [G, L]
     return torch.baddbmm(bias.unsqueeze(1), x, centroids.transpose(-1, -2)).argmax(dim=-1)
+
+
+def cluster_sums_reference(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per cluster the sum ``[G, k, D]`` and the count ``[G, k]`` of the points ``x [G, L, D]`` with
+    ``labels [G, L]``, by a one-hot matmul: no atomics, so deterministic on a GPU too (any device)."""
+    onehot = F.one_hot(labels, k).to(x.dtype)  # [G, L, k]
+    return onehot.transpose(1, 2) @ x, onehot.sum(dim=1)

@@ -55,15 +55,10 @@ def supports(q: Tensor, k: Tensor, weights: Tensor | None, *, precision: str = "
 def fused_topk(q: Tensor, k: Tensor, weights: Tensor | None, *, top_k: int, causal: bool, relu: bool,
                group: int = 1, precision: str = "float32", key_mask: Tensor | None = None,
                isa: str | None = None, _avoid_amx: bool = False) -> Tensor:
-    """Top-k keys per (row, query) by fused scoring.
+    """Top-k keys per (row, query) by fused scoring: :func:`sparse_attention.ops.topk.scored_topk`
+    (arguments and result as there, without its ``scoring``) in one C++ pass.
 
     Args:
-        q: ``[R, J, N_q, D]`` queries of ``J`` heads whose scores are summed per row.
-        k: ``[R // group, N_k, D]`` keys; row ``r`` scores against key row ``r // group``.
-        weights: ``[R, N_q, J]`` per-query head weights, or None for all ones.
-        top_k: keys kept per query, ``K = min(top_k, N_k)``.
-        causal: query ``t`` sees keys ``<= t + N_k - N_q``.
-        relu: apply ReLU to each head's dot product before weighting (lightning indexer).
         precision: ``"float32"`` (exact fp32 products) or ``"bfloat16"``: q and k rounded to
             bf16, products accumulated in fp32, on AMX tiles or AVX512-BF16 where available
             (~2-4x faster; DeepSeek-V3.2 runs its indexer in FP8 for the same reason); on

@@ -8,7 +8,7 @@ selection in one C++ pass, memory O(N_q * K)), chosen by :data:`TOPK` under the 
 
 from __future__ import annotations
 
-from ..dispatch import Implementation, Op
+from ..dispatch import Implementation, Op, anywhere
 from . import cpu
 from .reference import scored_topk_reference
 
@@ -16,7 +16,7 @@ from .reference import scored_topk_reference
 TOPK = Op("topk", option="scoring")
 
 TOPK.register(Implementation(
-    name="chunked", priority=0, run=scored_topk_reference, supports=lambda *inputs, **options: None,
+    name="chunked", priority=0, run=scored_topk_reference, supports=anywhere,
     description="score chunks of queries with torch GEMMs, torch.topk per chunk (any device; memory O(chunk * N_k))",
 ))
 TOPK.register(Implementation(

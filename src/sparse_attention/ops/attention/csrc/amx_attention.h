@@ -4,7 +4,7 @@
 // The selected keys are copied row by row into a buffer that is directly the A operand of
 //   S^T = K_sel Q^T        [n x 16]   (A: 16 keys x 32 features, B: Q^T as feature pairs)
 // so the keys are never transposed; S^T has the heads in the lanes of one register per key,
-// and the softmax runs lane-wise over keys (as in lanes_avx512.h). The probabilities are rounded
+// and the softmax runs lane-wise over keys (as in lanes.h). The probabilities are rounded
 // to bf16 two keys at a time (the pair layout the tile unit multiplies) and one 16 x 16
 // transpose of 32-bit pairs per 32 keys turns them head-major, the A operand of
 //   O = P V_sel            [16 x D_v] (B: V_sel with key pairs interleaved, built while gathering).

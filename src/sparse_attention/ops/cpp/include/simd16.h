@@ -1,5 +1,6 @@
-// Sixteen floats as one value, for the lane kernels (lanes_avx512.h, lanes_blocks.h, lanes_rows.h)
-// on every x86-64 level that has FMA: one AVX-512 register, or a pair of AVX2 registers.
+// Sixteen floats as one value, for the lane kernels of the attention (ops/attention/csrc: lanes.h,
+// lanes_blocks.h, lanes_rows.h, lanes_rows_backward.h) and of k-means, on every x86-64 level that
+// has FMA: one AVX-512 register, or a pair of AVX2 registers.
 //
 // The lane kernels are written once against these operations, so the AVX2 build runs the same
 // arithmetic in the same order as the AVX-512 one (results agree to the last bit except where a
@@ -8,8 +9,17 @@
 // live on AVX-512 needs 32 ymm registers on AVX2. The kernels take their blocking constants
 // (keys or heads per register block) from kRegisterBudget below instead of fixing them.
 //
-// SA_LANES is defined where these kernels exist (AVX-512F, or AVX2 with FMA); the generic
-// build (no FMA) runs the portable tiled loops of sparse_attention_cpu.cpp instead.
+// Besides F16: eight floats as one value (F8, one AVX2 register on both levels) for loops whose
+// width is 8 (the indexer KL's dot products and gradient rows, the AVX2 top-k selection), compress
+// stores (the lanes of a mask moved to the front and stored, for the top-k selection), and on
+// AVX512-BF16 dot products of bf16 pairs (the bf16 top-k scorer). The kernels that include this
+// header use no vector intrinsics of their own (AMX tile code aside): they test SA_LANES* and
+// call these.
+//
+// SA_LANES is defined where these kernels exist (AVX-512F, or AVX2, with FMA); the generic
+// build (no FMA) runs the portable loops of each op instead (for the attention, the tiled loops
+// of ops/attention/csrc/attention_cpu.cpp). SA_LANES_AVX512 / SA_LANES_AVX2 say which level;
+// SA_LANES_BF16 adds the bf16 pair dot products (AVX-512 with AVX512-BF16).
 #pragma once
 
 #include <immintrin.h>
@@ -17,9 +27,12 @@
 #include <array>
 #include <cstdint>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__FMA__)
 #define SA_LANES 1
 #define SA_LANES_AVX512 1
+#if defined(__AVX512BF16__)
+#define SA_LANES_BF16 1
+#endif
 #elif defined(__AVX2__) && defined(__FMA__)
 #define SA_LANES 1
 #define SA_LANES_AVX2 1
@@ -29,6 +42,35 @@
 namespace simd {
 
 using Mask16 = uint32_t;  // bit i: lane i
+
+// Eight floats (eight int32) as one value: one AVX2 register, on both levels (the AVX-512 level
+// has AVX2 and FMA too), for loops that run 8 wide there as well.
+using F8 = __m256;
+using I8 = __m256i;
+
+inline F8 zero8() { return _mm256_setzero_ps(); }
+inline F8 set1_8(float x) { return _mm256_set1_ps(x); }
+inline F8 loadu8(const float* p) { return _mm256_loadu_ps(p); }
+inline F8 broadcast8(const float* p) { return _mm256_broadcast_ss(p); }  // *p in every lane
+inline I8 loadu8(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline void storeu(float* p, F8 x) { _mm256_storeu_ps(p, x); }
+inline void store(float* p, F8 x) { _mm256_store_ps(p, x); }  // p 32-byte aligned
+inline F8 add(F8 a, F8 b) { return _mm256_add_ps(a, b); }
+inline F8 fmadd(F8 a, F8 b, F8 c) { return _mm256_fmadd_ps(a, b, c); }
+// NaN lanes become +inf.
+inline F8 nan_to_posinf(F8 x) {
+  return _mm256_blendv_ps(x, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+// Bit i: lane i of a > b (false where a or b is NaN).
+inline uint32_t greater_mask(F8 a, F8 b) {
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)));
+}
+// out[i] = sum of the 8 lanes of x_i, for i < 4: two rounds of horizontal adds leave each sum's
+// halves in the two 128-bit lanes, which are then added.
+inline void store_sum4(float* out, F8 x0, F8 x1, F8 x2, F8 x3) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(x0, x1), _mm256_hadd_ps(x2, x3));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+}
 
 // Vector registers a kernel may keep live, in units of F16: blocking constants scale with it.
 #if defined(SA_LANES_AVX512)
@@ -54,16 +96,58 @@ inline Mask16 unordered(F16 x) { return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q); 
 inline float reduce_max(F16 x) { return _mm512_reduce_max_ps(x); }
 inline float reduce_add(F16 x) { return _mm512_reduce_add_ps(x); }
 inline float first(F16 x) { return _mm512_cvtss_f32(x); }
-// x in lanes < count (0 < count <= 16), 0 elsewhere.
 // Lane-wise a > b ? x : y (false where a or b is NaN).
 inline F16 where_greater(F16 a, F16 b, F16 x, F16 y) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), y, x); }
 // NaN lanes become +inf.
 inline F16 nan_to_posinf(F16 x) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x, _mm512_set1_ps(__builtin_inff()));
 }
+// x in lanes < count (0 < count <= 16), 0 elsewhere.
 inline F16 keep_first(F16 x, int count) {
   return _mm512_maskz_mov_ps(static_cast<__mmask16>((uint32_t{1} << count) - 1), x);
 }
+
+// A mask register (bit i: lane i; AVX-512 only), as the compares and compress stores below take
+// it: kernels that combine these masks keep them in mask registers (Mask16 would move them to
+// general ones).
+using KMask16 = __mmask16;
+// Lane-wise a > b, a < b (false where a or b is NaN), and not a <= b (a > b, or a or b NaN).
+inline KMask16 greater_mask(F16 a, F16 b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+inline KMask16 less_mask(F16 a, F16 b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+inline KMask16 not_less_equal_mask(F16 a, F16 b) { return _mm512_cmp_ps_mask(a, b, _CMP_NLE_UQ); }
+
+// Sixteen int32 (AVX-512 only: the compress stores of key numbers).
+using I16 = __m512i;
+inline I16 loadu(const int32_t* p) { return _mm512_loadu_si512(p); }
+// Lane l: first + l.
+inline I16 iota(int32_t first) {
+  return _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                          _mm512_set1_epi32(first));
+}
+// The lanes of `mask` moved to the front (in order) and all 16 lanes stored at dst, which needs
+// room for 16. Compressed in a register, then stored: the memory form of the compress store
+// (vpcompressps to memory) is microcoded and slow on AMD Zen 4. Unlike compress_store (AVX2) it
+// returns no count (count below): a kernel storing two registers under one mask counts once,
+// after both stores, where a count returned by the first store would be scheduled before the second.
+inline void store_compressed(float* dst, KMask16 mask, F16 x) {
+  _mm512_storeu_ps(dst, _mm512_maskz_compress_ps(mask, x));
+}
+inline void store_compressed(int32_t* dst, KMask16 mask, I16 x) {
+  _mm512_storeu_si512(dst, _mm512_maskz_compress_epi32(mask, x));
+}
+// Lanes set in mask.
+inline int count(KMask16 mask) { return __builtin_popcount(mask); }
+
+#if defined(SA_LANES_BF16)
+// Sixteen pairs of bf16 (pair l in lane l, first element in the low half), for dot_pairs.
+using BF16Pairs = __m512bh;
+inline BF16Pairs loadu_pairs(const void* p) { return (__m512bh)_mm512_loadu_si512(p); }
+// The same pair in every lane (its two bf16 as one int32).
+inline BF16Pairs set1_pair(int32_t pair) { return (__m512bh)_mm512_set1_epi32(pair); }
+// acc + a.first * b.first + a.second * b.second, lane-wise (one vdpbf16ps: products exact, sums
+// in fp32).
+inline F16 dot_pairs(F16 acc, BF16Pairs a, BF16Pairs b) { return _mm512_dpbf16_ps(acc, a, b); }
+#endif
 #else
 constexpr int kRegisterBudget = 16;
 struct F16 {
@@ -128,17 +212,17 @@ inline constexpr std::array<uint64_t, 256> kCompressTable = make_compress_table(
 inline __m256i compress_permutation(uint32_t mask) {
   return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kCompressTable[mask])));
 }
-inline int compress_store(float* dst, uint32_t mask, __m256 v) {
+inline int compress_store(float* dst, uint32_t mask, F8 v) {
   _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, compress_permutation(mask)));
   return __builtin_popcount(mask);
 }
-inline int compress_store(int32_t* dst, uint32_t mask, __m256i v) {
+inline int compress_store(int32_t* dst, uint32_t mask, I8 v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permutevar8x32_epi32(v, compress_permutation(mask)));
   return __builtin_popcount(mask);
 }
-inline uint32_t greater_mask(__m256 a, __m256 b) {
-  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)));
-}
+// Lanes 0-7, lanes 8-15 of x (by reference: of an x in memory only that half is loaded).
+inline F8 lower(const F16& x) { return x.lo; }
+inline F8 upper(const F16& x) { return x.hi; }
 
 inline F16 where_greater(F16 a, F16 b, F16 x, F16 y) {
   return {_mm256_blendv_ps(y.lo, x.lo, _mm256_cmp_ps(a.lo, b.lo, _CMP_GT_OQ)),

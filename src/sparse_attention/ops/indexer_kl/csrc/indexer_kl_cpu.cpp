@@ -41,22 +41,20 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// Four dot products sharing a: four independent accumulator chains.
+// Four dot products sharing a: four independent accumulator chains (8 wide on both vector levels).
 inline void dot4(const float* a, const float* b0, const float* b1, const float* b2, const float* b3, int64_t n,
                  float* out) {
   int64_t i = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+#if defined(SA_LANES)
+  simd::F8 s0 = simd::zero8(), s1 = simd::zero8(), s2 = simd::zero8(), s3 = simd::zero8();
   for (; i + 8 <= n; i += 8) {
-    const __m256 x = _mm256_loadu_ps(a + i);
-    s0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b0 + i), s0);
-    s1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b1 + i), s1);
-    s2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b2 + i), s2);
-    s3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b3 + i), s3);
+    const simd::F8 x = simd::loadu8(a + i);
+    s0 = simd::fmadd(x, simd::loadu8(b0 + i), s0);
+    s1 = simd::fmadd(x, simd::loadu8(b1 + i), s1);
+    s2 = simd::fmadd(x, simd::loadu8(b2 + i), s2);
+    s3 = simd::fmadd(x, simd::loadu8(b3 + i), s3);
   }
-  // Two rounds of horizontal adds leave each sum's halves in the two 128-bit lanes.
-  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
-  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+  simd::store_sum4(out, s0, s1, s2, s3);
 #else
   out[0] = out[1] = out[2] = out[3] = 0.f;
 #endif
@@ -93,23 +91,23 @@ inline void gathered_gemm(const float* G, int64_t J, int64_t stride, const float
   for (int64_t j0 = 0; j0 < J; j0 += 4) {
     const int64_t jn = std::min<int64_t>(4, J - j0);
     int64_t d = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-    for (; d + 16 <= n; d += 16) {
-      __m256 lo[4], hi[4];
-      for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm256_setzero_ps();
+#if defined(SA_LANES)
+    for (; d + 16 <= n; d += 16) {  // two F8 per row (8 wide on the AVX-512 level too)
+      simd::F8 lo[4], hi[4];
+      for (int j = 0; j < 4; ++j) lo[j] = hi[j] = simd::zero8();
       for (int64_t s = 0; s < count; ++s) {
         const float* row = rows + int64_t{keys[s]} * n + d;
-        const __m256 r0 = _mm256_loadu_ps(row), r1 = _mm256_loadu_ps(row + 8);
+        const simd::F8 r0 = simd::loadu8(row), r1 = simd::loadu8(row + 8);
         for (int64_t j = 0; j < jn; ++j) {
-          const __m256 g = _mm256_broadcast_ss(G + (j0 + j) * stride + s);
-          lo[j] = _mm256_fmadd_ps(g, r0, lo[j]);
-          hi[j] = _mm256_fmadd_ps(g, r1, hi[j]);
+          const simd::F8 g = simd::broadcast8(G + (j0 + j) * stride + s);
+          lo[j] = simd::fmadd(g, r0, lo[j]);
+          hi[j] = simd::fmadd(g, r1, hi[j]);
         }
       }
       for (int64_t j = 0; j < jn; ++j) {
         float* o = out[j0 + j] + d;
-        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), lo[j]));
-        _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(o + 8), hi[j]));
+        simd::storeu(o, simd::add(simd::loadu8(o), lo[j]));
+        simd::storeu(o + 8, simd::add(simd::loadu8(o + 8), hi[j]));
       }
     }
 #endif
@@ -137,13 +135,13 @@ inline void scatter_rows(const float* G, int64_t J, int64_t stride, const float*
       float g[kHeads];
       for (int64_t j = 0; j < jn; ++j) g[j] = G[(j0 + j) * stride + s];
       int64_t d = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-      __m256 gv[kHeads];
-      for (int64_t j = 0; j < jn; ++j) gv[j] = _mm256_set1_ps(g[j]);
+#if defined(SA_LANES)
+      simd::F8 gv[kHeads];
+      for (int64_t j = 0; j < jn; ++j) gv[j] = simd::set1_8(g[j]);
       for (; d + 8 <= n; d += 8) {
-        __m256 acc = _mm256_loadu_ps(row + d);
-        for (int64_t j = 0; j < jn; ++j) acc = _mm256_fmadd_ps(gv[j], _mm256_loadu_ps(a[j0 + j] + d), acc);
-        _mm256_storeu_ps(row + d, acc);
+        simd::F8 acc = simd::loadu8(row + d);
+        for (int64_t j = 0; j < jn; ++j) acc = simd::fmadd(gv[j], simd::loadu8(a[j0 + j] + d), acc);
+        simd::storeu(row + d, acc);
       }
 #endif
       for (; d < n; ++d) {

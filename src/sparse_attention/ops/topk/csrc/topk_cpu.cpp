@@ -16,10 +16,12 @@
 // causal work. Ties at the threshold keep the key seen first. A NaN score ranks above every number
 // (it is offered as +inf, as torch.topk orders NaN first), so a key whose score is NaN is selected
 // wherever it is visible, and the attention over it then carries the NaN, as dense attention does.
+//
+// Vector code goes through simd16.h (SA_LANES*: F16, F8, compress stores, bf16 pair dot products);
+// only the AMX tile code (_tile_* of amx_panel_logits) stays raw: tiles are matrices in tile
+// registers configured per thread (amx_tiles.h), not vector lanes, and exist on no other level.
 
 #include "op_library.h"
-
-#include <immintrin.h>
 
 #include "aligned_vector.h"
 #include "amx_tiles.h"
@@ -34,7 +36,7 @@
 
 namespace {
 
-constexpr int64_t kPanel = 64;  // keys per panel: 4 AVX-512 registers of floats
+constexpr int64_t kPanel = 64;  // keys per panel: 4 simd::F16 of floats
 constexpr int64_t kGrow = 2;  // a candidate buffer is cut back to K when it holds kGrow * K
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kPosInf = std::numeric_limits<float>::infinity();
@@ -53,20 +55,10 @@ struct SelectScratch {
   }
 };
 
-#if defined(__AVX512F__)
-// Compress the lanes of ``v`` selected by ``m`` to the front and store all 16 lanes at ``p``
-// (which must have room for 16): the register form of a compress store. The memory form
-// (vpcompressps to memory) is microcoded and slow on AMD Zen 4.
-inline void store_compressed(float* p, __mmask16 m, __m512 v) { _mm512_storeu_ps(p, _mm512_maskz_compress_ps(m, v)); }
-inline void store_compressed(int32_t* p, __mmask16 m, __m512i v) {
-  _mm512_storeu_si512(p, _mm512_maskz_compress_epi32(m, v));
-}
-#endif
-
 // Value of the k-th largest of a[0 .. n) (1 <= k <= n; no NaN). Quickselect whose partition
-// step writes the greater and the smaller elements to two buffers with AVX-512 compress
-// stores (about a cycle per 16 elements); elements equal to the pivot are only counted, so
-// runs of equal scores (ReLU zeros) end the search at once.
+// step writes the greater and the smaller elements to two buffers with compress stores
+// (simd16.h: AVX-512 about a cycle per 16 elements; AVX2 a permutation per 8); elements equal
+// to the pivot are only counted, so runs of equal scores (ReLU zeros) end the search at once.
 float kth_largest(const float* a, int64_t n, int64_t k, SelectScratch& w) {
   int pair = 0;
   while (n > 32) {
@@ -75,20 +67,20 @@ float kth_largest(const float* a, int64_t n, int64_t k, SelectScratch& w) {
     float* gt = w.buf[2 * pair].data();
     float* lt = w.buf[2 * pair + 1].data();
     int64_t n_gt = 0, n_lt = 0, i = 0;
-#if defined(__AVX512F__)
-    const __m512 pv = _mm512_set1_ps(pivot);
-    for (; i + 16 <= n; i += 16) {
-      const __m512 v = _mm512_loadu_ps(a + i);
-      const __mmask16 m_gt = _mm512_cmp_ps_mask(v, pv, _CMP_GT_OQ), m_lt = _mm512_cmp_ps_mask(v, pv, _CMP_LT_OQ);
-      store_compressed(gt + n_gt, m_gt, v);  // n_gt + 16 <= i + 16 <= n: room
-      store_compressed(lt + n_lt, m_lt, v);
-      n_gt += __builtin_popcount(m_gt);
-      n_lt += __builtin_popcount(m_lt);
+#if defined(SA_LANES_AVX512)
+    const simd::F16 pv = simd::set1(pivot);
+    for (; i + 16 <= n; i += 16) {  // n_gt + 16 <= i + 16 <= n: room for each 16-lane store
+      const simd::F16 v = simd::loadu(a + i);
+      const simd::KMask16 m_gt = simd::greater_mask(v, pv), m_lt = simd::less_mask(v, pv);
+      simd::store_compressed(gt + n_gt, m_gt, v);
+      simd::store_compressed(lt + n_lt, m_lt, v);
+      n_gt += simd::count(m_gt);
+      n_lt += simd::count(m_lt);
     }
 #elif defined(SA_LANES_AVX2)
-    const __m256 pv = _mm256_set1_ps(pivot);
+    const simd::F8 pv = simd::set1_8(pivot);
     for (; i + 8 <= n; i += 8) {  // gt, lt hold n >= i + 8 values: room for each 8-lane store
-      const __m256 v = _mm256_loadu_ps(a + i);
+      const simd::F8 v = simd::loadu8(a + i);
       n_gt += simd::compress_store(gt + n_gt, simd::greater_mask(v, pv), v);
       n_lt += simd::compress_store(lt + n_lt, simd::greater_mask(pv, v), v);
     }
@@ -135,22 +127,21 @@ struct Candidates {
   void shrink(int64_t k, SelectScratch& w) {
     const float kth = kth_largest(score.data(), count, k, w);
     int64_t kept = 0, i = 0;
-#if defined(__AVX512F__)
-    const __m512 kv = _mm512_set1_ps(kth);
-    for (; i + 16 <= count; i += 16) {
-      const __m512 v = _mm512_loadu_ps(score.data() + i);
-      const __mmask16 m = _mm512_cmp_ps_mask(v, kv, _CMP_GT_OQ);
-      store_compressed(next_score.data() + kept, m, v);  // kept <= i: room for 16
-      store_compressed(next_key.data() + kept, m, _mm512_loadu_si512(key.data() + i));
-      kept += __builtin_popcount(m);
+#if defined(SA_LANES_AVX512)
+    const simd::F16 kv = simd::set1(kth);
+    for (; i + 16 <= count; i += 16) {  // kept <= i: room for 16
+      const simd::F16 v = simd::loadu(score.data() + i);
+      const simd::KMask16 m = simd::greater_mask(v, kv);
+      simd::store_compressed(next_score.data() + kept, m, v);
+      simd::store_compressed(next_key.data() + kept, m, simd::loadu(key.data() + i));
+      kept += simd::count(m);
     }
 #elif defined(SA_LANES_AVX2)
-    const __m256 kv = _mm256_set1_ps(kth);
+    const simd::F8 kv = simd::set1_8(kth);
     for (; i + 8 <= count; i += 8) {  // kept <= i: each 8-lane store stays within the buffers
-      const __m256 v = _mm256_loadu_ps(score.data() + i);
+      const simd::F8 v = simd::loadu8(score.data() + i);
       const uint32_t m = simd::greater_mask(v, kv);
-      simd::compress_store(next_key.data() + kept, m,
-                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(key.data() + i)));
+      simd::compress_store(next_key.data() + kept, m, simd::loadu8(key.data() + i));
       kept += simd::compress_store(next_score.data() + kept, m, v);
     }
 #endif
@@ -189,43 +180,39 @@ struct Candidates {
   // Most panels hold no score above the threshold once the first panels are seen, so one
   // compare per register (greater or NaN: not-less-equal, unordered) and one branch reject them.
   void offer(const simd::F16* s, int64_t key0, int64_t valid) {
-    const __m512 thr = _mm512_set1_ps(threshold);
-    __mmask16 m[4];
-    for (int c = 0; c < 4; ++c) m[c] = _mm512_cmp_ps_mask(s[c], thr, _CMP_NLE_UQ);
+    const simd::F16 thr = simd::set1(threshold);
+    simd::KMask16 m[4];
+    for (int c = 0; c < 4; ++c) m[c] = simd::not_less_equal_mask(s[c], thr);
     if (valid < kPanel) {
       for (int c = 0; c < 4; ++c) {
         const int64_t rest = std::clamp<int64_t>(valid - 16 * c, 0, 16);
-        m[c] &= static_cast<__mmask16>((uint32_t{1} << rest) - 1u);
+        m[c] &= static_cast<simd::KMask16>((uint32_t{1} << rest) - 1u);
       }
     }
     if (!(m[0] | m[1] | m[2] | m[3])) return;
-    const __m512 inf = _mm512_set1_ps(kPosInf);
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (int c = 0; c < 4; ++c) {
       if (!m[c]) continue;
-      const __m512 x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s[c], s[c], _CMP_UNORD_Q), s[c], inf);  // NaN -> +inf
-      const __m512i keys = _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int32_t>(key0 + 16 * c)));
+      const simd::F16 x = simd::nan_to_posinf(s[c]);  // NaN -> +inf
+      const simd::I16 keys = simd::iota(static_cast<int32_t>(key0 + 16 * c));
       // count <= kGrow * K + 48 here and the capacity is kGrow * K + kPanel: room for 16.
-      store_compressed(score.data() + count, m[c], x);
-      store_compressed(key.data() + count, m[c], keys);
-      count += __builtin_popcount(m[c]);
+      simd::store_compressed(score.data() + count, m[c], x);
+      simd::store_compressed(key.data() + count, m[c], keys);
+      count += simd::count(m[c]);
     }
   }
 #elif defined(SA_LANES_AVX2)
   // Same on AVX2 (no compress store): one compare per 8 keys, then the rare survivors one by one.
   void offer(const simd::F16* s, int64_t key0, int64_t valid) {
-    const __m256 thr = _mm256_set1_ps(threshold);
-    const __m256 inf = _mm256_set1_ps(kPosInf);
+    const simd::F8 thr = simd::set1_8(threshold);
     for (int c = 0; c < 8; ++c) {
       const int64_t rest = valid - 8 * c;
       if (rest <= 0) break;
-      const __m256 raw = (c & 1) ? s[c / 2].hi : s[c / 2].lo;
-      const __m256 x = _mm256_blendv_ps(raw, inf, _mm256_cmp_ps(raw, raw, _CMP_UNORD_Q));  // NaN -> +inf
-      uint32_t m = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(x, thr, _CMP_GT_OQ)));
+      const simd::F8 x = simd::nan_to_posinf((c & 1) ? simd::upper(s[c / 2]) : simd::lower(s[c / 2]));  // NaN -> +inf
+      uint32_t m = simd::greater_mask(x, thr);
       if (rest < 8) m &= (1u << rest) - 1u;
       if (!m) continue;
       alignas(32) float v[8];
-      _mm256_store_ps(v, x);
+      simd::store(v, x);
       for (; m; m &= m - 1) {
         const int l = __builtin_ctz(m);
         score[count] = v[l];
@@ -306,34 +293,34 @@ inline void panel_block_f32(const TopKShapes& sh, const float* panel, const floa
   add_weighted_heads<HB, QN>(sh, acc, j0, w, s);
 }
 
-#if defined(__AVX512BF16__)
+#if defined(SA_LANES_BF16)
 // bf16 version: panel is [D/2][kPanel][2] bf16 pairs, q rows are bf16 with an even length;
-// one vdpbf16ps does two multiply-adds per lane (products exact, sums in fp32).
+// one simd::dot_pairs (vdpbf16ps) does two multiply-adds per lane (products exact, sums in fp32).
 template <int HB, int QN>
 inline void panel_block_bf16(const TopKShapes& sh, const at::BFloat16* panel, const at::BFloat16* const* q_rows,
                              int64_t j0, const float* const* w, simd::F16 (*s)[4]) {
-  __m512 acc[HB * QN][4];
+  simd::F16 acc[HB * QN][4];
   for (int r = 0; r < HB * QN; ++r)
-    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int c = 0; c < 4; ++c) acc[r][c] = simd::zero();
   const int32_t* q[HB * QN];
   for (int qn = 0; qn < QN; ++qn)
     for (int h = 0; h < HB; ++h) q[qn * HB + h] = reinterpret_cast<const int32_t*>(q_rows[qn * sh.J + j0 + h]);
   const int64_t pairs = (sh.D + 1) / 2;
   for (int64_t p = 0; p < pairs; ++p) {
     const at::BFloat16* kr = panel + p * kPanel * 2;
-    const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kr), k1 = (__m512bh)_mm512_loadu_si512(kr + 32),
-                   k2 = (__m512bh)_mm512_loadu_si512(kr + 64), k3 = (__m512bh)_mm512_loadu_si512(kr + 96);
+    const simd::BF16Pairs k0 = simd::loadu_pairs(kr), k1 = simd::loadu_pairs(kr + 32),
+                          k2 = simd::loadu_pairs(kr + 64), k3 = simd::loadu_pairs(kr + 96);
     for (int r = 0; r < HB * QN; ++r) {
-      const __m512bh b = (__m512bh)_mm512_set1_epi32(q[r][p]);
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], b, k0);
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], b, k1);
-      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], b, k2);
-      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], b, k3);
+      const simd::BF16Pairs b = simd::set1_pair(q[r][p]);
+      acc[r][0] = simd::dot_pairs(acc[r][0], b, k0);
+      acc[r][1] = simd::dot_pairs(acc[r][1], b, k1);
+      acc[r][2] = simd::dot_pairs(acc[r][2], b, k2);
+      acc[r][3] = simd::dot_pairs(acc[r][3], b, k3);
     }
   }
   add_weighted_heads<HB, QN>(sh, acc, j0, w, s);
 }
-#endif  // __AVX512BF16__
+#endif  // SA_LANES_BF16
 
 // Scores of QN queries against one panel, all J heads: s[qn][0..3].
 // Not inlined: inside the large driver loop GCC kept the accumulators on the stack as well and
@@ -349,7 +336,7 @@ __attribute__((noinline)) void panel_scores_vector(const TopKShapes& sh, const P
     if constexpr (std::is_same<P, float>::value) {
       panel_block_f32<HB, QN>(sh, panel, q_rows, j0, w, s);
     } else {
-#if defined(__AVX512BF16__)
+#if defined(SA_LANES_BF16)
       panel_block_bf16<HB, QN>(sh, panel, q_rows, j0, w, s);
 #endif
     }
@@ -498,7 +485,7 @@ void select_rows(const TopKShapes& s, const AlignedVector<P>& panels, const P* q
 // The per-head logits of a block of queries against one 64-key panel are one small GEMM,
 // [QB * J rows, D] x [D, 64], computed on the AMX tile unit (16 x 16 fp32 results per
 // instruction, products of bf16 inputs accumulated in fp32), stored to an L1 buffer, then
-// reduced over heads (ReLU, weights) and offered to the candidates with AVX-512.
+// reduced over heads (ReLU, weights) and offered to the candidates with simd::F16 (AVX-512).
 
 // S[row][0 .. 64) = A[row] . panel keys for row < rows (a multiple of 32).
 // A: [rows][Dp] bf16, Dp a multiple of 32; panel: [Dp / 2][64][2] bf16; S: [rows][64] fp32.
@@ -544,7 +531,7 @@ void select_rows_amx(const TopKShapes& s, const AlignedVector<at::BFloat16>& pan
     SelectScratch select_scratch(capacity);
     AlignedVector<at::BFloat16> A(rows * Dp);
     AlignedVector<float> S(rows * kPanel);
-    const __m512 zero = _mm512_setzero_ps();
+    const simd::F16 zero = simd::zero();
     for (int64_t item = begin; item < end; ++item) {
       const int64_t r = item / blocks;
       const int64_t t0 = interleaved_block(item % blocks, blocks) * QB, t1 = std::min(s.Nq, t0 + QB);
@@ -564,13 +551,13 @@ void select_rows_amx(const TopKShapes& s, const AlignedVector<at::BFloat16>& pan
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t valid = std::min({kPanel, s.limit(t) - key0 + 1, s.Nk - key0});
           if (valid <= 0) continue;
-          __m512 sc[4] = {zero, zero, zero, zero};
+          simd::F16 sc[4] = {zero, zero, zero, zero};
           for (int64_t j = 0; j < s.J; ++j) {
             const float* row = S.data() + ((t - t0) * s.J + j) * kPanel;
-            const __m512 wv = _mm512_set1_ps(s.has_weights ? w[(r * s.Nq + t) * s.J + j] : 1.0f);
+            const simd::F16 wv = simd::set1(s.has_weights ? w[(r * s.Nq + t) * s.J + j] : 1.0f);
             for (int c = 0; c < 4; ++c) {
-              const __m512 x = _mm512_loadu_ps(row + 16 * c);
-              sc[c] = _mm512_fmadd_ps(wv, s.relu ? _mm512_max_ps(zero, x) : x, sc[c]);
+              const simd::F16 x = simd::loadu(row + 16 * c);
+              sc[c] = simd::fmadd(wv, s.relu ? simd::max(zero, x) : x, sc[c]);
             }
           }
           Candidates& c = cand[t - t0];
@@ -625,7 +612,7 @@ at::Tensor fused_topk(at::Tensor q, at::Tensor k, at::Tensor w, int64_t top_k, b
       return out;
     }
 #endif
-#if defined(__AVX512BF16__)
+#if defined(SA_LANES_BF16)
     auto panels = bf16_panels(s, k.data_ptr<float>(), k.size(0), Dp / 2);
     select_rows<at::BFloat16>(s, panels, qb.data_ptr<at::BFloat16>(), Dp, wp, out.data_ptr<int64_t>());
 #else
@@ -643,7 +630,7 @@ std::string fused_topk_bf16_path() {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
   if (amx::permitted()) return "amx";
 #endif
-#if defined(__AVX512BF16__)
+#if defined(SA_LANES_BF16)
   return "avx512_bf16";
 #else
   return "";
