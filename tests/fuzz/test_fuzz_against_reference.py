@@ -35,7 +35,7 @@ from sparse_attention.ops.attention.reference import sparse_attention_reference 
 EXAMPLES = int(os.environ.get("SPARSE_ATTENTION_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-#: Every fast backend that can run here (Triton too under TRITON_INTERPRET=1: tests/ops/test_triton_kernel.py).
+#: Every fast backend that can run here (Triton too under TRITON_INTERPRET=1: tests/ops/attention/test_triton.py).
 BACKENDS = [b.name for b in sa.backends() if b.name != "reference" and b.unavailable() is None]
 METHODS = [m.name for m in sa.list_methods()]
 TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 3e-2}

@@ -19,7 +19,7 @@ import sparse_attention as sa
 from sparse_attention.ops.attention import choose_backend
 
 SCORERS = [("topk", "fused"), ("topk", "chunked"), ("dsa", "fused"), ("dsa", "chunked")]
-#: The CPU backends, and Triton where it can run (CUDA, or TRITON_INTERPRET=1: tests/ops/test_triton_kernel.py
+#: The CPU backends, and Triton where it can run (CUDA, or TRITON_INTERPRET=1: tests/ops/attention/test_triton.py
 #: runs this file so under the interpreter).
 BACKENDS = ["reference"] + [b.name for b in sa.backends() if b.name != "reference" and b.unavailable() is None]
 

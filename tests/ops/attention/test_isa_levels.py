@@ -49,7 +49,7 @@ def test_fp32_outputs_and_gradients(isa, h, h_kv, d, layout, n, slots):
 @pytest.mark.parametrize("h, h_kv, layout", [(16, 1, "shared"), (4, 2, "per_head")])
 @pytest.mark.parametrize("ascending", [False, True])
 def test_keys_walked_in_several_ranges(isa, h, h_kv, layout, ascending):
-    # 20000 fp32 keys of D = D_v = 64 span 5 key ranges of 4096 (see test_cpu_kernel.py).
+    # 20000 fp32 keys of D = D_v = 64 span 5 key ranges of 4096 (see test_cpu.py).
     q, k, v = make_qkv(1, h, h_kv, 150, n_k=20000, d=64, dtype=torch.float64)
     idx = random_indices(1, {"shared": 1, "per_head": h}[layout], 150, 20000, 300, seed=5, empty_fraction=0.1)
     idx[..., :5] = torch.tensor([0, 4095, 4096, 16384, 19999])
