@@ -49,7 +49,7 @@ def dsa_select(index_q: Tensor, index_k: Tensor, weights: Tensor, *, top_k: int,
                scoring: str = "auto", precision: str = "float32", key_mask: Tensor | None = None) -> Selection:
     """Top-k keys per query by lightning-indexer score, shared by all heads.
 
-    Args: as :func:`indexer_scores`; ``top_k`` keys per query (``K = min(top_k, N_k)``);
+    Args: as :func:`sparse_attention.ops.topk.indexer_scores`; ``top_k`` keys per query (``K = min(top_k, N_k)``);
     ``scoring``: ``"fused"`` scores and selects in one C++ pass (CPU, memory O(N_q * K)),
     ``"chunked"`` uses torch GEMMs + ``torch.topk`` per query chunk (any device), ``"auto"``
     the fused kernel where it runs. Both return a valid top-k; they may break exact ties
