@@ -23,17 +23,24 @@ def one_torch_thread():
 
 
 def pytest_collection_finish(session):
-    """Compile every op's C++ that the collected tests use before they start, two builds at a time
-    (one compiler process each). Built on first use instead, they would compile one after another
-    inside whichever test came first; a warm cache makes this a no-op."""
-    if not session.items:
-        return
+    """Compile the C++ that the collected tests use before they start, two builds at a time (one
+    compiler process each): every op at the session's level, and each ISA build that a test of
+    ``tests/ops/<op>/`` takes as its ``isa`` parameter. Built on first use instead, they would
+    compile one after another inside whichever test came first; a warm cache makes this a no-op."""
+    import os
     import sys
+    from pathlib import Path
+
+    if not session.items or os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+        return  # one worker builds; another that needs a build meanwhile waits on its lock
 
     from sparse_attention import ops  # noqa: F401  (registers every op's extension)
-    from sparse_attention.ops.cpp.build import ISA_LEVELS, isa_level, prebuild
+    from sparse_attention.ops.cpp.build import EXTENSIONS, isa_level, prebuild
 
-    levels = [isa_level()]
-    if any("isa" in getattr(item, "fixturenames", ()) for item in session.items):  # the ISA-build tests
-        levels += [level for level in ISA_LEVELS if level not in levels]
-    prebuild(levels, workers=2, log=lambda line: sys.stderr.write(line + "\n"))
+    builds = [(op, isa_level()) for op in EXTENSIONS]
+    for item in session.items:
+        level = getattr(getattr(item, "callspec", None), "params", {}).get("isa")
+        op = Path(str(item.path)).parent.name
+        if level is not None and op in EXTENSIONS:
+            builds.append((op, level))
+    prebuild(builds, workers=2, log=lambda line: sys.stderr.write(line + "\n"))

@@ -17,3 +17,10 @@ def require_level(extension, level):
 
 #: The levels besides the session's own (``native``), which the rest of each op's tests cover.
 OTHER_LEVELS = [level for level in ISA_LEVELS if level != "native"]
+#: For C++ whose only instruction-set split is simd16.h's lanes (AVX-512 / AVX2 / none): on a CPU
+#: that runs ``avx512`` the native build already has the AVX-512 lanes, so ``avx512`` would test
+#: the same code again; ``avx2`` and ``generic`` are the other two paths. (Ops with paths of their
+#: own for AVX512-BF16 or AMX, attention and topk, test every level.)
+LANE_LEVELS = ["avx2", "generic"]
+#: For portable C++ with no instruction-set split at all: one other build, as a smoke test.
+PORTABLE_LEVELS = ["generic"]

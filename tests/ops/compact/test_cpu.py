@@ -3,7 +3,7 @@ points (candidate lists, chosen clusters' members, LSH runs), and on every ISA b
 
 import pytest
 import torch
-from isa_levels import OTHER_LEVELS, require_level
+from isa_levels import PORTABLE_LEVELS, require_level
 
 from sparse_attention.ops.compact import cluster_rows, compact_rows, cpu, lsh_rows
 from sparse_attention.ops.compact.reference import cluster_rows_reference, compact_rows_reference, lsh_rows_reference
@@ -91,7 +91,7 @@ def test_lsh_rows_equal_the_reference(causal, include_self, t, gk, n_k, m, windo
     assert torch.equal(got, lsh_rows_reference(*runs, window, causal, include_self, n_k))
 
 
-@pytest.mark.parametrize("isa", OTHER_LEVELS)
+@pytest.mark.parametrize("isa", PORTABLE_LEVELS)
 def test_every_isa_build(isa):
     require_level(cpu.EXTENSION, isa)
     cand = torch.randint(-1, 70, (2, 33, 40), generator=torch.Generator().manual_seed(1))

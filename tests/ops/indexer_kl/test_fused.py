@@ -6,7 +6,7 @@ import pytest
 import torch
 from indexer_kl_checks import check_fused_against_float64, dense_indexer_kl, kl_inputs
 
-from isa_levels import OTHER_LEVELS, require_level
+from isa_levels import LANE_LEVELS, require_level
 
 from sparse_attention.layers.indexer_loss import sparse_indexer_loss
 from sparse_attention.ops.indexer_kl import cpu
@@ -111,7 +111,7 @@ def test_out_of_range_key_raises():
         sparse_indexer_loss(q, k, iq, ik, w, idx[:, :3])
 
 
-@pytest.mark.parametrize("isa", OTHER_LEVELS)
+@pytest.mark.parametrize("isa", LANE_LEVELS)
 @pytest.mark.parametrize("h, h_kv, d, h_i, d_i", [(4, 2, 32, 4, 64), (3, 3, 12, 5, 20)])
 def test_every_isa_build(isa, h, h_kv, d, h_i, d_i):
     require_level(cpu.EXTENSION, isa)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from isa_levels import OTHER_LEVELS, require_level
+from isa_levels import LANE_LEVELS, require_level
 
 from sparse_attention.ops.dispatch import forced
 from sparse_attention.ops.kmeans import cpu as kmeans_cpu
@@ -91,7 +91,7 @@ def test_cluster_sums_equal_the_one_hot_reference(g, n, d, k):
     assert torch.equal(counts, want_counts) and counts.dtype == x.dtype
 
 
-@pytest.mark.parametrize("isa", OTHER_LEVELS)
+@pytest.mark.parametrize("isa", LANE_LEVELS)
 def test_every_isa_build(isa):
     require_level(kmeans_cpu.EXTENSION, isa)
     x = torch.randn(2, 150, 24, generator=torch.Generator().manual_seed(3))

@@ -243,20 +243,20 @@ class CppExtension:
         return module
 
 
-def prebuild(levels: list[str] | tuple[str, ...] = ("native",), workers: int = 2, log=None) -> dict[str, str]:
-    """Compile every op's extension at ``levels`` that this CPU runs and the cache lacks, ``workers``
-    builds at a time, each in a process of its own (one compiler job per build; on first use they
-    would build one after another). Returns ``{"op/level": error}`` for the builds that failed;
-    a later :meth:`CppExtension.module` loads the rest from the cache at once.
+def prebuild(builds, workers: int = 2, log=None) -> dict[str, str]:
+    """Compile the ``(op, level)`` extensions of ``builds`` that this CPU runs and the cache lacks,
+    ``workers`` at a time, each in a process of its own (one compiler job per build; on first use
+    they would build one after another). Returns ``{"op/level": error}`` for the builds that
+    failed; a later :meth:`CppExtension.module` loads the rest from the cache at once.
 
     Args:
-        levels: instruction-set levels (:data:`ISA_LEVELS`). workers: builds at a time.
-        log: called with a line per build started (e.g. ``print``), or None.
+        builds: ``(op, level)`` pairs: an op of :data:`EXTENSIONS`, a level of :data:`ISA_LEVELS`.
+        workers: builds at a time. log: called with a line per build started (e.g. ``print``), or None.
     """
     import subprocess
 
-    todo = [(ext, level) for level in levels for ext in EXTENSIONS.values()
-            if isa_unavailable_reason(level) is None and not ext.is_built(level)]
+    todo = [(EXTENSIONS[op], level) for op, level in dict.fromkeys(builds)
+            if isa_unavailable_reason(level) is None and not EXTENSIONS[op].is_built(level)]
     failed: dict[str, str] = {}
     running: list[tuple[str, subprocess.Popen]] = []
 
