@@ -1,5 +1,7 @@
 """Peak-memory measurement: meaningful on this machine, None with a reason where impossible."""
 
+import gc
+
 import pytest
 import torch
 
@@ -50,6 +52,18 @@ def test_larger_call_reports_more():
     _, small = peak_memory_bytes(lambda: _touch(32 * MIB), "cpu")
     _, large = peak_memory_bytes(lambda: _touch(128 * MIB), "cpu")
     assert large > 3 * small
+
+
+@needs_cpu_peak
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_the_garbage_collector_is_off_during_the_call_and_restored(enabled_before):
+    # A collection inside the call could free garbage of earlier calls and hide part of its peak.
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        during, _ = peak_memory_bytes(gc.isenabled, "cpu")
+        assert during is False and gc.isenabled() is enabled_before
+    finally:
+        gc.enable()
 
 
 def test_unavailable_mechanism_gives_none_and_a_reason(monkeypatch, tmp_path):
