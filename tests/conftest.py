@@ -23,8 +23,8 @@ def one_torch_thread():
 
 
 def pytest_collection_finish(session):
-    """Compile the C++ that the collected tests use before they start, two builds at a time (one
-    compiler process each): every op at the session's level, and each ISA build that a test of
+    """Compile the C++ that the collected tests use before they start, two builds at a time (two
+    worker processes, one compiler job each): every op at the session's level, and each ISA build that a test of
     ``tests/ops/<op>/`` takes as its ``isa`` parameter. Built on first use instead, they would
     compile one after another inside whichever test came first; a warm cache makes this a no-op."""
     import os

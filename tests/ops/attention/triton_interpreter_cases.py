@@ -11,7 +11,7 @@ from sparse_attention import sparse_attention
 CASES = [  # (B, H, H_kv, N, D, K, layout, causal, dtype, tol)
     (1, 4, 2, 1, 16, 1, "shared", True, torch.float32, 1e-5),
     (1, 4, 2, 63, 16, 5, "shared", True, torch.float32, 1e-5),
-    (2, 4, 4, 63, 32, 63, "per_kv_head", False, torch.float32, 1e-5),
+    (2, 4, 4, 33, 32, 33, "per_kv_head", False, torch.float32, 1e-5),  # every key of a row, non-causal
     (1, 16, 1, 40, 16, 40, "shared", True, torch.float32, 1e-5),
     (1, 2, 1, 33, 16, 70, "shared", True, torch.float32, 1e-5),  # K > N: duplicates
     (1, 4, 2, 30, 16, 8, "per_kv_head", True, torch.float16, 5e-3),

@@ -51,3 +51,14 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_reported(tmp_path, capsys
     with pytest.warns(RuntimeWarning, match="stale CPU-kernel build lock"):
         build.clear_stale_lock(lock)
     assert not lock.exists()
+
+
+def test_prebuild_reports_a_failed_build_with_its_reason_and_skips_built_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "cache"))  # nothing built there
+    monkeypatch.setenv("CXX", "false")  # a compiler that fails (the workers inherit the environment)
+    lines = []
+    failed = build.prebuild([("compact", "generic"), ("compact", "generic")], log=lines.append)
+    assert list(failed) == ["compact/generic"] and "build failed" in failed["compact/generic"]
+    assert len(lines) == 1 and "failed to compile the compact/generic CPU kernel" in lines[0]
+    monkeypatch.setattr(build.CppExtension, "is_built", lambda self, level: True)
+    assert build.prebuild([("compact", "generic")], log=lines.append) == {} and len(lines) == 1

@@ -245,53 +245,78 @@ class CppExtension:
 
 def prebuild(builds, workers: int = 2, log=None) -> dict[str, str]:
     """Compile the ``(op, level)`` extensions of ``builds`` that this CPU runs and the cache lacks,
-    ``workers`` at a time, each in a process of its own (one compiler job per build; on first use
-    they would build one after another). Returns ``{"op/level": error}`` for the builds that
-    failed; a later :meth:`CppExtension.module` loads the rest from the cache at once.
+    ``workers`` at a time (one compiler job each; on first use they would build one after another).
+    Each worker is a process that imports PyTorch once and takes the next build as soon as it is
+    free (PyTorch's start-up would otherwise cost seconds per build). Returns ``{"op/level":
+    error}`` for the builds that failed; a later :meth:`CppExtension.module` loads the rest from
+    the cache at once.
 
     Args:
         builds: ``(op, level)`` pairs: an op of :data:`EXTENSIONS`, a level of :data:`ISA_LEVELS`.
-        workers: builds at a time. log: called with a line per build started (e.g. ``print``), or None.
+        workers: builds at a time. log: called with a line per finished build (e.g. ``print``), or None.
     """
+    import json
+    import selectors
     import subprocess
 
-    todo = [(EXTENSIONS[op], level) for op, level in dict.fromkeys(builds)
-            if isa_unavailable_reason(level) is None and not EXTENSIONS[op].is_built(level)]
+    pending = [(op, level) for op, level in dict.fromkeys(builds)
+               if isa_unavailable_reason(level) is None and not EXTENSIONS[op].is_built(level)]
     failed: dict[str, str] = {}
-    running: list[tuple[str, subprocess.Popen]] = []
+    start = time.perf_counter()
+    selector = selectors.DefaultSelector()
+    busy: dict[subprocess.Popen, str] = {}  # worker -> "op/level" it is building
 
-    def finish(entry):
-        key, proc = entry
-        _, err = proc.communicate()
-        if proc.returncode:
-            failed[key] = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+    def hand_out(worker):
+        if pending:
+            op, level = pending.pop(0)
+            worker.stdin.write(f"{op} {level}\n")
+            worker.stdin.flush()
+            busy[worker] = f"{op}/{level}"
+        else:
+            selector.unregister(worker.stdout)
+            worker.stdin.close()  # the worker's loop ends
 
-    for ext, level in todo:
-        while len(running) >= max(1, workers):
-            finish(running.pop(0))
-        if log is not None:
-            log(f"sparse-attention: compiling the {ext.op} CPU kernel for {level!r}")
-        running.append((f"{ext.op}/{level}", subprocess.Popen(
-            [sys.executable, "-m", "sparse_attention.ops.cpp.build", ext.op, level],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
-    for entry in running:
-        finish(entry)
+    workers_started = [subprocess.Popen(
+        [sys.executable, "-c", "from sparse_attention.ops.cpp.build import _serve; _serve()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for _ in range(min(max(1, workers), len(pending)))]
+    for worker in workers_started:
+        selector.register(worker.stdout, selectors.EVENT_READ, worker)
+        hand_out(worker)
+    while busy:
+        for key, _ in selector.select():
+            worker = key.data
+            line = worker.stdout.readline()
+            build = busy.pop(worker)
+            if line:
+                error = json.loads(line)
+                hand_out(worker)
+            else:  # the worker died (killed, or crashed loading a build): the others go on
+                selector.unregister(worker.stdout)
+                error = f"the build process exited with status {worker.wait()}"
+            if error is not None:
+                failed[build] = error
+            if log is not None:
+                outcome = "failed to compile" if error is not None else "compiled"
+                log(f"sparse-attention: {outcome} the {build} CPU kernel ({time.perf_counter() - start:.0f} s)")
+    for op, level in pending:  # left when every worker died
+        failed[f"{op}/{level}"] = "not built: every build process exited"
+    for worker in workers_started:
+        worker.wait()
     return failed
 
 
-def _build_one(op: str, level: str) -> int:
-    """``python -m sparse_attention.ops.cpp.build OP LEVEL``: build one extension (used by :func:`prebuild`)."""
+def _serve() -> None:
+    """A :func:`prebuild` worker: reads ``op level`` lines from stdin, builds each, and answers each
+    with a JSON line on stdout: null, or why the build failed."""
     import importlib
+    import json
 
-    importlib.import_module(f"sparse_attention.ops.{op}.cpu")  # registers the op's extension
-    # Run as __main__, this file is a module of its own: the registry is the imported module's.
-    registry = importlib.import_module("sparse_attention.ops.cpp.build").EXTENSIONS
-    error = registry[op].load_error(level)
-    if error is not None:
-        sys.stderr.write(f"{op}/{level}: {error}\n")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_build_one(*sys.argv[1:3]))
+    for line in sys.stdin:
+        op, level = line.split()
+        importlib.import_module(f"sparse_attention.ops.{op}.cpu")  # registers the op's extension
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a failure is answered, and said once by the caller
+            error = EXTENSIONS[op].load_error(level)
+        sys.stdout.write(json.dumps(error) + "\n")
+        sys.stdout.flush()
