@@ -31,7 +31,9 @@ def pytest_collection_finish(session):
     import sys
     from pathlib import Path
 
-    if not session.items or os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+    if session.config.option.collectonly or not session.items:
+        return
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
         return  # one worker builds; another that needs a build meanwhile waits on its lock
 
     from sparse_attention import ops  # noqa: F401  (registers every op's extension)

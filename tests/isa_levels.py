@@ -1,8 +1,18 @@
-"""The instruction-set builds of an op's C++ extension that this CPU can run, as a test parameter."""
+"""The builds of an op's C++ extension that a test needs: the session's own, and the other
+instruction-set levels this CPU can run, as a test parameter. Both are checked when a test starts,
+never while the tests are collected: the session compiles every build its collected tests need,
+two at a time, between the two (tests/conftest.py)."""
 
 import pytest
 
 from sparse_attention.ops.cpp.build import ISA_LEVELS, isa_unavailable_reason
+
+
+def require_build(extension):
+    """Skip unless ``extension`` builds at the session's level."""
+    error = extension.load_error()
+    if error is not None:
+        pytest.skip(f"{extension.op} CPU extension unavailable: {error}")
 
 
 def require_level(extension, level):

@@ -35,8 +35,6 @@ from sparse_attention.ops.attention.reference import sparse_attention_reference 
 EXAMPLES = int(os.environ.get("SPARSE_ATTENTION_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-#: Every fast backend that can run here (Triton too under TRITON_INTERPRET=1: tests/ops/attention/test_triton.py).
-BACKENDS = [b.name for b in sa.backends() if b.name != "reference" and b.unavailable() is None]
 METHODS = [m.name for m in sa.list_methods()]
 TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 3e-2}
 
@@ -86,13 +84,22 @@ def _assert_same(out, expected, tolerance, what):
         assert error <= tolerance * scale, f"{what}: max error {error:.3g} > {tolerance * scale:.3g}"
 
 
-@pytest.mark.skipif(not BACKENDS, reason="no fast backend can run on this machine")
+@pytest.fixture(scope="module")
+def fast_backends():
+    """Every fast backend that can run here (Triton too under TRITON_INTERPRET=1:
+    tests/ops/attention/test_triton.py); asked when the test starts, after the session's builds."""
+    names = [b.name for b in sa.backends() if b.name != "reference" and b.unavailable() is None]
+    if not names:
+        pytest.skip("no fast backend can run on this machine")
+    return names
+
+
 @FUZZ
 @given(case=kernel_case())
-def test_backends_match_the_float64_reference(case):
+def test_backends_match_the_float64_reference(fast_backends, case):
     q, k, v, idx, causal, nonfinite = case
     expected = _expected(q, k, v, idx, causal)
-    for name in BACKENDS:
+    for name in fast_backends:
         try:
             choose_backend(name, q, k, v, idx, needs_grad=nonfinite == "none")
         except ValueError:

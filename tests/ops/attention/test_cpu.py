@@ -3,12 +3,17 @@
 import pytest
 import torch
 from helpers import make_qkv
+from isa_levels import require_build
 from kernel_checks import compare, random_indices
 
 from sparse_attention import sparse_attention
 from sparse_attention.ops.attention import cpu
 
-pytestmark = pytest.mark.skipif(cpu.load_error() is not None, reason=f"CPU extension unavailable: {cpu.load_error()}")
+
+@pytest.fixture(autouse=True)
+def _needs_the_cpu_build():
+    require_build(cpu.EXTENSION)
+
 
 # (600, 600): more slots per row than a backward key range (512) and several 128-token blocks, at a
 # third of the float64 reference's cost of (1000, 1000).

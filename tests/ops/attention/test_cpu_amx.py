@@ -3,15 +3,18 @@
 import pytest
 import torch
 from helpers import assert_close, make_qkv
+from isa_levels import require_build
 from kernel_checks import TOLERANCE, compare, random_indices
 
 from sparse_attention.ops.attention import cpu
 
-pytestmark = [
-    pytest.mark.skipif(cpu.load_error() is not None, reason=f"CPU extension unavailable: {cpu.load_error()}"),
-    pytest.mark.skipif(cpu.load_error() is None and not cpu.amx_attention_available(),
-                       reason="no AMX-BF16 tile unit on this CPU (or the OS refused it)"),
-]
+
+@pytest.fixture(autouse=True)
+def _needs_amx():
+    require_build(cpu.EXTENSION)
+    if not cpu.amx_attention_available():
+        pytest.skip("no AMX-BF16 tile unit on this CPU (or the OS refused it)")
+
 
 BF16 = torch.bfloat16
 

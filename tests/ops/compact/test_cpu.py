@@ -3,13 +3,16 @@ points (candidate lists, chosen clusters' members, LSH runs), and on every ISA b
 
 import pytest
 import torch
-from isa_levels import PORTABLE_LEVELS, require_level
+from isa_levels import PORTABLE_LEVELS, require_build, require_level
 
 from sparse_attention.ops.compact import cluster_rows, compact_rows, cpu, lsh_rows
 from sparse_attention.ops.compact.reference import cluster_rows_reference, compact_rows_reference, lsh_rows_reference
 
-pytestmark = pytest.mark.skipif(cpu.EXTENSION.load_error() is not None,
-                                reason=f"CPU extension unavailable: {cpu.EXTENSION.load_error()}")
+
+@pytest.fixture(autouse=True)
+def _needs_the_cpu_build():
+    require_build(cpu.EXTENSION)
+
 
 SHAPES = [  # (candidate shape, N_k): odd widths, one candidate, keys across several bitmap words
     ((1, 4, 37, 11), 20),

@@ -6,14 +6,19 @@ import pytest
 import torch
 from indexer_kl_checks import check_fused_against_float64, dense_indexer_kl, kl_inputs
 
-from isa_levels import LANE_LEVELS, require_level
+from isa_levels import LANE_LEVELS, require_build, require_level
 
 from sparse_attention.layers.indexer_loss import sparse_indexer_loss
 from sparse_attention.ops.indexer_kl import cpu
 from sparse_attention.ops.indexer_kl.reference import sparse_indexer_loss_reference
 
-needs_kernel = pytest.mark.skipif(cpu.EXTENSION.load_error() is not None,
-                                  reason=f"CPU extension unavailable: {cpu.EXTENSION.load_error()}")
+
+@pytest.fixture
+def cpu_kernel():
+    require_build(cpu.EXTENSION)
+
+
+needs_kernel = pytest.mark.usefixtures("cpu_kernel")
 
 
 def loss_and_grads(q, k, iq, ik, w, idx, implementation):

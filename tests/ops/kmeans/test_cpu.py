@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from isa_levels import LANE_LEVELS, require_level
+from isa_levels import LANE_LEVELS, require_build, require_level
 
 from sparse_attention.ops.dispatch import forced
 from sparse_attention.ops.kmeans import cpu as kmeans_cpu
@@ -13,8 +13,10 @@ from sparse_attention.ops.kmeans import cluster_sums
 from sparse_attention.ops.kmeans.reference import assign_reference, cluster_sums_reference, kmeanspp_picks_reference
 from sparse_attention.selection import select
 
-pytestmark = pytest.mark.skipif(kmeans_cpu.EXTENSION.load_error() is not None,
-                                reason=f"CPU extension unavailable: {kmeans_cpu.EXTENSION.load_error()}")
+
+@pytest.fixture(autouse=True)
+def _needs_the_cpu_build():
+    require_build(kmeans_cpu.EXTENSION)
 
 
 def _scores(x, cent, spherical):

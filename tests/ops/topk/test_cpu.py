@@ -7,15 +7,17 @@ the index rows themselves: distinct, causally visible, ``-1`` only where keys ru
 
 import pytest
 import torch
-from isa_levels import OTHER_LEVELS, require_level
+from isa_levels import OTHER_LEVELS, require_build, require_level
 from topk_checks import check_rows, indexer_inputs, visible
 
 from sparse_attention.ops.topk import cpu as topk_cpu
 from sparse_attention.ops.topk import indexer_scores
 from sparse_attention.selection import dsa_select, select
 
-pytestmark = pytest.mark.skipif(topk_cpu.EXTENSION.load_error() is not None,
-                                reason=f"CPU extension unavailable: {topk_cpu.EXTENSION.load_error()}")
+
+@pytest.fixture(autouse=True)
+def _needs_the_cpu_build():
+    require_build(topk_cpu.EXTENSION)
 
 
 @pytest.mark.parametrize("n, top_k", [(1, 1), (63, 1), (63, 5), (63, 63), (63, 100), (1000, 37), (1000, 1000),
