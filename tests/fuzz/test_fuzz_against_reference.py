@@ -1,6 +1,6 @@
 """Fuzzing every backend and selection method against the float64 reference (Hypothesis).
 
-Random shapes (lengths 1..300, N_q != N_k too, GQA ratios 1/2/4, H_sel in {1, H_kv, H},
+Random shapes (lengths 1..300, or 1..``SPARSE_ATTENTION_FUZZ_MAX_LEN``; N_q != N_k too, GQA ratios 1/2/4, H_sel in {1, H_kv, H},
 D in {16, 32, 64, 80, 128}), random index sets with ``-1`` slots, duplicates, out-of-causal
 indices and rows with no valid key, NaN/Inf sprinkled into q/k/v, float32 and bfloat16, causal
 and not. Checked:
@@ -33,6 +33,10 @@ from sparse_attention.ops.attention import choose_backend  # noqa: E402
 from sparse_attention.ops.attention.reference import sparse_attention_reference  # noqa: E402
 
 EXAMPLES = int(os.environ.get("SPARSE_ATTENTION_FUZZ_EXAMPLES", "60"))
+#: Longest sequence drawn. The Triton interpreter runs a Python loop per (batch, query, KV head)
+#: program, so its run (tests/ops/attention/test_triton.py) draws shorter ones: the index slots,
+#: which its programs walk in blocks, are up to 48 at any length.
+MAX_LEN = int(os.environ.get("SPARSE_ATTENTION_FUZZ_MAX_LEN", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 METHODS = [m.name for m in sa.list_methods()]
@@ -47,8 +51,8 @@ def kernel_case(draw):
     b = draw(st.integers(1, 2))
     h_kv = draw(st.integers(1, 3))
     h = h_kv * draw(st.sampled_from([1, 2, 4]))
-    n_q = draw(st.integers(1, 300))
-    n_k = n_q if draw(st.booleans()) else draw(st.integers(1, 300))
+    n_q = draw(st.integers(1, MAX_LEN))
+    n_k = n_q if draw(st.booleans()) else draw(st.integers(1, MAX_LEN))
     d = draw(st.sampled_from([16, 32, 64, 80, 128]))
     h_sel = draw(st.sampled_from(sorted({1, h_kv, h})))
     slots = draw(st.integers(1, 48))

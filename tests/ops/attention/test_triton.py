@@ -16,8 +16,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 #: What the interpreter run proves, and the tests that prove it (one subprocess: importing torch and
 #: triton and warming the interpreter once, not three times):
 #: - the layouts, GQA/MQA, duplicates, empty rows and float16 against the float64 reference;
-#: - the fuzz test of every backend (random shapes, index sets, NaN/Inf, dtypes), 8 examples: the
-#:   interpreter runs a Python loop per program, and the CPU backends get 60 in the normal run;
+#: - the fuzz test of every backend (random shapes, index sets, NaN/Inf, dtypes), 8 examples of
+#:   lengths up to 64: the interpreter runs a Python loop per program (one per query and KV head),
+#:   and the CPU backends get 60 examples of lengths up to 300 in the normal run;
 #: - the NaN rule with the Triton backend on a shared selection (dsa) and a per-query-head one
 #:   (topk). The other methods give one of these two layouts too and are left to the CPU backends'
 #:   run of the same tests; so is the chunked scorer, which selects the same keys as the fused one
@@ -31,7 +32,8 @@ INTERPRETER_RUN = {
 
 def test_triton_passes_the_reference_fuzz_and_nan_tests_under_interpreter(tmp_path):
     root = Path(__file__).parents[3]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "SPARSE_ATTENTION_FUZZ_EXAMPLES": "8"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "SPARSE_ATTENTION_FUZZ_EXAMPLES": "8",
+           "SPARSE_ATTENTION_FUZZ_MAX_LEN": "64"}
     keyword = " or ".join(f"({k})" for k in INTERPRETER_RUN.values())
     report = tmp_path / "junit.xml"
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", keyword,
