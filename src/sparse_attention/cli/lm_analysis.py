@@ -182,7 +182,7 @@ def add_profile(sub) -> None:
                        description="For each length builds the dense and the DSA model (shared weights equal),"
                                    " times one training step and one forward pass of each, interleaved, and"
                                    " measures their extra peak memory. Writes JSON and profile.png next to it.")
-    add_run_arguments(p)
+    add_run_arguments(p, default_preset="wide")
     p.add_argument("--seq-lengths", "--seq_lengths", dest="seq_lengths", required=True, help="comma-separated lengths, e.g. 128,256,512,1024")
     p.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's train.batch_size)")
     p.add_argument("--repeats", type=int, default=5, help="timed samples per variant and length (default 5)")

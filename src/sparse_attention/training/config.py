@@ -196,7 +196,10 @@ def _stage(steps: int, lr: float, lr_warmup_steps: int = 0) -> StageConfig:
 
 
 #: Presets: ``tiny`` for tests, ``small`` for a CPU, ``medium`` = the DSA seed's setting,
-#: ``large`` for a GPU at long context.
+#: ``large`` for a GPU at long context, ``wide`` for speed studies of DSA at a realistic ratio of
+#: indexer to attention width (docs/lm.md: its 4 x 64 indexer spends 1/8 of the multiply-adds per
+#: query-key pair of its 16 x 64 attention; DeepSeek-V3.2's 64 x 128 indexer 1/5 of its
+#: 128 x (192 + 128) attention, and in FP8).
 PRESETS: dict[str, dict] = {
     "tiny": dict(
         model=dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64, n_experts=2, expert_top_k=1,
@@ -219,6 +222,13 @@ PRESETS: dict[str, dict] = {
                    eval_every=100, eval_batches=8),
         data=dict(),
     ),
+    "wide": dict(
+        model=dict(d_model=1024, n_layers=2, n_heads=16, n_kv_heads=4, d_ff=1024, n_experts=4, expert_top_k=2,
+                   top_k=512, indexer_heads=4, indexer_head_dim=64),
+        train=dict(batch_size=1, seq_len=4096, warmup=_stage(100, 1e-3), main=_stage(300, 1e-3, 30), eval_every=50,
+                   eval_batches=2),
+        data=dict(bpe_vocab_size=2048),
+    ),
     "large": dict(
         model=dict(d_model=512, n_layers=12, n_heads=8, n_kv_heads=2, d_ff=1024, n_experts=8, expert_top_k=2,
                    top_k=512, indexer_heads=8, indexer_head_dim=64),
@@ -230,7 +240,7 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(name: str, attention: str | None = None) -> RunConfig:
-    """The preset ``name`` (``tiny``, ``small``, ``medium``, ``large``), optionally with its
+    """The preset ``name`` (``tiny``, ``small``, ``medium``, ``wide``, ``large``), optionally with its
     attention method replaced."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
