@@ -301,6 +301,15 @@ def test_attention_phases_count_the_flops_of_each_phase():
     assert split["flop_bound_train"] == pytest.approx(gflop["dense_attention"] / dsa)
 
 
+def test_attention_phases_in_bfloat16_run_the_attention_in_bfloat16():
+    split = attention_phases(preset("tiny").model, 24, 5, repeats=1, dtype="bfloat16")
+    assert (split["dtype"], split["attention_dtype"]) == ("bfloat16", "bfloat16")
+    assert all(ms > 0 for ms in split["train_ms"].values())
+    assert attention_phases(preset("tiny").model, 24, 5, repeats=1)["attention_dtype"] == "float32"
+    with pytest.raises(ValueError, match="dtype must be"):
+        attention_phases(preset("tiny").model, 24, 5, repeats=1, dtype="float16")
+
+
 def test_profile_errors():
     with pytest.raises(ValueError, match="positive"):
         parse_lengths("128,0")

@@ -58,14 +58,17 @@ def _causal_pairs(n: int) -> int:
 
 
 def attention_phases(model_config, n: int, top_k: int, *, batch_size: int = 1, repeats: int = 3,
-                     device: torch.device | str = "cpu", seed: int = 0) -> dict:
+                     device: torch.device | str = "cpu", seed: int = 0, dtype: str = "float32") -> dict:
     """Time and count the phases of one attention layer at length ``n`` (module docstring).
 
     Args:
         model_config: a :class:`~sparse_attention.models.config.ModelConfig` (width, heads,
             indexer shape, backend; its attention setting is ignored).
         n: sequence length; top_k: DSA keys per query.
-        batch_size: sequences; repeats: timed samples per phase; device: where it runs (float32).
+        batch_size: sequences; repeats: timed samples per phase; device: where it runs.
+        dtype: ``float32``, or ``bfloat16`` to run every phase under bfloat16 autocast as a training
+            step with ``train.precision=bf16`` does (the layer's weights stay float32; the indexer's
+            scoring precision is the model config's, which ``apply_precision`` sets).
     Returns:
         ``{"train_ms": {phase: ms}, "forward_ms": {phase: ms}, "train_gflop": {...}, "forward_gflop": {...},
         "dsa_train_ms", "dsa_forward_ms", "flop_bound_train", "flop_bound_forward", "sparse_pairs", ...}``;
@@ -82,12 +85,25 @@ def attention_phases(model_config, n: int, top_k: int, *, batch_size: int = 1, r
     config.method, config.method_params = "dsa", {**config.method_params, "top_k": top_k}
     from ...layers.attention import SparseSelfAttention
 
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     device = torch.device(device)
     torch.manual_seed(seed)
     layer = SparseSelfAttention(config).to(device)
     params = layer.indexer_selection_params()
     x = torch.randn(batch_size, n, config.dim, device=device)
-    with torch.no_grad():
+
+    def precision(fn: Callable[[], object]) -> Callable[[], object]:
+        """``fn`` under the step's autocast (bfloat16), or as it is (float32)."""
+        if dtype == "float32":
+            return fn
+
+        def call():
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                return fn()
+        return call
+
+    with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype != "float32"):
         q, k, v = (t.contiguous() for t in layer.project(x))  # q [B, H, N, D], k, v [B, H_kv, N, D]
         index_q, index_k, weights = layer.indexer(x)  # [B, H_I, N, D_I], [B, N, D_I], [B, N, H_I]
         selection = dsa_select(index_q, index_k, weights, causal=True, **params)
@@ -120,12 +136,14 @@ def attention_phases(model_config, n: int, top_k: int, *, batch_size: int = 1, r
                 fn(*args, **kwargs)
         return call
 
-    train = _timed({"dense_attention": dense_train, "indexer_projection": projection_train, "selection": select,
-                    "sparse_attention": sparse_train, "indexer_kl": kl_train}, device, repeats)
-    forward = _timed({"dense_attention": no_grad(dense_attention, q, k, v, causal=True),
-                      "indexer_projection": no_grad(layer.indexer, x), "selection": select,
-                      "sparse_attention": no_grad(sparse_attention, q, k, v, indices, causal=True,
-                                                  backend=config.backend)}, device, repeats)
+    train = _timed({name: precision(fn) for name, fn in {
+        "dense_attention": dense_train, "indexer_projection": projection_train, "selection": select,
+        "sparse_attention": sparse_train, "indexer_kl": kl_train}.items()}, device, repeats)
+    forward = _timed({name: precision(fn) for name, fn in {
+        "dense_attention": no_grad(dense_attention, q, k, v, causal=True),
+        "indexer_projection": no_grad(layer.indexer, x), "selection": select,
+        "sparse_attention": no_grad(sparse_attention, q, k, v, indices, causal=True,
+                                    backend=config.backend)}.items()}, device, repeats)
 
     b, h, d = batch_size, config.n_heads, config.head_dim
     h_i, d_i = config.indexer_heads, config.indexer_head_dim
@@ -152,7 +170,8 @@ def attention_phases(model_config, n: int, top_k: int, *, batch_size: int = 1, r
         "dsa_train_ms": dsa_sum(train), "dsa_forward_ms": dsa_sum(forward),
         "flop_bound_train": train_flops["dense_attention"] / dsa_sum(train_flops),
         "flop_bound_forward": forward_flops["dense_attention"] / dsa_sum(forward_flops),
-        "sparse_pairs": sparse_pairs, "dense_pairs": dense_pairs, "repeats": repeats,
+        "sparse_pairs": sparse_pairs, "dense_pairs": dense_pairs, "repeats": repeats, "dtype": dtype,
+        "attention_dtype": str(q.dtype).removeprefix("torch."),
         "timing": "median of interleaved single calls after one warm-up call each",
     }
 

@@ -140,7 +140,7 @@ def _interleaved(fns: dict[str, Callable], device, repeats: int) -> dict[str, li
 def _phases_with_rest(config: RunConfig, row: dict, device, repeats: int) -> dict:
     """One layer's phase split (:func:`attention_phases`) plus the rest of each model's step."""
     split = attention_phases(config.model, row["seq_len"], row["top_k"], batch_size=row["batch_size"],
-                             repeats=repeats, device=device, seed=config.train.seed)
+                             repeats=repeats, device=device, seed=config.train.seed, dtype=config.train.dtype)
     layers = config.model.n_layers
     split["rest_train_ms"] = {
         "dense": rest_of_model_ms(row["dense_train_ms"], split["train_ms"]["dense_attention"], layers),

@@ -106,8 +106,11 @@ _PHASE_COLUMNS = (("indexer_projection", "indexer proj."), ("selection", "scorin
 def phase_table(doc: dict) -> str:
     """Where one attention layer's training-step time goes (``lm profile`` phases): dense attention
     against DSA's phases, ms (GFLOP), the FLOP bound of the ratio and the rest of the model."""
+    # Older files have no dtype in their split: their phases ran in float32.
+    dtypes = sorted({row["phases"].get("dtype", "float32") for row in doc.get("rows", []) if row.get("phases")})
     lines = [
-        "Time split of one attention layer's training step (forward + backward), ms (GFLOP counted), float32:",
+        "Time split of one attention layer's training step (forward + backward), ms (GFLOP counted),"
+        f" {', '.join(dtypes) or 'float32'}:",
         "",
         "| N | top-k | dense attn | " + " | ".join(h for _, h in _PHASE_COLUMNS)
         + " | DSA layer | layer x dense | FLOP bound | rest of model dense / DSA | DSA fwd layer x dense (bound) |",
