@@ -327,15 +327,19 @@ void gather_rows(const Shapes& s, const T* k, const T* v, int64_t kv_off, const 
       w.vrows[j] = v + (kv_off + ids[j]) * s.Dv;
     }
   } else {
+    // bf16 rows widened 16 values at a time (the lane kernels need D, D_v multiples of 16): a
+    // per-value conversion here cost more than the item's arithmetic.
     w.kconv.resize(n * s.D);
     w.vconv.resize(n * s.Dv);
     for (int64_t j = 0; j < n; ++j) {
-      const T* kr = k + (kv_off + ids[j]) * s.D;
-      const T* vr = v + (kv_off + ids[j]) * s.Dv;
-      for (int64_t d = 0; d < s.D; ++d) w.kconv[j * s.D + d] = to_float(kr[d]);
-      for (int64_t c = 0; c < s.Dv; ++c) w.vconv[j * s.Dv + c] = to_float(vr[c]);
-      w.krows[j] = w.kconv.data() + j * s.D;
-      w.vrows[j] = w.vconv.data() + j * s.Dv;
+      const auto* kr = reinterpret_cast<const uint16_t*>(k + (kv_off + ids[j]) * s.D);
+      const auto* vr = reinterpret_cast<const uint16_t*>(v + (kv_off + ids[j]) * s.Dv);
+      float* kc = w.kconv.data() + j * s.D;
+      float* vc = w.vconv.data() + j * s.Dv;
+      for (int64_t d = 0; d < s.D; d += 16) simd::storeu(kc + d, simd::load_bf16(kr + d));
+      for (int64_t c = 0; c < s.Dv; c += 16) simd::storeu(vc + c, simd::load_bf16(vr + c));
+      w.krows[j] = kc;
+      w.vrows[j] = vc;
     }
   }
 }
@@ -758,6 +762,20 @@ void backward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, co
   });
 }
 
+#if defined(SA_LANES)
+// bf16 inputs where the fp32 token-block kernels apply and AMX does not: those kernels run on
+// float copies of the inputs (the output rounded back to bf16 once). They walk each block of
+// query tokens' keys one key range at a time; the per-item path instead reads every item's
+// scattered rows from the whole table and widens them per item, which made the bf16 forward
+// ~2.5x and its backward ~1.2x slower than fp32 (16:4 heads of 64, N = 8192, K = 1024, Zen 4).
+// The copies are transient: 4 bytes per element of q, k, v and the output (and dO).
+bool widen_bf16_forward(const Shapes& s, bool allow_amx) {
+  const int64_t g = s.per_head ? 1 : s.G;
+  return !use_amx<at::BFloat16>(s, allow_amx) && (rows::fits(g, s.D, s.Dv) || use_lanes(s, g));
+}
+bool widen_bf16_backward(const Shapes& s) { return rows::fits_backward(s.per_head ? 1 : s.G, s.D, s.Dv); }
+#endif
+
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& idx) {
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && idx.is_contiguous(),
               "sparse_attention_cpu: inputs must be contiguous");
@@ -778,6 +796,16 @@ std::vector<at::Tensor> forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Te
     forward_impl<float>(s, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), idx.data_ptr<int64_t>(),
                         scale, out.data_ptr<float>(), lse.data_ptr<float>(), allow_amx);
   } else if (q.scalar_type() == at::kBFloat16) {
+#if defined(SA_LANES)
+    if (widen_bf16_forward(s, allow_amx)) {
+      const auto qf = q.to(at::kFloat), kf = k.to(at::kFloat), vf = v.to(at::kFloat);
+      auto outf = at::empty({s.B, s.H, s.Nq, s.Dv}, qf.options());
+      forward_impl<float>(s, qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>(),
+                          idx.data_ptr<int64_t>(), scale, outf.data_ptr<float>(), lse.data_ptr<float>(), allow_amx);
+      out.copy_(outf);
+      return {out, lse};
+    }
+#endif
     forward_impl<at::BFloat16>(s, q.data_ptr<at::BFloat16>(), k.data_ptr<at::BFloat16>(), v.data_ptr<at::BFloat16>(),
                                idx.data_ptr<int64_t>(), scale, out.data_ptr<at::BFloat16>(), lse.data_ptr<float>(),
                                allow_amx);
@@ -805,6 +833,15 @@ std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::T
                          scale, out.data_ptr<float>(), lse.data_ptr<float>(), dout.data_ptr<float>(),
                          dq.data_ptr<float>(), dk_all, dv_all, nk, nv);
   } else if (q.scalar_type() == at::kBFloat16) {
+#if defined(SA_LANES)
+    if (widen_bf16_backward(s)) {
+      const auto qf = q.to(at::kFloat), kf = k.to(at::kFloat), vf = v.to(at::kFloat), outf = out.to(at::kFloat),
+                 doutf = dout.to(at::kFloat);
+      backward_impl<float>(s, qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>(),
+                           idx.data_ptr<int64_t>(), scale, outf.data_ptr<float>(), lse.data_ptr<float>(),
+                           doutf.data_ptr<float>(), dq.data_ptr<float>(), dk_all, dv_all, nk, nv);
+    } else
+#endif
     backward_impl<at::BFloat16>(s, q.data_ptr<at::BFloat16>(), k.data_ptr<at::BFloat16>(),
                                 v.data_ptr<at::BFloat16>(), idx.data_ptr<int64_t>(), scale,
                                 out.data_ptr<at::BFloat16>(), lse.data_ptr<float>(),

@@ -297,5 +297,19 @@ inline F16 sum16(const F16* acc) {
 }
 #endif
 
+// Sixteen bf16 values (their raw bits) widened to floats: exact, a bf16 being a float's upper half.
+#if defined(SA_LANES_AVX512)
+inline F16 load_bf16(const uint16_t* p) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+#else
+inline __m256 load_bf16_8(const uint16_t* p) {
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+inline F16 load_bf16(const uint16_t* p) { return {load_bf16_8(p), load_bf16_8(p + 8)}; }
+#endif
+
 }  // namespace simd
 #endif  // SA_LANES
