@@ -101,7 +101,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         raise ValueError(f"--json {args.json}: cannot create its folder ({err})") from None
     document = profile_lengths(config, args.seq_lengths, batch_size=args.batch_size, repeats=args.repeats,
                                top_k_fraction=args.top_k_fraction, max_top_k=args.max_top_k,
-                               phases=not args.no_phases, progress=not args.quiet)
+                               phases=not args.no_phases, ops=args.ops, progress=not args.quiet)
     json_path, png = write_profile(document, args.json)
     print(format_table(document))
     print("ratio = dense / dsa, measured in this run (> 1: dsa faster or smaller); mem = extra peak memory of one"
@@ -110,6 +110,10 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         from ..report.lm.table import phase_table
 
         print(phase_table(document))
+    if args.ops:
+        from ..report.lm.table import op_table
+
+        print(op_table(document))
     print(f"wrote {json_path} and {png}")
     return 0
 
@@ -195,6 +199,9 @@ def add_profile(sub) -> None:
     p.add_argument("--no-phases", action="store_true",
                    help="skip the time split of one attention layer (dense attention vs DSA's indexer projections,"
                         " scoring + top-k, sparse attention and KL, with counted FLOPs)")
+    p.add_argument("--ops", action="store_true",
+                   help="also profile one training step of each model (torch.profiler) and list the operators whose"
+                        " self times differ most (outside attention they should not)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     p.set_defaults(func=_cmd_profile)

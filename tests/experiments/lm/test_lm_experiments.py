@@ -310,6 +310,23 @@ def test_attention_phases_in_bfloat16_run_the_attention_in_bfloat16():
         attention_phases(preset("tiny").model, 24, 5, repeats=1, dtype="float16")
 
 
+def test_profile_ops_compare_the_operators_of_the_two_steps():
+    from sparse_attention.experiments.lm.op_times import op_times
+    from sparse_attention.report.lm.table import op_table
+
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    rows = op_times({"dense": lambda: a @ b, "dsa": lambda: torch.relu(a)}, top=None)
+    by_op = {r["op"]: r for r in rows}
+    assert by_op["aten::mm"]["dense_ms"] > 0 and by_op["aten::mm"]["dsa_ms"] == 0
+    assert by_op["aten::relu"]["dsa_ms"] > 0 and by_op["aten::relu"]["dense_ms"] == 0
+    diffs = [abs(r["dsa_ms"] - r["dense_ms"]) for r in rows]
+    assert diffs == sorted(diffs, reverse=True)
+    doc = profile_lengths(preset("tiny"), [16], batch_size=1, repeats=1, phases=False, ops=True, progress=False)
+    ops = doc["rows"][0]["ops"]
+    assert 0 < len(ops) <= 25 and all({"op", "dense_ms", "dsa_ms"} <= set(r) for r in ops)
+    assert "Operators of one training step at N = 16" in op_table(doc)
+
+
 def test_profile_errors():
     with pytest.raises(ValueError, match="positive"):
         parse_lengths("128,0")

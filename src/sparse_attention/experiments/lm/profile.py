@@ -17,7 +17,10 @@ model lacks). On one batch of random tokens it measures, in the same process:
 * with ``phases`` (default), the time split of one attention layer, dense attention against
   DSA's indexer projections, selection, sparse attention and KL, with each phase's FLOPs
   (:func:`~sparse_attention.experiments.lm.phases.attention_phases`), and the rest of the
-  model: the step time outside the ``n_layers`` attention layers.
+  model: the step time outside the ``n_layers`` attention layers;
+* with ``ops``, the self time of every operator in one training step of each model
+  (:func:`~sparse_attention.experiments.lm.op_times.op_times`), the operators whose times differ
+  most first: outside attention they should take the same time in both.
 
 Ratios are dense / DSA (> 1: DSA is faster or smaller). The sparse attention backend that
 ``model.backend`` resolves to is recorded in every row.
@@ -38,6 +41,7 @@ from ...utils.checks import check_int
 from ...utils.memory import peak_memory_bytes, peak_memory_unavailable, saved_tensor_bytes
 from ...utils.results_io import write_json
 from ...utils.timing import synchronize, time_call
+from .op_times import op_times
 from .phases import attention_phases, rest_of_model_ms
 
 
@@ -161,7 +165,7 @@ def _ratio(a, b) -> float | None:
 
 def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batch_size: int | None = None,
                     repeats: int = 5, top_k_fraction: float | None = None, max_top_k: int | None = None,
-                    phases: bool = True, progress: bool = True) -> dict:
+                    phases: bool = True, ops: bool = False, progress: bool = True) -> dict:
     """Measure every length (module docstring); returns ``{"machine", "config", "settings", "rows"}``.
 
     Args:
@@ -173,6 +177,7 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         top_k_fraction: DSA keys per query as a fraction of ``N`` (default: ``model.top_k``).
         max_top_k: with ``top_k_fraction``, at most this many keys per query.
         phases: also time the phases of one attention layer (module docstring).
+        ops: also record each operator's self time in one training step of each model.
     """
     from tqdm import tqdm
 
@@ -232,6 +237,8 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         row["forward_memory_ratio"] = _ratio(row["dense_forward_peak_mb"], row["dsa_forward_peak_mb"])
         if phases:
             row["phases"] = _phases_with_rest(config, row, device, repeats)
+        if ops:
+            row["ops"] = op_times({"dense": dense_train, "dsa": sparse_train}, device)
         rows.append(row)
     return {
         "machine": machine_with_kernel(device),

@@ -158,3 +158,18 @@ def lm_tables(paths: list[str | Path]) -> str:
         else:
             raise ValueError(f"{path} is neither a comparison_metrics.json nor a profile.json")
     return "\n\n".join(parts)
+
+
+def op_table(doc: dict, rows_per_length: int = 15) -> str:
+    """The operators whose self times differ most between one dense and one DSA training step
+    (``lm profile --ops``), per length."""
+    lines = []
+    for row in doc.get("rows", []):
+        if not row.get("ops"):
+            continue
+        lines += ["", f"Operators of one training step at N = {row['seq_len']}, self time in ms (largest difference first):",
+                  "", "| operator | dense | DSA | DSA - dense |", "|---|---|---|---|"]
+        for op in row["ops"][:rows_per_length]:
+            dense, dsa = op.get("dense_ms", 0.0), op.get("dsa_ms", 0.0)
+            lines.append(f"| `{op['op']}` | {dense:.1f} | {dsa:.1f} | {dsa - dense:+.1f} |")
+    return "\n".join(lines)
