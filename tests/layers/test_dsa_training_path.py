@@ -30,13 +30,14 @@ def test_sparse_target_equals_the_dense_gather(n_heads, n_kv_heads):
     torch.testing.assert_close(sparse_attention_target(q, k, idx), dense_target(q, k, idx))
 
 
+@pytest.mark.parametrize("dim", [32, 64])  # heads of 8 (KL computes the target) and of 16 (the attention gathers it)
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_sparse_stage_loss_and_indexer_gradients_equal_the_dense_formulation(precision):
+def test_sparse_stage_loss_and_indexer_gradients_equal_the_dense_formulation(precision, dim):
     torch.manual_seed(0)
-    layer = SparseSelfAttention(AttentionConfig(dim=32, n_heads=4, n_kv_heads=2, method="dsa", indexer_heads=2,
+    layer = SparseSelfAttention(AttentionConfig(dim=dim, n_heads=4, n_kv_heads=2, method="dsa", indexer_heads=2,
                                                 indexer_head_dim=16,
                                                 method_params={"top_k": 6, "precision": precision}))
-    x = torch.randn(2, 29, 32)
+    x = torch.randn(2, 29, dim)
     _, aux = layer.forward_with_aux(x, "sparse")
     indices = aux.selection.indices[:, 0]  # [B, N, K] from the fused selection
     assert aux.selection.info["scoring"] == "fused"
@@ -70,4 +71,22 @@ def test_the_sparse_stage_never_builds_an_n_by_n_score_matrix(monkeypatch):
                                                 method_params={"top_k": 4}))
     y, aux = layer.forward_with_aux(torch.randn(1, 50, 32), "sparse")
     (y.square().mean() + aux.indexer_loss).backward()
+    assert aux.indexer_loss is not None and bool(torch.isfinite(aux.indexer_loss))
+
+
+def test_the_kl_takes_the_target_the_cpu_attention_gathered(monkeypatch):
+    """Heads of 16 on the CPU kernel: the KL must not compute the attention scores again."""
+    import sparse_attention.layers.attention as attention_layer
+    from sparse_attention.ops.attention import cpu
+
+    if cpu.load_error() is not None:
+        pytest.skip(f"attention CPU kernel unavailable: {cpu.load_error()}")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the KL recomputed the attention target")
+
+    monkeypatch.setattr(attention_layer, "sparse_indexer_loss", fail)
+    layer = SparseSelfAttention(AttentionConfig(dim=64, n_heads=4, n_kv_heads=2, method="dsa", indexer_heads=2,
+                                                indexer_head_dim=16, method_params={"top_k": 6}))
+    _, aux = layer.forward_with_aux(torch.randn(1, 40, 64), "sparse")
     assert aux.indexer_loss is not None and bool(torch.isfinite(aux.indexer_loss))

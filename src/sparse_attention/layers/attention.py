@@ -14,7 +14,10 @@ the shared sparse attention kernel. Each forward call runs in one of three modes
   never reaches the model. DSA stage 2. The selection is the fused scoring + top-k of
   :func:`~sparse_attention.selection.dsa.dsa_select` (no gradient, no score matrix); the KL over
   the selected keys (:func:`~sparse_attention.layers.indexer_loss.sparse_indexer_loss`: one fused
-  CPU kernel, chunked PyTorch elsewhere) holds O(N K), never ``[B, N, N]``.
+  CPU kernel, chunked PyTorch elsewhere) holds O(N K), never ``[B, N, N]``. Where the CPU attention
+  kernel runs the layer's heads on its few-heads path, the attention's forward pass also returns
+  its probabilities averaged over heads per slot (the KL's target), and the KL scores only the
+  indexer (``sparse_indexer_loss_from_target``).
 
 ``collect`` statistics walk query chunks as the warm-up does. Only ``keep_scores``
 (visualisation) holds all ``[B, N, N]`` indexer scores.
@@ -36,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.dense import causal_mask, dense_attention
-from ..ops.attention import sparse_attention
+from ..ops.attention import sparse_attention, sparse_attention_with_head_mean
 from ..ops.topk import indexer_scores
 from ..selection.base import Selection, get_method, select
 from ..selection.dsa import dsa_select
@@ -44,7 +47,7 @@ from ..selection.key_mask import check_key_mask
 from ..utils.checks import check_int
 from .attention_stats import layer_stats, topk_from_scores
 from .indexer import LightningIndexer
-from .indexer_loss import dense_indexer_loss, sparse_indexer_loss
+from .indexer_loss import dense_indexer_loss, sparse_indexer_loss, sparse_indexer_loss_from_target
 from .kv_cache import LayerCache
 from .rope import apply_rope
 
@@ -345,11 +348,19 @@ class SparseSelfAttention(nn.Module):
             else:
                 aux.selection = self.select(x, q, k, key_mask)
             if indexer_out is not None and train_indexer:
-                # DSA sparse stage in O(N K): the KL over the selected keys only.
+                # DSA sparse stage in O(N K): the KL over the selected keys only, to the head-mean
+                # probabilities the attention gathers as it computes them where its kernel can.
+                out, target = sparse_attention_with_head_mean(q, k, v, aux.selection.indices, causal=c.causal,
+                                                              backend=c.backend)
                 with _float32(x.device):
-                    aux.indexer_loss = sparse_indexer_loss(q.detach(), k.detach(), *indexer_out,
-                                                           aux.selection.indices[:, 0])
-            out = sparse_attention(q, k, v, aux.selection.indices, causal=c.causal, backend=c.backend)
+                    if target is not None:
+                        aux.indexer_loss = sparse_indexer_loss_from_target(target, *indexer_out,
+                                                                           aux.selection.indices[:, 0])
+                    else:
+                        aux.indexer_loss = sparse_indexer_loss(q.detach(), k.detach(), *indexer_out,
+                                                               aux.selection.indices[:, 0])
+            else:
+                out = sparse_attention(q, k, v, aux.selection.indices, causal=c.causal, backend=c.backend)
         else:
             out = dense_attention(q, k, v, causal=c.causal, key_mask=key_mask)
             if mode == "warmup" and train_indexer:

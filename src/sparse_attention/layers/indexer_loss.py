@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..ops.dense import dense_probabilities
-from ..ops.indexer_kl import INDEXER_KL, sparse_indexer_kl
+from ..ops.indexer_kl import INDEXER_KL, sparse_indexer_kl, sparse_indexer_kl_from_target
 from ..ops.indexer_kl.reference import kl_to_indexer, sparse_attention_target
 from ..ops.indexer_kl.selected_scores import CHUNK_ELEMENTS
 
@@ -152,3 +152,11 @@ def sparse_indexer_loss(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, 
         raise ValueError(f"indices must be [B, N, K] = [{q.shape[0]}, {q.shape[2]}, K], got {tuple(indices.shape)}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return sparse_indexer_kl(q, k, index_q, index_k, weights, indices, scale=scale, implementation=implementation)
+
+
+def sparse_indexer_loss_from_target(target: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor,
+                                    indices: Tensor, *, implementation: str = "auto") -> Tensor:
+    """:func:`sparse_indexer_loss` with the target given (``[B, N, K]``: the sparse attention's
+    probabilities averaged over heads per slot, as the attention's forward pass gathered them), so
+    that the attention scores are not computed twice. Same value and gradients."""
+    return sparse_indexer_kl_from_target(target, index_q, index_k, weights, indices, implementation=implementation)

@@ -8,9 +8,9 @@ from indexer_kl_checks import check_fused_against_float64, dense_indexer_kl, kl_
 
 from isa_levels import LANE_LEVELS, require_build, require_level
 
-from sparse_attention.layers.indexer_loss import sparse_indexer_loss
+from sparse_attention.layers.indexer_loss import sparse_indexer_loss, sparse_indexer_loss_from_target
 from sparse_attention.ops.indexer_kl import cpu
-from sparse_attention.ops.indexer_kl.reference import sparse_indexer_loss_reference
+from sparse_attention.ops.indexer_kl.reference import sparse_attention_target, sparse_indexer_loss_reference
 
 
 @pytest.fixture
@@ -121,3 +121,41 @@ def test_out_of_range_key_raises():
 def test_every_isa_build(isa, h, h_kv, d, h_i, d_i):
     require_level(cpu.EXTENSION, isa)
     check_fused_against_float64(kl_inputs(2, h, h_kv, 41, d, h_i, d_i, 9, empty_rows=2, duplicates=True), isa=isa)
+
+
+def loss_and_grads_from_target(target, iq, ik, w, idx, implementation):
+    leaves = [t.clone().requires_grad_() for t in (iq, ik, w)]
+    loss = sparse_indexer_loss_from_target(target, *leaves, idx, implementation=implementation)
+    loss.backward()
+    return [loss] + [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("isa", [None] + LANE_LEVELS)
+@pytest.mark.parametrize("b, h, h_kv, n, d, h_i, d_i, top_k", [
+    (2, 16, 4, 70, 64, 4, 64, 24),   # the wide preset's widths
+    (1, 4, 1, 61, 32, 5, 20, 16),    # D_I off the vector width, 5 indexer heads
+])
+def test_from_the_attention_target_equals_the_fused_kernel(isa, b, h, h_kv, n, d, h_i, d_i, top_k):
+    if isa is not None:
+        require_level(cpu.EXTENSION, isa)
+    else:
+        require_build(cpu.EXTENSION)
+    q, k, iq, ik, w, idx = kl_inputs(b, h, h_kv, n, d, h_i, d_i, top_k, seed=n)  # causal selections
+    target = sparse_attention_target(q, k, idx)  # the attention's own is tested in the attention room
+    expected = loss_and_grads(q, k, iq, ik, w, idx, "fused")
+    for implementation in ("fused", "reference"):
+        if implementation == "fused" and isa is not None:
+            leaves = [t.clone().requires_grad_() for t in (iq, ik, w)]
+            loss = cpu.indexer_kl_from_target_cpu(target, *leaves, idx, isa=isa)
+            loss.backward()
+            got = [loss] + [t.grad for t in leaves]
+        else:
+            got = loss_and_grads_from_target(target, iq, ik, w, idx, implementation)
+        for a, e in zip(got, expected):
+            torch.testing.assert_close(a, e, atol=2e-5, rtol=1e-4)
+
+
+def test_from_target_checks_the_target_shape():
+    q, k, iq, ik, w, idx = kl_inputs(1, 2, 1, 9, 8, 2, 8, 4)
+    with pytest.raises(ValueError, match="target must be shaped like indices"):
+        sparse_indexer_loss_from_target(torch.zeros(1, 9, 5), iq, ik, w, idx)

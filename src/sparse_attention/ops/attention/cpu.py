@@ -66,19 +66,23 @@ def _saved_indices(indices: Tensor, n_keys: int) -> Tensor:
 
 class _SparseAttentionCPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, indices, causal, scale, ext):
-        out, lse = ext.forward(q, k, v, indices, causal, scale)
+    def forward(ctx, q, k, v, indices, causal, scale, ext, head_mean=False):
+        if head_mean:  # also the mean over heads of the probabilities per slot (not differentiable)
+            out, lse, target = ext.forward_with_head_mean(q, k, v, indices, causal, scale)
+            ctx.mark_non_differentiable(target)
+        else:
+            out, lse = ext.forward(q, k, v, indices, causal, scale)
         # Kept as int32 until the backward: the selection is the largest tensor a sparse layer
         # saves (N x K per selection head), and key positions fit 32 bits.
         ctx.save_for_backward(q, k, v, _saved_indices(indices, k.shape[2]), out, lse)
         ctx.causal, ctx.scale, ctx.ext = causal, scale, ext
-        return out
+        return (out, target) if head_mean else out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, *_unused):  # _unused: the target's (None) with head_mean
         q, k, v, indices, out, lse = ctx.saved_tensors
         dq, dk, dv = ctx.ext.backward(q, k, v, indices.long(), ctx.causal, ctx.scale, out, lse, grad_out.contiguous())
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def sparse_attention_cpu(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, *, causal: bool, scale: float,
@@ -91,6 +95,22 @@ def sparse_attention_cpu(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, *, ca
     ext = EXTENSION.require(isa)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return _SparseAttentionCPU.apply(q, k, v, indices.long().contiguous(), causal, float(scale), ext)
+
+
+def sparse_attention_cpu_with_head_mean(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, *, causal: bool,
+                                        scale: float, isa: str | None = None) -> tuple[Tensor, Tensor | None]:
+    """:func:`sparse_attention_cpu` that also returns, for a selection shared by every head
+    (``indices [B, 1, N_q, K]``), the mean over the ``H`` heads of each head's attention
+    probabilities per slot, ``[B, N_q, K]`` float32 (zero on empty and causally hidden slots;
+    not differentiable): the target of the DSA sparse-stage indexer KL, gathered while the
+    forward pass computes the probabilities anyway. ``None`` instead where the kernel's
+    few-heads path does not run (groups of more than 8 heads, D or D_v not multiples of 16,
+    bf16 on AMX, a build without FMA, per-KV-head selections).
+    """
+    ext = EXTENSION.require(isa)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out, target = _SparseAttentionCPU.apply(q, k, v, indices.long().contiguous(), causal, float(scale), ext, True)
+    return out, (target.view(q.shape[0], q.shape[2], indices.shape[-1]) if target.numel() else None)
 
 
 def supports(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, needs_grad: bool) -> str | None:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..validation import check_index_range, check_indices, check_qkv, resolve_scale
+from .cpu import sparse_attention_cpu_with_head_mean
 from .implementations import choose_backend
 
 logger = logging.getLogger(__name__)
@@ -64,3 +65,39 @@ def sparse_attention(
     logger.debug("sparse_attention: backend=%s", chosen.name)
     out = chosen.run(q, k, v, indices, causal=causal, scale=scale)
     return (out, chosen.name) if return_backend else out
+
+
+def sparse_attention_with_head_mean(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    indices: Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`sparse_attention` that also returns, when it comes almost free, the mean over heads
+    of the attention probabilities per slot: the target of the DSA sparse-stage indexer KL.
+
+    Args:
+        as :func:`sparse_attention`; ``indices`` ``[B, 1, N_q, K]`` (one selection shared by all
+        heads) for a target.
+    Returns:
+        ``(out, target)``: ``out`` as :func:`sparse_attention` returns it; ``target`` ``[B, N_q, K]``
+        float32, not differentiable, ``sum_h P_h / H`` per slot (zero on empty and causally hidden
+        slots), or ``None`` where the chosen backend does not gather it (every backend but the
+        CPU kernel's few-heads path, see
+        :func:`~sparse_attention.ops.attention.cpu.sparse_attention_cpu_with_head_mean`): the
+        caller then computes the target itself.
+    """
+    check_qkv(q, k, v)
+    check_indices(indices, q, k, check_range=False)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    chosen = choose_backend(backend, q, k, v, indices, needs_grad)
+    if chosen.name != "cpu" or indices.shape[1] != 1:
+        return sparse_attention(q, k, v, indices, causal=causal, scale=scale, backend=chosen.name), None
+    logger.debug("sparse_attention_with_head_mean: backend=cpu")
+    return sparse_attention_cpu_with_head_mean(q, k, v, indices, causal=causal, scale=resolve_scale(scale, q.shape[-1]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .implementations import INDEXER_KL
+from .implementations import INDEXER_KL, INDEXER_KL_FROM_TARGET
 
 
 def sparse_indexer_kl(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor, indices: Tensor, *,
@@ -26,4 +26,16 @@ def sparse_indexer_kl(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, we
     return chosen.run(q, k, index_q, index_k, weights, indices, scale=scale)
 
 
-__all__ = ["INDEXER_KL", "sparse_indexer_kl"]
+def sparse_indexer_kl_from_target(target: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor, indices: Tensor,
+                                  *, implementation: str = "auto") -> Tensor:
+    """:func:`sparse_indexer_kl` with the target ``p`` given: ``target`` ``[B, N, K]``, per slot the
+    mean over heads of the attention probabilities (rows summing to 1 over the selected keys), as
+    :func:`~sparse_attention.ops.attention.sparse_attention_with_head_mean` returns it. Other
+    arguments as :func:`sparse_indexer_kl`."""
+    if target.shape != indices.shape:
+        raise ValueError(f"target must be shaped like indices {tuple(indices.shape)}, got {tuple(target.shape)}")
+    chosen = INDEXER_KL_FROM_TARGET.choose(implementation, target, index_q, index_k, weights, indices)
+    return chosen.run(target, index_q, index_k, weights, indices)
+
+
+__all__ = ["INDEXER_KL", "INDEXER_KL_FROM_TARGET", "sparse_indexer_kl", "sparse_indexer_kl_from_target"]

@@ -34,12 +34,26 @@ def supports(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, weights: Te
     return None
 
 
+def supports_from_target(target: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor, *inputs,
+                         **options) -> str | None:
+    """None when :func:`indexer_kl_from_target_cpu` can run on these tensors, else why not."""
+    return supports(target, target, index_q, index_k, weights)
+
+
 class _IndexerKL(torch.autograd.Function):
+    """The kernel's loss, with the gradients it computed in the forward pass. ``target`` None:
+    the kernel computes it from ``q``, ``k`` and ``scale``; else ``q``, ``k``, ``scale`` are unused."""
+
     @staticmethod
-    def forward(ctx, q, k, index_q, index_k, weights, indices, scale, ext):
+    def forward(ctx, q, k, index_q, index_k, weights, indices, scale, ext, target=None):
         need_grad = any(ctx.needs_input_grad[2:5])
         try:
-            row_kl, has_keys, diq, dik, dw = ext.indexer_kl(q, k, index_q, index_k, weights, indices, scale, need_grad)
+            if target is None:
+                row_kl, has_keys, diq, dik, dw = ext.indexer_kl(q, k, index_q, index_k, weights, indices, scale,
+                                                                need_grad)
+            else:
+                row_kl, has_keys, diq, dik, dw = ext.indexer_kl_from_target(target, index_q, index_k, weights, indices,
+                                                                            need_grad)
         except RuntimeError as err:  # the kernel's shape and range checks, as the public boundary reports them
             raise ValueError(str(err).splitlines()[0]) from None
         rows = int(has_keys.sum())
@@ -49,7 +63,7 @@ class _IndexerKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         diq, dik, dw = (g * grad for g in ctx.grads)
-        return None, None, diq, dik, dw, None, None, None
+        return None, None, diq, dik, dw, None, None, None, None
 
 
 def indexer_kl_cpu(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor, indices: Tensor, *,
@@ -69,3 +83,17 @@ def indexer_kl_cpu(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, weigh
     q, k = q.detach().float().contiguous(), k.detach().float().contiguous()
     return _IndexerKL.apply(q, k, index_q.float().contiguous(), index_k.float().contiguous(),
                             weights.float().contiguous(), indices.long().contiguous(), float(scale), ext)
+
+
+def indexer_kl_from_target_cpu(target: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor, indices: Tensor, *,
+                               isa: str | None = None) -> Tensor:
+    """:func:`indexer_kl_cpu` with the target given instead of computed from the attention's
+    queries and keys: ``target`` ``[B, N, K]``, per slot the mean over heads of the attention
+    probabilities (as :func:`~sparse_attention.ops.attention.sparse_attention_with_head_mean`
+    returns it). The kernel then scores only the indexer (``H_I x D_I`` products per selected key
+    instead of that plus the attention's ``H x D``)."""
+    ext = EXTENSION.require(isa)
+    empty = target.new_empty(0)
+    return _IndexerKL.apply(empty, empty, index_q.float().contiguous(), index_k.float().contiguous(),
+                            weights.float().contiguous(), indices.long().contiguous(), 1.0, ext,
+                            target.detach().float().contiguous())

@@ -74,3 +74,11 @@ def sparse_indexer_loss_reference(q: Tensor, k: Tensor, index_q: Tensor, index_k
     target = sparse_attention_target(q.detach(), k.detach(), indices, scale=scale)
     selected = selected_indexer_scores(index_q.float(), index_k.float(), weights.float(), indices)
     return kl_to_indexer(target, selected, indices >= 0)
+
+
+def indexer_loss_from_target_reference(target: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor,
+                                       indices: Tensor) -> Tensor:
+    """:func:`sparse_indexer_loss_reference` with the target given (``[B, N, K]``, rows summing to
+    1 over the selected keys): the indexer logits there and the KL."""
+    selected = selected_indexer_scores(index_q.float(), index_k.float(), weights.float(), indices)
+    return kl_to_indexer(target.detach().float(), selected, indices >= 0)

@@ -203,6 +203,19 @@ inline int64_t collect(const Shapes& s, const int64_t* row, int64_t t, int64_t* 
   return n;
 }
 
+// collect() that also records each valid key's slot: pos[v] is the slot of ids[v]. pos: room for K.
+inline int64_t collect_slots(const Shapes& s, const int64_t* row, int64_t t, int64_t* ids, int32_t* pos) {
+  const int64_t n = collect(s, row, t, ids);
+  const int64_t limit = s.causal ? t + s.offset : s.Nk - 1;
+  int64_t v = 0;
+  for (int64_t slot = 0; slot < s.K; ++slot) {  // branchless, as collect()
+    const int64_t j = row[slot];
+    pos[v] = static_cast<int32_t>(slot);
+    v += (j >= 0) & (j <= limit);
+  }
+  return n;
+}
+
 // out[i][j] = sum_d A[i][d] * rows[ids[j]][d] for i < nh, j < n.
 // A: [nh x D] float (row stride D); rows: base pointer of a [Nk x D] matrix of type T.
 template <typename T>
@@ -543,6 +556,61 @@ void forward_token_blocks(const Shapes& s, const E* q, const E* k, const E* v, c
 }
 #endif
 
+#if defined(SA_LANES)
+// Whether forward_blocks_with_head_mean() runs these shapes: one selection shared by every head, groups
+// the few-heads kernels take (rows::fits).
+bool head_mean_fits(const Shapes& s) { return s.Hsel == 1 && !s.per_head && rows::fits(s.G, s.D, s.Dv); }
+
+// The fp32 forward of a selection shared by every head (head_mean_fits) that also adds, for each
+// query and slot, the mean over all H heads of the attention probabilities into target
+// [B][Nq][K] (empty and causally hidden slots get zero): the target of the DSA
+// indexer's sparse-stage KL, which would otherwise recompute every head's scores. Each thread
+// owns a run of token blocks and runs every KV head over it, one KV head after the other (its
+// K and V stay in cache across the run), so each target row has a single writer.
+void forward_blocks_with_head_mean(const Shapes& s, const float* q, const float* k, const float* v, const int64_t* idx,
+                                   double scale, float* out, float* lse, float* target) {
+  const int64_t T = rows::BlockForward::block_tokens(s.Nk, s.D, s.Dv);
+  const int64_t blocks_per_seq = (s.Nq + T - 1) / T;
+  const float weight = 1.0f / static_cast<float>(s.H);
+  at::parallel_for(0, s.B * blocks_per_seq, 1, [&](int64_t begin, int64_t end) {
+    rows::BlockForward engine(s.K, s.Nk, s.D, s.Dv, static_cast<float>(scale), s.G);
+    std::vector<int64_t> ids(s.K), staged(T);
+    std::vector<int32_t> pos(s.K), slot_of(T * s.K);
+    std::vector<uint8_t> in_order(T);
+    for (int64_t g = 0; g < s.Hkv; ++g) {
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t b = block / blocks_per_seq, t0 = (block % blocks_per_seq) * T;
+        const int64_t t1 = std::min(s.Nq, t0 + T);
+        int64_t tokens = 0;
+        for (int64_t t = t0; t < t1; ++t) {
+          float* target_row = target + (b * s.Nq + t) * s.K;
+          if (g == 0) std::fill_n(target_row, s.K, 0.0f);  // here rather than at::zeros: spread over threads
+          const int64_t n = collect_slots(s, idx + (b * s.Nq + t) * s.K, t, ids.data(), pos.data());
+          if (n == 0) {
+            write_no_keys(s, decode(s, (b * s.Hkv + g) * s.Nq + t), out, lse);
+            continue;
+          }
+          const bool kept_order = ranges::grouped_positions(ids.data(), pos.data(), n, engine.shift(),
+                                                            engine.ranges(), slot_of.data() + tokens * s.K);
+          in_order[tokens] = kept_order && pos[n - 1] == n - 1;  // the o-th key is in slot o
+          const int64_t row0 = (b * s.H + g * s.G) * s.Nq + t;  // row of head i: row0 + i * Nq
+          engine.stage(tokens, q + row0 * s.D, s.Nq * s.D, s.G, ids.data(), n);
+          staged[tokens++] = t;
+        }
+        const int64_t kv_off = (b * s.Hkv + g) * s.Nk;
+        engine.attend(tokens, s.G, k + kv_off * s.D, v + kv_off * s.Dv);
+        for (int64_t slot = 0; slot < tokens; ++slot) {
+          const int64_t t = staged[slot], row0 = (b * s.H + g * s.G) * s.Nq + t;
+          engine.finish(slot, s.G, out + row0 * s.Dv, s.Nq * s.Dv, lse + row0, s.Nq);
+          engine.add_probabilities(slot, s.G, in_order[slot] ? nullptr : slot_of.data() + slot * s.K, weight,
+                                   target + (b * s.Nq + t) * s.K);
+        }
+      }
+    }
+  });
+}
+#endif
+
 template <typename T>
 void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, const int64_t* idx, double scale, T* out,
                   float* lse, bool allow_amx) {
@@ -815,6 +883,35 @@ std::vector<at::Tensor> forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Te
   return {out, lse};
 }
 
+// forward() that also returns the mean over heads of the attention probabilities per query and
+// slot, target [B, N_q, K] float32, for a selection shared by every head where the few-heads
+// kernels run (fp32, or bf16 on float copies without AMX); elsewhere target is an empty tensor
+// and the caller computes it another way. Returns (out, lse, target).
+std::vector<at::Tensor> forward_with_head_mean(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor idx, bool causal,
+                                               double scale) {
+  check_inputs(q, k, v, idx);
+  const Shapes s = make_shapes(q, k, v, idx, causal);
+#if defined(SA_LANES)
+  const bool dtype_ok = q.scalar_type() == at::kFloat ||
+                        (q.scalar_type() == at::kBFloat16 && !use_amx<at::BFloat16>(s, true));
+  if (dtype_ok && head_mean_fits(s)) {
+    const auto qf = q.to(at::kFloat), kf = k.to(at::kFloat), vf = v.to(at::kFloat);  // no copy for fp32
+    auto outf = at::empty({s.B, s.H, s.Nq, s.Dv}, qf.options());
+    auto lse = at::empty({s.B, s.H, s.Nq}, qf.options());
+    auto target = at::empty({s.B, s.Nq, s.K}, qf.options());
+    const auto k_copy = HugePageArray::copy_of(kf.data_ptr<float>(), s.B * s.Hkv * s.Nk * s.D, staging_pays(s));
+    const auto v_copy = HugePageArray::copy_of(vf.data_ptr<float>(), s.B * s.Hkv * s.Nk * s.Dv, staging_pays(s));
+    forward_blocks_with_head_mean(s, qf.data_ptr<float>(), k_copy.data<float>(), v_copy.data<float>(),
+                           idx.data_ptr<int64_t>(), scale, outf.data_ptr<float>(), lse.data_ptr<float>(),
+                           target.data_ptr<float>());
+    return {outf.to(q.scalar_type()), lse, target};
+  }
+#endif
+  auto result = forward(q, k, v, idx, causal, scale, true);
+  result.push_back(at::empty({0}, q.options().dtype(at::kFloat)));
+  return result;
+}
+
 std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor idx, bool causal, double scale,
                                  at::Tensor out, at::Tensor lse, at::Tensor dout) {
   check_inputs(q, k, v, idx);
@@ -858,6 +955,9 @@ SA_OP_LIBRARY(m) {
   // Forward: bf16 items use AMX tiles where allowed and possible. Returns (out, lse).
   m.def("forward(Tensor q, Tensor k, Tensor v, Tensor idx, bool causal, float scale, bool allow_amx=True) -> Tensor[]",
         &forward);
+  // Forward that also returns the head-mean probabilities per slot (empty where unsupported).
+  m.def("forward_with_head_mean(Tensor q, Tensor k, Tensor v, Tensor idx, bool causal, float scale) -> Tensor[]",
+        &forward_with_head_mean);
   // Whether bf16 attention can run on AMX tiles here.
   m.def("amx_attention_available() -> bool", [] {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)

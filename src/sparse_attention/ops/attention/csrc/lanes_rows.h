@@ -182,16 +182,53 @@ inline void weighted_rows(const float* P, int64_t P_stride, int64_t nh, const fl
 
 class BlockForward {
  public:
-  // K: most keys per token; Nk: key positions; D, Dv: key and value widths; scale: of the scores.
-  BlockForward(int64_t K, int64_t Nk, int64_t D, int64_t Dv, float scale)
-      : D_(D), Dv_(Dv), Kp_(padded_keys(K)), scale_(scale),
+  // K: most keys per token; Nk: key positions; D, Dv: key and value widths; scale: of the scores;
+  // kept_heads: heads per token whose probabilities add_probabilities() will need (0: none).
+  BlockForward(int64_t K, int64_t Nk, int64_t D, int64_t Dv, float scale, int64_t kept_heads = 0)
+      : D_(D), Dv_(Dv), Kp_(padded_keys(K)), kept_(kept_heads), scale_(scale),
         keys_(K, Nk, bytes_per_key(D, Dv), kRangeBytes), q_(keys_.tokens() * kMaxHeads * D),
         s_(kMaxHeads * Kp_), o_acc_(keys_.tokens() * kMaxHeads * Dv), m_acc_(keys_.tokens() * kMaxHeads),
-        l_acc_(keys_.tokens() * kMaxHeads), nan_(keys_.tokens() * kMaxHeads), krows_(Kp_), vrows_(Kp_) {}
+        l_acc_(keys_.tokens() * kMaxHeads), nan_(keys_.tokens() * kMaxHeads), krows_(Kp_), vrows_(Kp_),
+        probs_(keys_.tokens() * kept_heads * Kp_), range_max_(keys_.tokens() * kept_heads * keys_.ranges()),
+        mean_(Kp_) {}
 
   // Tokens per block (the stage() slots) for Nk keys of widths D, Dv.
   static int64_t block_tokens(int64_t Nk, int64_t D, int64_t Dv) {
     return ranges::tokens_per_block(Nk, bytes_per_key(D, Dv), kRangeBytes);
+  }
+
+  // The key ranges (ranges::BlockKeys) its blocks walk: log2 of the keys per range, and how many.
+  int shift() const { return keys_.shift(); }
+  int64_t ranges() const { return keys_.ranges(); }
+
+  // Adds weight * P[h][key] summed over token `slot`'s nh (<= kept_heads) heads to the slot of each
+  // of its keys, target_row[slot_of[o]] for its o-th key in grouped order (slot_of from
+  // ranges::grouped_positions; null: slot o), P the final probabilities: each range's are kept relative to
+  // the running max of that range's visit and rescaled here by exp(max_r - lse).
+  void add_probabilities(int64_t slot, int64_t nh, const int32_t* slot_of, float weight, float* target_row) {
+    const int64_t* start = keys_.range_starts(slot);
+    const int64_t n = start[keys_.ranges()];
+    float* mean = mean_.data();
+    std::fill_n(mean, n, 0.0f);
+    for (int64_t h = 0; h < nh; ++h) {
+      const int64_t i = slot * kMaxHeads + h;
+      const float lse = nan_[i] ? std::numeric_limits<float>::quiet_NaN() : m_acc_[i] + std::log(l_acc_[i]);
+      const float* p = probs_.data() + (slot * kept_ + h) * Kp_;
+      const float* range_max = range_max_.data() + (slot * kept_ + h) * keys_.ranges();
+      for (int64_t r = 0; r < keys_.ranges(); ++r) {
+        if (start[r] == start[r + 1]) continue;
+        const F16 c = simd::set1(std::exp(range_max[r] - lse) * weight);
+        int64_t o = start[r];
+        for (; o + 16 <= start[r + 1]; o += 16)
+          simd::storeu(mean + o, simd::fmadd(simd::loadu(p + o), c, simd::loadu(mean + o)));
+        for (; o < start[r + 1]; ++o) mean[o] += p[o] * simd::first(c);
+      }
+    }
+    int64_t o = 0;
+    if (!slot_of)  // the o-th key is in slot o
+      for (; o + 16 <= n; o += 16)
+        simd::storeu(target_row + o, simd::add(simd::loadu(target_row + o), simd::loadu(mean + o)));
+    for (; o < n; ++o) target_row[slot_of ? slot_of[o] : o] += mean[o];
   }
 
   // Token `slot` of the block: the scaled queries of its nh heads (q: head 0's row, heads q_stride
@@ -268,6 +305,11 @@ class BlockForward {
       }
       m_acc_[i] = m_new;
       l_acc_[i] = l_acc_[i] * keep + simd::reduce_add(l);
+      if (kept_ > 0) {  // this range's probabilities relative to m_new, for add_probabilities()
+        const int64_t kept = slot * kept_ + h;
+        std::copy(s, s + n, probs_.data() + kept * Kp_ + (ids - keys_.token_ids(slot)));
+        range_max_[kept * keys_.ranges() + (int64_t{ids[0]} >> keys_.shift())] = m_new;
+      }
       float* o = o_acc_.data() + i * Dv_;
       const F16 kv = simd::set1(keep);
       for (int64_t c = 0; c < Dv_; c += 16) simd::storeu(o + c, simd::mul(simd::loadu(o + c), kv));
@@ -275,7 +317,7 @@ class BlockForward {
     weighted_rows(S, Kp_, nh, vrows_.data(), n, Dv_, o_acc_.data() + slot * kMaxHeads * Dv_);
   }
 
-  int64_t D_, Dv_, Kp_;
+  int64_t D_, Dv_, Kp_, kept_;
   float scale_;
   ranges::BlockKeys keys_;
   AlignedVector<float> q_;      // [T][8][D]    scaled queries per token
@@ -285,6 +327,9 @@ class BlockForward {
   std::vector<float> l_acc_;    // [T][8]       running sum of exp relative to it
   std::vector<uint8_t> nan_;    // [T][8]       heads that met a NaN score
   std::vector<const float*> krows_, vrows_;  // [Kp] gathered rows of one range
+  std::vector<float> probs_;      // [T][kept][Kp]      probabilities per range visit (grouped order)
+  std::vector<float> range_max_;  // [T][kept][ranges]  the running max they are relative to
+  std::vector<float> mean_;       // [Kp]               one token's weighted sum over heads
 };
 
 }  // namespace rows

@@ -118,6 +118,23 @@ inline void group_by_range(const int64_t* ids, int64_t n, int shift, int64_t ran
 #endif
 }
 
+// Where each id of ids[0 .. n) lands in group_by_range's order: out[o] = pos[v] for the v-th
+// id, o its grouped place (ids grouped by range, their order kept within a range). Kernels that
+// return one value per selection slot map their grouped results back with it. Returns whether
+// the grouping kept the ids' order (out = pos).
+inline bool grouped_positions(const int64_t* ids, const int32_t* pos, int64_t n, int shift, int64_t ranges,
+                              int32_t* out) {
+  if (ranges == 1 || is_ascending(ids, n)) {
+    std::copy(pos, pos + n, out);
+    return true;
+  }
+  std::vector<int64_t> fill(ranges + 1, 0);  // a stable counting sort by range
+  for (int64_t v = 0; v < n; ++v) ++fill[(ids[v] >> shift) + 1];
+  for (int64_t r = 0; r < ranges; ++r) fill[r + 1] += fill[r];
+  for (int64_t v = 0; v < n; ++v) out[fill[ids[v] >> shift]++] = pos[v];
+  return false;
+}
+
 // The valid keys of each token of a block, grouped by range.
 class BlockKeys {
  public:
@@ -136,6 +153,12 @@ class BlockKeys {
   void stage(int64_t slot, const int64_t* ids, int64_t n) {
     group_by_range(ids, n, shift_, ranges_, start_.data() + slot * (ranges_ + 1), ids_.data() + slot * K_);
   }
+
+  // Log2 of the keys per range, and the number of ranges.
+  int shift() const { return shift_; }
+  int64_t ranges() const { return ranges_; }
+  // Where token `slot`'s keys of each range begin in its grouped order: [ranges() + 1].
+  const int64_t* range_starts(int64_t slot) const { return start_.data() + slot * (ranges_ + 1); }
 
   // Token `slot`'s staged keys, grouped by range: walk() hands out pieces of this array, so
   // ids - token_ids(slot) is a piece's offset in the token's grouped order.

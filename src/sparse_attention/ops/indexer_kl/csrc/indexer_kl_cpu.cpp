@@ -17,6 +17,9 @@
 // block works in one range its rows stay in L2 or near it.
 // Every slot counts (a key selected twice counts twice), as in the PyTorch formulation over
 // slots; only the order of a row's sums follows the ranges.
+// indexer_kl_from_target takes p as given instead (per slot, as the attention's
+// forward_with_head_mean gathers it while computing the probabilities): the kernel then scores
+// only the indexer, H_I x D_I products per key instead of that plus the attention's H x D.
 
 #include "op_library.h"
 
@@ -209,6 +212,8 @@ inline float log_sum_exp(const float* x, int64_t n) {
 // slot arrays follow the row's keys as BlockKeys groups them (slot o = the o-th grouped key).
 struct BlockScratch {
   std::vector<int64_t> keys;   // [K] valid key positions of the row being staged
+  std::vector<int32_t> pos;    // [K] their slots
+  std::vector<int32_t> slot_of;  // [T][K] the slot of each row's o-th key in grouped order (given target)
   std::vector<int64_t> count;  // [T] valid keys per staged row
   std::vector<int64_t> row;    // [T] the staged rows (b * N + t)
   std::vector<float> dots;     // [T][H_I][Kp] indexer head dot products (before ReLU), then dL/d(dot)
@@ -230,27 +235,40 @@ inline int64_t kl_bytes_per_key(int64_t DI, int64_t Hkv, int64_t D) {
 constexpr int64_t kRangeBytes = int64_t{512} << 10;
 }  // namespace
 
-// q: [B, H, N, D]; k: [B, H_kv, N_k, D]; iq: [B, H_I, N, D_I]; ik: [B, N_k, D_I]; w: [B, N, H_I];
-// idx: [B, N, K] int64 (-1 = empty slot), all float32 and contiguous (the wrapper makes them so).
-// Returns {row_kl [B, N], row_has_keys [B, N] bool, diq, dik, dw}: the gradients are those of
-// sum(row_kl) (zeros when need_grad is false).
-std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at::Tensor ik, at::Tensor w,
-                                   at::Tensor idx, double scale, bool need_grad) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && iq.dim() == 4 && ik.dim() == 3 && w.dim() == 3 && idx.dim() == 3,
-              "indexer_kl: expected q [B, H, N, D], k [B, H_kv, N_k, D], iq [B, H_I, N, D_I], ik [B, N_k, D_I],"
-              " w [B, N, H_I], idx [B, N, K]");
-  for (const auto* t : {&q, &k, &iq, &ik, &w})
+// The attention side of the target: either the attention queries and keys (q [B, H, N, D],
+// k [B, H_kv, N_k, D], the softmax scale), whose scores the kernel computes, or the target itself,
+// given ([B, N, K]: per slot the mean over heads of the attention probabilities, as the
+// attention's forward_with_head_mean returns it; then q and k are null).
+struct AttentionSide {
+  const float* q = nullptr;
+  const float* k = nullptr;
+  int64_t H = 1, Hkv = 1, D = 0;
+  float scale = 1.f;
+  const float* target = nullptr;
+};
+
+// Checks the indexer inputs iq [B, H_I, N, D_I], ik [B, N_k, D_I], w [B, N, H_I], idx [B, N, K].
+void check_indexer_inputs(const at::Tensor& iq, const at::Tensor& ik, const at::Tensor& w, const at::Tensor& idx,
+                          int64_t B, int64_t N, int64_t Nk) {
+  TORCH_CHECK(iq.dim() == 4 && ik.dim() == 3 && w.dim() == 3 && idx.dim() == 3,
+              "indexer_kl: expected iq [B, H_I, N, D_I], ik [B, N_k, D_I], w [B, N, H_I], idx [B, N, K]");
+  for (const auto* t : {&iq, &ik, &w})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "indexer_kl: tensors must be contiguous float32");
   TORCH_CHECK(idx.scalar_type() == at::kLong && idx.is_contiguous(), "indexer_kl: idx must be contiguous int64");
-  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
-  const int64_t Hkv = k.size(1), Nk = k.size(2), HI = iq.size(1), DI = iq.size(3), K = idx.size(2);
-  TORCH_CHECK(k.size(0) == B && k.size(3) == D && Hkv > 0 && H % Hkv == 0, "indexer_kl: k must be [B, H_kv, N_k, D]");
+  const int64_t HI = iq.size(1), DI = iq.size(3);
   TORCH_CHECK(iq.size(0) == B && iq.size(2) == N && ik.size(0) == B && ik.size(1) == Nk && ik.size(2) == DI,
               "indexer_kl: iq must be [B, H_I, N, D_I] and ik [B, N_k, D_I]");
   TORCH_CHECK(w.size(0) == B && w.size(1) == N && w.size(2) == HI, "indexer_kl: w must be [B, N, H_I]");
   TORCH_CHECK(idx.size(0) == B && idx.size(1) == N, "indexer_kl: idx must be [B, N, K]");
+}
 
-  const auto fopt = q.options();
+// The kernel. Returns {row_kl [B, N], row_has_keys [B, N] bool, diq, dik, dw}: the gradients are
+// those of sum(row_kl) (zeros when need_grad is false).
+std::vector<at::Tensor> run_indexer_kl(const AttentionSide& att, at::Tensor iq, at::Tensor ik, at::Tensor w,
+                                       at::Tensor idx, bool need_grad) {
+  const int64_t B = iq.size(0), N = iq.size(2), Nk = ik.size(1), HI = iq.size(1), DI = iq.size(3), K = idx.size(2);
+  const int64_t H = att.H, Hkv = att.Hkv, D = att.D;
+  const auto fopt = iq.options();
   auto row_kl = at::zeros({B, N}, fopt);
   auto row_has_keys = at::zeros({B, N}, fopt.dtype(at::kBool));
   auto diq = at::zeros_like(iq);
@@ -259,8 +277,9 @@ std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at
   // One dik buffer per thread: rows of different queries scatter into the same keys.
   auto dik_all = at::zeros({need_grad ? threads : 1, B, Nk, DI}, fopt);
 
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
+  const float* qp = att.q;
+  const float* kp = att.k;
+  const float* given_target = att.target;
   const float* iqp = iq.data_ptr<float>();
   const float* ikp = ik.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
@@ -270,7 +289,7 @@ std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at
   float* diqp = diq.data_ptr<float>();
   float* dwp = dw.data_ptr<float>();
   float* dik_base = dik_all.data_ptr<float>();
-  const float fscale = static_cast<float>(scale);
+  const float fscale = att.scale;
   const int64_t group = H / Hkv;
   std::atomic<bool> out_of_range{false};
 
@@ -285,7 +304,9 @@ std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at
     w_.count.resize(T);
     w_.row.resize(T);
     w_.dots.resize(T * HI * Kp);
-    w_.head.resize(T * H * Kp);
+    if (!given_target) w_.head.resize(T * H * Kp);
+    w_.slot_of.resize(T * K);
+    w_.pos.resize(K);
     w_.logits.resize(Kp);
     w_.target.resize(Kp);
     w_.iq_rows.resize(HI);
@@ -306,11 +327,15 @@ std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at
             out_of_range = true;
             continue;
           }
+          w_.pos[n] = static_cast<int32_t>(s);
           w_.keys[n++] = key;
         }
         if (n == 0) continue;  // a row without keys has no loss and no gradient
         hasp[b * N + t] = true;
         grouped.stage(tokens, w_.keys.data(), n);
+        if (given_target)
+          ranges::grouped_positions(w_.keys.data(), w_.pos.data(), n, grouped.shift(), grouped.ranges(),
+                                    w_.slot_of.data() + tokens * K);
         w_.count[tokens] = n;
         w_.row[tokens++] = b * N + t;
       }
@@ -319,6 +344,7 @@ std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at
         const int64_t t = w_.row[slot] % N, o = keys - grouped.token_ids(slot);
         for (int64_t j = 0; j < HI; ++j) w_.iq_rows[j] = iqp + ((b * HI + j) * N + t) * DI;
         head_dots(w_.iq_rows.data(), HI, ik_b, keys, n, DI, w_.dots.data() + slot * HI * Kp + o, Kp);
+        if (given_target) return;
         for (int64_t g = 0; g < Hkv; ++g) {
           for (int64_t h = 0; h < group; ++h) w_.q_rows[h] = qp + ((b * H + g * group + h) * N + t) * D;
           head_dots(w_.q_rows.data(), group, kp + (b * Hkv + g) * Nk * D, keys, n, D,
@@ -334,16 +360,24 @@ std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at
         std::fill(logits, logits + n, 0.f);
         for (int64_t j = 0; j < HI; ++j)
           for (int64_t s = 0; s < n; ++s) logits[s] += w_row[j] * std::max(dots[j * Kp + s], 0.f);
-        // Target: each head's softmax over the selected keys, averaged over heads.
+        // Target: each head's softmax over the selected keys, averaged over heads (summed here,
+        // divided by H below), or given.
         float* target = w_.target.data();
-        std::fill(target, target + n, 0.f);
-        for (int64_t h = 0; h < H; ++h) {
+        float inv_h = 1.f / static_cast<float>(H);
+        if (given_target) {
+          const float* given = given_target + row * K;
+          const int32_t* slot_of = w_.slot_of.data() + slot * K;
+          for (int64_t s = 0; s < n; ++s) target[s] = given[slot_of[s]];
+          inv_h = 1.f;
+        } else {
+          std::fill(target, target + n, 0.f);
+        }
+        for (int64_t h = 0; h < (given_target ? 0 : H); ++h) {
           float* l = w_.head.data() + (slot * H + h) * Kp;
           for (int64_t s = 0; s < n; ++s) l[s] *= fscale;
           const float lse = log_sum_exp(l, n);
           add_exp_shifted(target, l, n, lse);
         }
-        const float inv_h = 1.f / static_cast<float>(H);
         const float lse_i = log_sum_exp(logits, n);
         float kl = 0.f;
         for (int64_t s = 0; s < n; ++s) {
@@ -391,7 +425,43 @@ std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at
   return {row_kl, row_has_keys, diq, dik, dw};
 }
 
+// q: [B, H, N, D]; k: [B, H_kv, N_k, D]; iq: [B, H_I, N, D_I]; ik: [B, N_k, D_I]; w: [B, N, H_I];
+// idx: [B, N, K] int64 (-1 = empty slot), all float32 and contiguous (the wrapper makes them so).
+std::vector<at::Tensor> indexer_kl(at::Tensor q, at::Tensor k, at::Tensor iq, at::Tensor ik, at::Tensor w,
+                                   at::Tensor idx, double scale, bool need_grad) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4, "indexer_kl: expected q [B, H, N, D], k [B, H_kv, N_k, D]");
+  for (const auto* t : {&q, &k})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "indexer_kl: tensors must be contiguous float32");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(3), Hkv = k.size(1);
+  TORCH_CHECK(k.size(0) == B && k.size(3) == D && Hkv > 0 && H % Hkv == 0, "indexer_kl: k must be [B, H_kv, N_k, D]");
+  check_indexer_inputs(iq, ik, w, idx, B, q.size(2), k.size(2));
+  AttentionSide att;
+  att.q = q.data_ptr<float>();
+  att.k = k.data_ptr<float>();
+  att.H = H;
+  att.Hkv = Hkv;
+  att.D = D;
+  att.scale = static_cast<float>(scale);
+  return run_indexer_kl(att, iq, ik, w, idx, need_grad);
+}
+
+// target: [B, N, K] float32, per slot the mean over heads of the attention probabilities; the
+// other inputs as indexer_kl's.
+std::vector<at::Tensor> indexer_kl_from_target(at::Tensor target, at::Tensor iq, at::Tensor ik, at::Tensor w,
+                                               at::Tensor idx, bool need_grad) {
+  TORCH_CHECK(target.dim() == 3 && target.scalar_type() == at::kFloat && target.is_contiguous() &&
+                  target.sizes() == idx.sizes(),
+              "indexer_kl: target must be contiguous float32 shaped like idx [B, N, K]");
+  check_indexer_inputs(iq, ik, w, idx, iq.size(0), iq.size(2), ik.size(1));
+  AttentionSide att;
+  att.target = target.data_ptr<float>();
+  return run_indexer_kl(att, iq, ik, w, idx, need_grad);
+}
+
 SA_OP_LIBRARY(m) {
+  // The same from the target the attention's forward_with_head_mean returns (no attention scores here).
+  m.def("indexer_kl_from_target(Tensor target, Tensor iq, Tensor ik, Tensor w, Tensor idx, bool need_grad)"
+        " -> Tensor[]", &indexer_kl_from_target);
   // DSA sparse-stage indexer KL per query row and its gradient. Returns (row_kl, has_keys, diq, dik, dw).
   m.def("indexer_kl(Tensor q, Tensor k, Tensor iq, Tensor ik, Tensor w, Tensor idx, float scale, bool need_grad)"
         " -> Tensor[]", &indexer_kl);
