@@ -294,7 +294,9 @@ def test_attention_phases_count_the_flops_of_each_phase():
     assert gflop["dense_attention"] * 1e9 == pytest.approx(2 * h * causal_pairs * 14 * d)
     assert gflop["sparse_attention"] * 1e9 == pytest.approx(2 * h * sparse_pairs * 14 * d)
     assert split["forward_gflop"]["sparse_attention"] * 1e9 == pytest.approx(2 * h * sparse_pairs * 4 * d)
-    assert gflop["indexer_kl"] * 1e9 == pytest.approx(2 * sparse_pairs * (2 * d * h + 6 * d_i * h_i))
+    # The attention's own products when the KL computes its target; none when the attention gathered it.
+    target_products = 2 * d * h if split["kl_target"] == "computed by the KL" else 0
+    assert gflop["indexer_kl"] * 1e9 == pytest.approx(2 * sparse_pairs * (target_products + 6 * d_i * h_i))
     # The dsa method's own cost model: H_I (2 D_I + 3) + 1 FLOPs per causal pair, plus the index writes.
     assert gflop["selection"] * 1e9 == pytest.approx(2 * causal_pairs * (h_i * (2 * d_i + 3) + 1))
     dsa = sum(gflop[name] for name in DSA_PHASES)

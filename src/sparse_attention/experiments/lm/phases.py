@@ -8,8 +8,11 @@ evaluation forward, interleaved sample by sample with dense attention (SDPA):
 * ``dense_attention``: SDPA over the causal pairs (train: forward + backward of ``q, k, v``);
 * ``indexer_projection``: the lightning indexer's projections ``x -> (q_I, k_I, w)``;
 * ``selection``: the fused indexer scoring + top-k (no gradient, the same in training and evaluation);
-* ``sparse_attention``: the sparse kernel over the selected keys (train: forward + backward);
-* ``indexer_kl``: the KL over the selected keys with its gradient (training only).
+* ``sparse_attention``: the sparse kernel over the selected keys (train: forward + backward; the
+  forward, as the layer runs it, also gathers the KL's target where the kernel can:
+  :func:`~sparse_attention.ops.attention.sparse_attention_with_head_mean`);
+* ``indexer_kl``: the KL over the selected keys with its gradient (training only), from that
+  target when it was gathered (``kl_target`` in the result says which).
 
 Next to each time it counts the phase's FLOPs, so that the split says both where the time
 goes and what ratio is possible at all: ``flop_bound_*`` is dense attention's FLOPs over DSA's
@@ -19,7 +22,8 @@ FLOP conventions (per head, per (query, key) pair): attention forward ``4 D`` (`
 value sum), training ``14 D`` (forward, then backward recomputing ``q.k`` and forming
 ``dP, dV, dQ, dK``); selection: the ``dsa`` method's own cost model
 (:func:`~sparse_attention.selection.costs.selection_flops`); KL: ``2 D`` per attention head
-(the target logits) + ``6 D_I`` per indexer head (logits, ``dq_I``, ``dk_I``); projections
+(the target logits; none when the attention gathered the target) + ``6 D_I`` per indexer head
+(logits, ``dq_I``, ``dk_I``); projections
 ``2 dim (H_I D_I + D_I + H_I)`` per token, 3x that for training.
 """
 
@@ -74,10 +78,10 @@ def attention_phases(model_config, n: int, top_k: int, *, batch_size: int = 1, r
         "dsa_train_ms", "dsa_forward_ms", "flop_bound_train", "flop_bound_forward", "sparse_pairs", ...}``;
         ``dense_attention`` is a phase of its own, the DSA totals sum :data:`DSA_PHASES`.
     """
-    from ...layers.indexer_loss import sparse_indexer_loss
+    from ...layers.indexer_loss import sparse_indexer_loss, sparse_indexer_loss_from_target
     from ...models.decoder import attention_config
     from ...ops.dense import dense_attention
-    from ...ops.attention import sparse_attention
+    from ...ops.attention import sparse_attention, sparse_attention_with_head_mean
     from ...selection.costs import selection_flops
     from ...selection.dsa import dsa_select
 
@@ -115,15 +119,22 @@ def attention_phases(model_config, n: int, top_k: int, *, batch_size: int = 1, r
     def dense_train():
         _backward(dense_attention(*leaves, causal=True), *leaves)
 
-    def sparse_train():
-        _backward(sparse_attention(*leaves, indices, causal=True, backend=config.backend), *leaves)
+    with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype != "float32"):
+        _, target = sparse_attention_with_head_mean(q, k, v, indices, causal=True, backend=config.backend)
+
+    def sparse_train():  # as the layer's training forward runs it: gathering the KL's target where it can
+        out, _ = sparse_attention_with_head_mean(*leaves, indices, causal=True, backend=config.backend)
+        _backward(out, *leaves)
 
     def projection_train():
         _backward(torch.cat([t.flatten() for t in layer.indexer(x_leaf)]), x_leaf)
         layer.zero_grad(set_to_none=True)
 
     def kl_train():
-        loss = sparse_indexer_loss(q, k, *index_leaves, indices[:, 0])
+        if target is not None:
+            loss = sparse_indexer_loss_from_target(target, *index_leaves, indices[:, 0])
+        else:
+            loss = sparse_indexer_loss(q, k, *index_leaves, indices[:, 0])
         _backward(loss, *index_leaves)
 
     def select():
@@ -158,7 +169,7 @@ def attention_phases(model_config, n: int, top_k: int, *, batch_size: int = 1, r
     train_flops = {**forward_flops, "dense_attention": b * h * dense_pairs * TRAIN_PRODUCTS * 2 * d,
                    "indexer_projection": 3 * projection,
                    "sparse_attention": b * h * sparse_pairs * TRAIN_PRODUCTS * 2 * d,
-                   "indexer_kl": b * sparse_pairs * (2 * d * h + 6 * d_i * h_i)}
+                   "indexer_kl": b * sparse_pairs * ((0 if target is not None else 2 * d * h) + 6 * d_i * h_i)}
 
     def dsa_sum(values: dict) -> float:
         return sum(values[name] for name in DSA_PHASES if name in values)
@@ -171,6 +182,7 @@ def attention_phases(model_config, n: int, top_k: int, *, batch_size: int = 1, r
         "flop_bound_train": train_flops["dense_attention"] / dsa_sum(train_flops),
         "flop_bound_forward": forward_flops["dense_attention"] / dsa_sum(forward_flops),
         "sparse_pairs": sparse_pairs, "dense_pairs": dense_pairs, "repeats": repeats, "dtype": dtype,
+        "kl_target": "gathered by the attention" if target is not None else "computed by the KL",
         "attention_dtype": str(q.dtype).removeprefix("torch."),
         "timing": "median of interleaved single calls after one warm-up call each",
     }

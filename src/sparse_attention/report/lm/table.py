@@ -137,6 +137,9 @@ def phase_table(doc: dict) -> str:
     lines += ["", "`FLOP bound` = dense attention's FLOPs / the DSA layer's: the layer's dense/DSA time ratio if every"
               " phase ran at one FLOP rate. `rest of model` = step time minus the attention layers' (a negative"
               " value means the layers timed alone ran slower than inside the step)."]
+    targets = sorted({row["phases"]["kl_target"] for row in doc.get("rows", []) if "kl_target" in row.get("phases", {})})
+    if targets:
+        lines.append(f"The indexer KL's target (each head's probabilities over the selection, averaged): {', '.join(targets)}.")
     return "\n".join(lines)
 
 
