@@ -85,7 +85,8 @@ class LMOutput:
         correct, scored: correctly predicted and scored target counts (accuracy = ratio).
         aux_loss: load-balancing loss summed over layers.
         indexer_loss: DSA KL loss averaged over layers (None when no layer has one).
-        layers: per-layer :class:`AttentionAux`.
+        layers: per-layer :class:`AttentionAux` (their ``selection`` dropped when
+            gradients are enabled without ``collect`` or ``keep_scores``: a training step's).
     """
 
     logits: Tensor
@@ -153,6 +154,10 @@ class SparseLM(nn.Module):
         layers, aux_losses = [], []
         for block in self.blocks:
             x, aux, aux_loss = block(x, mode, collect, keep_scores)
+            if torch.is_grad_enabled() and not (collect or keep_scores):
+                # A training step reads no selection, and its output lives through the backward:
+                # the int64 indices (B x N x K per layer) would outlast the layer for the whole step.
+                aux.selection = None
             layers.append(aux)
             aux_losses.append(aux_loss)
         logits = F.linear(self.norm(x), self.embed.weight)  # tied embeddings: [B, N, vocab]

@@ -72,16 +72,17 @@ class _SparseAttentionCPU(torch.autograd.Function):
             ctx.mark_non_differentiable(target)
         else:
             out, lse = ext.forward(q, k, v, indices, causal, scale)
-        # Kept as int32 until the backward: the selection is the largest tensor a sparse layer
-        # saves (N x K per selection head), and key positions fit 32 bits.
-        ctx.save_for_backward(q, k, v, _saved_indices(indices, k.shape[2]), out, lse)
+        # Kept as int32, which the backward kernel reads as it is: the selection is the largest
+        # tensor a sparse layer saves (N x K per selection head), and key positions fit 32 bits.
+        if any(ctx.needs_input_grad[:3]):  # (no int32 copy of the selection for a forward without gradients)
+            ctx.save_for_backward(q, k, v, _saved_indices(indices, k.shape[2]), out, lse)
         ctx.causal, ctx.scale, ctx.ext = causal, scale, ext
         return (out, target) if head_mean else out
 
     @staticmethod
     def backward(ctx, grad_out, *_unused):  # _unused: the target's (None) with head_mean
         q, k, v, indices, out, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.ext.backward(q, k, v, indices.long(), ctx.causal, ctx.scale, out, lse, grad_out.contiguous())
+        dq, dk, dv = ctx.ext.backward(q, k, v, indices, ctx.causal, ctx.scale, out, lse, grad_out.contiguous())
         return dq, dk, dv, None, None, None, None, None
 
 

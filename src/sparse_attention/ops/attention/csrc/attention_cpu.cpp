@@ -164,17 +164,28 @@ inline Item decode(const Shapes& s, int64_t item) {
 }
 
 // Raises ValueError for the first entry of an index row outside [-1, Nk).
-[[noreturn]] __attribute__((noinline, cold)) void index_out_of_range(const int64_t* row, int64_t K, int64_t Nk) {
-  const int64_t* bad = std::find_if(row, row + K, [Nk](int64_t j) { return j < -1 || j >= Nk; });
-  TORCH_CHECK_VALUE(false, "indices out of range: found value ", bad == row + K ? 0 : *bad,
+template <typename I>
+[[noreturn]] __attribute__((noinline, cold)) void index_out_of_range(const I* row, int64_t K, int64_t Nk) {
+  const I* bad = std::find_if(row, row + K, [Nk](I j) { return j < -1 || j >= Nk; });
+  TORCH_CHECK_VALUE(false, "indices out of range: found value ", bad == row + K ? 0 : int64_t{*bad},
                     ", expected -1 (empty) or 0..", Nk - 1);
   __builtin_unreachable();
 }
 
+#if defined(__AVX512F__)
+// Eight index entries widened to int64 (the backward keeps the selection as int32).
+inline __m512i load8_as_int64(const int64_t* p) { return _mm512_loadu_si512(p); }
+inline __m512i load8_as_int64(const int32_t* p) {
+  return _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+#endif
+
 // Valid keys of one index row (>= 0 and causally visible), in slot order. ids: room for K.
 // Entries outside [-1, Nk) raise ValueError: checking them here, where every entry is read
 // anyway, replaces a separate pass over the N_q x K indices (~9 ms at N = 16384, K = 1024).
-inline int64_t collect(const Shapes& s, const int64_t* row, int64_t t, int64_t* ids) {
+// I: int64_t, or int32_t (the selection the backward saved, half the bytes; no int64 copy).
+template <typename I>
+inline int64_t collect(const Shapes& s, const I* row, int64_t t, int64_t* ids) {
   const int64_t limit = s.causal ? t + s.offset : s.Nk - 1;
   int64_t n = 0, slot = 0;
   bool bad = false;
@@ -185,7 +196,7 @@ inline int64_t collect(const Shapes& s, const int64_t* row, int64_t t, int64_t* 
   const __m512i empty = _mm512_set1_epi64(-1), nk = _mm512_set1_epi64(s.Nk);
   __mmask8 out_of_range = 0;
   for (; slot + 8 <= s.K; slot += 8) {
-    const __m512i x = _mm512_loadu_si512(row + slot);
+    const __m512i x = load8_as_int64(row + slot);
     const __mmask8 valid = _mm512_cmpge_epi64_mask(x, lo) & _mm512_cmple_epi64_mask(x, hi);
     out_of_range |= _mm512_cmplt_epi64_mask(x, empty) | _mm512_cmpge_epi64_mask(x, nk);
     _mm512_storeu_si512(ids + n, _mm512_maskz_compress_epi64(valid, x));
@@ -698,7 +709,8 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
 // The fp32 backward in blocks of rows::BlockBackward::block_tokens() consecutive query tokens of
 // one selection group, walking their keys range by range (lanes_rows_backward.h); dK and dV
 // into this thread's accumulators (dk_all, dv_all: kv_numel_* floats per thread).
-void backward_token_blocks(const Shapes& s, const float* q, const float* k, const float* v, const int64_t* idx,
+template <typename I>
+void backward_token_blocks(const Shapes& s, const float* q, const float* k, const float* v, const I* idx,
                            double scale, const float* out, const float* lse, const float* dout, float* dq,
                            float* dk_all, float* dv_all, int64_t kv_numel_k, int64_t kv_numel_v) {
   const int64_t T = rows::BlockBackward::block_tokens(s.Nk, s.D, s.Dv);
@@ -737,8 +749,8 @@ void backward_token_blocks(const Shapes& s, const float* q, const float* k, cons
 }
 #endif
 
-template <typename T>
-void backward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, const int64_t* idx, double scale,
+template <typename T, typename I>
+void backward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, const I* idx, double scale,
                    const T* out, const float* lse, const T* dout, float* dq, float* dk_all, float* dv_all,
                    int64_t kv_numel_k, int64_t kv_numel_v) {
   const auto k_copy = HugePageArray::copy_of(k_in, kv_numel_k, staging_pays(s));
@@ -844,10 +856,13 @@ bool widen_bf16_forward(const Shapes& s, bool allow_amx) {
 bool widen_bf16_backward(const Shapes& s) { return rows::fits_backward(s.per_head ? 1 : s.G, s.D, s.Dv); }
 #endif
 
-void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& idx) {
+// int32_ok: the backward also takes int32 indices (the selection as the forward saved it).
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& idx,
+                  bool int32_ok = false) {
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && idx.is_contiguous(),
               "sparse_attention_cpu: inputs must be contiguous");
-  TORCH_CHECK(idx.scalar_type() == at::kLong, "sparse_attention_cpu: indices must be int64");
+  TORCH_CHECK(idx.scalar_type() == at::kLong || (int32_ok && idx.scalar_type() == at::kInt),
+              "sparse_attention_cpu: indices must be int64", int32_ok ? " or int32" : "");
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
               "sparse_attention_cpu: q, k, v must share a dtype");
 }
@@ -914,7 +929,7 @@ std::vector<at::Tensor> forward_with_head_mean(at::Tensor q, at::Tensor k, at::T
 
 std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor idx, bool causal, double scale,
                                  at::Tensor out, at::Tensor lse, at::Tensor dout) {
-  check_inputs(q, k, v, idx);
+  check_inputs(q, k, v, idx, /*int32_ok=*/true);
   dout = dout.contiguous();
   const Shapes s = make_shapes(q, k, v, idx, causal);
   const int64_t threads = at::get_num_threads();
@@ -925,27 +940,33 @@ std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::T
   const auto dk_acc = HugePageArray::zeros(threads * nk), dv_acc = HugePageArray::zeros(threads * nv);
   float* dk_all = dk_acc.data<float>();
   float* dv_all = dv_acc.data<float>();
-  if (q.scalar_type() == at::kFloat) {
-    backward_impl<float>(s, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), idx.data_ptr<int64_t>(),
-                         scale, out.data_ptr<float>(), lse.data_ptr<float>(), dout.data_ptr<float>(),
-                         dq.data_ptr<float>(), dk_all, dv_all, nk, nv);
-  } else if (q.scalar_type() == at::kBFloat16) {
+  auto run = [&](const auto* index) {  // int64 or int32 indices
+    if (q.scalar_type() == at::kFloat) {
+      backward_impl<float>(s, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), index,
+                           scale, out.data_ptr<float>(), lse.data_ptr<float>(), dout.data_ptr<float>(),
+                           dq.data_ptr<float>(), dk_all, dv_all, nk, nv);
+    } else if (q.scalar_type() == at::kBFloat16) {
 #if defined(SA_LANES)
-    if (widen_bf16_backward(s)) {
-      const auto qf = q.to(at::kFloat), kf = k.to(at::kFloat), vf = v.to(at::kFloat), outf = out.to(at::kFloat),
-                 doutf = dout.to(at::kFloat);
-      backward_impl<float>(s, qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>(),
-                           idx.data_ptr<int64_t>(), scale, outf.data_ptr<float>(), lse.data_ptr<float>(),
-                           doutf.data_ptr<float>(), dq.data_ptr<float>(), dk_all, dv_all, nk, nv);
-    } else
+      if (widen_bf16_backward(s)) {
+        const auto qf = q.to(at::kFloat), kf = k.to(at::kFloat), vf = v.to(at::kFloat), outf = out.to(at::kFloat),
+                   doutf = dout.to(at::kFloat);
+        backward_impl<float>(s, qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>(),
+                             index, scale, outf.data_ptr<float>(), lse.data_ptr<float>(),
+                             doutf.data_ptr<float>(), dq.data_ptr<float>(), dk_all, dv_all, nk, nv);
+      } else
 #endif
-    backward_impl<at::BFloat16>(s, q.data_ptr<at::BFloat16>(), k.data_ptr<at::BFloat16>(),
-                                v.data_ptr<at::BFloat16>(), idx.data_ptr<int64_t>(), scale,
-                                out.data_ptr<at::BFloat16>(), lse.data_ptr<float>(),
-                                dout.data_ptr<at::BFloat16>(), dq.data_ptr<float>(), dk_all, dv_all, nk, nv);
-  } else {
-    TORCH_CHECK(false, "sparse_attention_cpu: dtype must be float32 or bfloat16");
-  }
+      backward_impl<at::BFloat16>(s, q.data_ptr<at::BFloat16>(), k.data_ptr<at::BFloat16>(),
+                                  v.data_ptr<at::BFloat16>(), index, scale,
+                                  out.data_ptr<at::BFloat16>(), lse.data_ptr<float>(),
+                                  dout.data_ptr<at::BFloat16>(), dq.data_ptr<float>(), dk_all, dv_all, nk, nv);
+    } else {
+      TORCH_CHECK(false, "sparse_attention_cpu: dtype must be float32 or bfloat16");
+    }
+  };
+  if (idx.scalar_type() == at::kInt)
+    run(idx.data_ptr<int32_t>());
+  else
+    run(idx.data_ptr<int64_t>());
   auto dk = at::from_blob(dk_all, {threads, s.B, s.Hkv, s.Nk, s.D}, fopt).sum(0);
   auto dv = at::from_blob(dv_all, {threads, s.B, s.Hkv, s.Nk, s.Dv}, fopt).sum(0);
   return {dq.to(q.scalar_type()), dk.to(q.scalar_type()), dv.to(q.scalar_type())};
