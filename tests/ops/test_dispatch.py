@@ -91,7 +91,7 @@ def test_forced_runs_auto_on_the_named_implementation():
 
 def test_every_op_has_a_reference_that_runs_anywhere():
     names = {op.name for op in all_ops()}
-    assert names == {"attention", "topk", "indexer_kl", "kmeans_seed", "kmeans_assign", "kmeans_sums", "compact_rows",
+    assert names == {"attention", "topk", "indexer_kl", "indexer_kl_from_target", "kmeans_seed", "kmeans_assign", "kmeans_sums", "compact_rows",
                      "cluster_rows", "lsh_rows"}
     for op in all_ops():
         reference = [impl for impl in op.implementations() if impl.priority == 0]
