@@ -428,8 +428,9 @@ void load_backward_rows(const Shapes& s, const Item& it, const int64_t* ids, int
 // Last step of an item's backward: dQ_i = scale * w.o[i] (w.o: dS K per head, [nh][D]), and the
 // dK and dV rows of the selected keys: dK_j += sum_i dS^T[j][i] q_i, dV_j += sum_i P^T[j][i] dO_i
 // (pt, dst: [n][16] transposed, w.rows_q / w.rows_do: the item's rows).
-inline void store_backward_grads(const Shapes& s, const Item& it, const int64_t* ids, int64_t n, const float* pt,
-                                 const float* dst, double scale, float* dq, float* dk, float* dv, LaneScratch& w) {
+inline void store_backward_grads(const Shapes& s, const Item& it, const int64_t* ids, int64_t n,
+                                 const lanes::Weights& pt, const lanes::Weights& dst, double scale, float* dq,
+                                 float* dk, float* dv, LaneScratch& w) {
   const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;
   for (int64_t i = 0; i < it.nh; ++i) {
     float* dqr = dq + (row0 + i * s.Nq) * s.D;
@@ -460,12 +461,10 @@ void backward_item_rows(const Shapes& s, const Item& it, const int64_t* ids, int
   float* dS = w.dp_rows.data();  // [nh][kp] dP = dO V^T, then dS
   rows::scores(w.rows_q.data(), it.nh, s.D, w.krows.data(), n, S, kp, w.vrows.data(), s.Dv);
   rows::scores(w.rows_do.data(), it.nh, s.Dv, w.vrows.data(), n, dS, kp);
-  float* pt = w.st.data();    // [n][16] P^T and dS^T for the key-gradient accumulation
-  float* dst = w.dst.data();
-  rows::probabilities_and_ds(S, dS, kp, it.nh, lse_h, delta, n, pt, dst);
+  rows::probabilities_and_ds(S, dS, kp, it.nh, lse_h, delta, n);
   std::fill(w.o.begin(), w.o.begin() + it.nh * s.D, 0.0f);
   rows::weighted_rows(dS, kp, it.nh, w.krows.data(), n, s.D, w.o.data());  // dQ / scale
-  store_backward_grads(s, it, ids, n, pt, dst, scale, dq, dk, dv, w);
+  store_backward_grads(s, it, ids, n, {S, 1, kp}, {dS, 1, kp}, scale, dq, dk, dv, w);  // read as [nh][kp]
 }
 
 template <typename T>
@@ -495,7 +494,7 @@ void backward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, in
   }
   // Padding lanes: p = exp(0) but dO = 0 and delta = 0 there, so dS = 0; P is only read for i < nh.
   lanes::weighted_rows(dst, it.nh, w.krows.data(), n, s.D, w.o.data());  // dQ / scale
-  store_backward_grads(s, it, ids, n, pt, dst, scale, dq, dk, dv, w);
+  store_backward_grads(s, it, ids, n, {pt, L, 1}, {dst, L, 1}, scale, dq, dk, dv, w);  // [n][16]
 }
 #endif  // SA_LANES
 

@@ -192,11 +192,20 @@ inline void weighted_rows(const float* WT, int64_t nh, const float* const* rows,
   }
 }
 
-// out_rows[j0 + b][c0 : c0 + 16 NC] += sum_{i < nh} WT[j0 + b][i] * A[i][c0 : ...] for b < KB.
+// Weights of the key-gradient accumulation: W[j][i] (key j, head i) at w[j * key_stride +
+// i * head_stride], so that both the lane kernels' transposed [n][16] scores (key_stride 16,
+// head_stride 1) and the few-heads kernels' [nh][kp] rows (1, kp) are read where they are.
+struct Weights {
+  const float* w;
+  int64_t key_stride, head_stride;
+  float at(int64_t j, int64_t i) const { return w[j * key_stride + i * head_stride]; }
+};
+
+// out_rows[j0 + b][c0 : c0 + 16 NC] += sum_{i < nh} W[j0 + b][i] * A[i][c0 : ...] for b < KB.
 // Blocking KB keys lets each loaded row of A serve KB keys (loads per FMA drop from ~1.25 to
 // ~0.5 for KB = 4, NC = 4).
 template <int KB, int NC>
-inline void accumulate_block(const float* WT, int64_t nh, const float* A, int64_t Dc, int64_t c0,
+inline void accumulate_block(const Weights& W, int64_t nh, const float* A, int64_t Dc, int64_t c0,
                              float* const* out_rows, int64_t j0) {
   F16 acc[KB][NC];
   for (int b = 0; b < KB; ++b)
@@ -205,7 +214,7 @@ inline void accumulate_block(const float* WT, int64_t nh, const float* A, int64_
     F16 a[NC];
     for (int c = 0; c < NC; ++c) a[c] = simd::loadu(A + i * Dc + c0 + 16 * c);
     for (int b = 0; b < KB; ++b) {
-      const F16 wb = simd::set1(WT[(j0 + b) * kLanes + i]);
+      const F16 wb = simd::set1(W.at(j0 + b, i));
       for (int c = 0; c < NC; ++c) acc[b][c] = simd::fmadd(wb, a[c], acc[b][c]);
     }
   }
@@ -214,19 +223,19 @@ inline void accumulate_block(const float* WT, int64_t nh, const float* A, int64_
 }
 
 template <int NC>
-inline void accumulate_chunk(const float* WT, int64_t nh, const float* A, int64_t Dc, int64_t c0,
+inline void accumulate_chunk(const Weights& W, int64_t nh, const float* A, int64_t Dc, int64_t c0,
                              float* const* out_rows, int64_t n) {
   int64_t j = 0;
   // Duplicate keys inside one block would race on the same row (read-modify-write of a copy):
   // the caller passes rows deduplicated per block (see accumulate_rows).
-  for (; j + kGradKeys <= n; j += kGradKeys) accumulate_block<kGradKeys, NC>(WT, nh, A, Dc, c0, out_rows, j);
-  for (; j < n; ++j) accumulate_block<1, NC>(WT, nh, A, Dc, c0, out_rows, j);
+  for (; j + kGradKeys <= n; j += kGradKeys) accumulate_block<kGradKeys, NC>(W, nh, A, Dc, c0, out_rows, j);
+  for (; j < n; ++j) accumulate_block<1, NC>(W, nh, A, Dc, c0, out_rows, j);
 }
 
-// out_rows[j][:] += sum_{i < nh} WT[j][i] * A[i][:] for j < n; A: [nh][Dc], Dc % 16 == 0.
+// out_rows[j][:] += sum_{i < nh} W[j][i] * A[i][:] for j < n; A: [nh][Dc], Dc % 16 == 0.
 // ``distinct``: no row pointer repeats within any aligned block of 4 keys (kGradKeys divides 4;
 // else every key is its own block).
-inline void accumulate_rows(const float* WT, int64_t nh, const float* A, int64_t Dc, float* const* out_rows,
+inline void accumulate_rows(const Weights& W, int64_t nh, const float* A, int64_t Dc, float* const* out_rows,
                             int64_t n, bool distinct) {
   static_assert(4 % kGradKeys == 0, "the caller checks repeats in aligned blocks of 4 keys");
   for (int64_t c0 = 0; c0 < Dc; c0 += 16 * kGradChunks) {
@@ -234,19 +243,19 @@ inline void accumulate_rows(const float* WT, int64_t nh, const float* A, int64_t
     if (!distinct) {
       for (int64_t j = 0; j < n; ++j) {
         switch (nc) {
-          case 4: accumulate_block<1, 4>(WT, nh, A, Dc, c0, out_rows, j); break;
-          case 3: accumulate_block<1, 3>(WT, nh, A, Dc, c0, out_rows, j); break;
-          case 2: accumulate_block<1, 2>(WT, nh, A, Dc, c0, out_rows, j); break;
-          default: accumulate_block<1, 1>(WT, nh, A, Dc, c0, out_rows, j); break;
+          case 4: accumulate_block<1, 4>(W, nh, A, Dc, c0, out_rows, j); break;
+          case 3: accumulate_block<1, 3>(W, nh, A, Dc, c0, out_rows, j); break;
+          case 2: accumulate_block<1, 2>(W, nh, A, Dc, c0, out_rows, j); break;
+          default: accumulate_block<1, 1>(W, nh, A, Dc, c0, out_rows, j); break;
         }
       }
       continue;
     }
     switch (nc) {
-      case 4: accumulate_chunk<4>(WT, nh, A, Dc, c0, out_rows, n); break;
-      case 3: accumulate_chunk<3>(WT, nh, A, Dc, c0, out_rows, n); break;
-      case 2: accumulate_chunk<2>(WT, nh, A, Dc, c0, out_rows, n); break;
-      default: accumulate_chunk<1>(WT, nh, A, Dc, c0, out_rows, n); break;
+      case 4: accumulate_chunk<4>(W, nh, A, Dc, c0, out_rows, n); break;
+      case 3: accumulate_chunk<3>(W, nh, A, Dc, c0, out_rows, n); break;
+      case 2: accumulate_chunk<2>(W, nh, A, Dc, c0, out_rows, n); break;
+      default: accumulate_chunk<1>(W, nh, A, Dc, c0, out_rows, n); break;
     }
   }
 }

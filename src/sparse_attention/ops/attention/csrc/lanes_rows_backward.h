@@ -16,21 +16,15 @@
 namespace rows {
 
 // From the scores S and dP = dO V^T of nh heads over n keys ([nh][kp], padded to whole blocks of
-// 16 as scores() writes them), in place: S -> P = exp(S - lse_h), dP -> dS = P (dP - delta_h);
-// and both transposed into pt, dst ([n][16], head h in lane h) for the key-gradient accumulation.
+// 16 as scores() writes them), in place: S -> P = exp(S - lse_h), dP -> dS = P (dP - delta_h).
 inline void probabilities_and_ds(float* S, float* dS, int64_t kp, int64_t nh, const float* lse, const float* delta,
-                                 int64_t n, float* pt, float* dst) {
-  const int64_t L = lanes::kLanes;
+                                 int64_t n) {
   for (int64_t h = 0; h < nh; ++h) {
     const F16 lse_v = simd::set1(lse[h]), delta_v = simd::set1(delta[h]);
     for (int64_t j = 0; j < n; j += 16) {  // the padding up to kp is scratch
       const F16 p = simd::exp(simd::sub(simd::loadu(S + h * kp + j), lse_v));
       simd::storeu(S + h * kp + j, p);
       simd::storeu(dS + h * kp + j, simd::mul(p, simd::sub(simd::loadu(dS + h * kp + j), delta_v)));
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      pt[j * L + h] = S[h * kp + j];
-      dst[j * L + h] = dS[h * kp + j];
     }
   }
 }
@@ -42,8 +36,8 @@ class BlockBackward {
       : D_(D), Dv_(Dv), Kp_(padded_keys(K)), scale_(scale),
         keys_(K, Nk, bytes_per_key(D, Dv), kBackwardRangeBytes), q_(keys_.tokens() * kMaxHeads * D),
         do_(keys_.tokens() * kMaxHeads * Dv), delta_(keys_.tokens() * kMaxHeads), lse_(keys_.tokens() * kMaxHeads),
-        dq_acc_(keys_.tokens() * kMaxHeads * D), s_(kMaxHeads * Kp_), ds_(kMaxHeads * Kp_),
-        pt_(Kp_ * lanes::kLanes), dst_(Kp_ * lanes::kLanes), krows_(Kp_), vrows_(Kp_), dkrows_(Kp_), dvrows_(Kp_) {}
+        dq_acc_(keys_.tokens() * kMaxHeads * D), s_(kMaxHeads * Kp_), ds_(kMaxHeads * Kp_), krows_(Kp_), vrows_(Kp_),
+        dkrows_(Kp_), dvrows_(Kp_) {}
 
   // Tokens per block (the stage() slots) for Nk keys of widths D, Dv.
   static int64_t block_tokens(int64_t Nk, int64_t D, int64_t Dv) {
@@ -112,12 +106,10 @@ class BlockBackward {
     float* dS = ds_.data();  // [nh][Kp] dP = dO V^T, then dS
     scores(q, nh, D_, krows_.data(), n, S, Kp_, vrows_.data(), Dv_);
     scores(dout, nh, Dv_, vrows_.data(), n, dS, Kp_);
-    float* pt = pt_.data();  // [n][16] P^T and dS^T
-    float* dst = dst_.data();
-    probabilities_and_ds(S, dS, Kp_, nh, lse_.data() + slot * kMaxHeads, delta_.data() + slot * kMaxHeads, n, pt, dst);
+    probabilities_and_ds(S, dS, Kp_, nh, lse_.data() + slot * kMaxHeads, delta_.data() + slot * kMaxHeads, n);
     weighted_rows(dS, Kp_, nh, krows_.data(), n, D_, dq_acc_.data() + slot * kMaxHeads * D_);  // dQ / scale
-    lanes::accumulate_rows(dst, nh, q, D_, dkrows_.data(), n, distinct);
-    lanes::accumulate_rows(pt, nh, dout, Dv_, dvrows_.data(), n, distinct);
+    lanes::accumulate_rows({dS, 1, Kp_}, nh, q, D_, dkrows_.data(), n, distinct);  // read as [nh][Kp]
+    lanes::accumulate_rows({S, 1, Kp_}, nh, dout, Dv_, dvrows_.data(), n, distinct);
   }
 
   int64_t D_, Dv_, Kp_;
@@ -129,7 +121,6 @@ class BlockBackward {
   std::vector<float> lse_;       // [T][8]      the forward's log-sum-exp
   AlignedVector<float> dq_acc_;  // [T][8][D]   dS K summed over the ranges (unscaled)
   AlignedVector<float> s_, ds_;  // [8][Kp]     of one token and range
-  AlignedVector<float> pt_, dst_;  // [Kp][16]  P^T, dS^T
   std::vector<const float*> krows_, vrows_;  // [Kp] gathered rows of one range
   std::vector<float*> dkrows_, dvrows_;
 };
