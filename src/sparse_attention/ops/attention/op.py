@@ -14,6 +14,16 @@ from .implementations import choose_backend
 logger = logging.getLogger(__name__)
 
 
+def _checked_backend(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, causal: bool, backend: str):
+    """The public boundary's checks of the inputs, then the backend that runs them."""
+    check_qkv(q, k, v)
+    check_indices(indices, q, k, check_range=False)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return choose_backend(backend, q, k, v, indices, needs_grad)
+
+
 def sparse_attention(
     q: Tensor,
     k: Tensor,
@@ -53,13 +63,8 @@ def sparse_attention(
         * NaN in a query row propagates to that row only; NaN in a key or value reaches the
           rows that select it, as in dense attention.
     """
-    check_qkv(q, k, v)
-    check_indices(indices, q, k, check_range=False)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    chosen = _checked_backend(q, k, v, indices, causal, backend)
     scale = resolve_scale(scale, q.shape[-1])
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    chosen = choose_backend(backend, q, k, v, indices, needs_grad)
     if not chosen.checks_index_range:
         check_index_range(indices, k.shape[2])
     logger.debug("sparse_attention: backend=%s", chosen.name)
@@ -67,16 +72,8 @@ def sparse_attention(
     return (out, chosen.name) if return_backend else out
 
 
-def sparse_attention_with_head_mean(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    indices: Tensor,
-    *,
-    causal: bool = True,
-    scale: float | None = None,
-    backend: str = "auto",
-) -> tuple[Tensor, Tensor | None]:
+def sparse_attention_with_head_mean(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, *, causal: bool = True,
+                                    scale: float | None = None, backend: str = "auto") -> tuple[Tensor, Tensor | None]:
     """:func:`sparse_attention` that also returns, when it comes almost free, the mean over heads
     of the attention probabilities per slot: the target of the DSA sparse-stage indexer KL.
 
@@ -91,12 +88,7 @@ def sparse_attention_with_head_mean(
         :func:`~sparse_attention.ops.attention.cpu.sparse_attention_cpu_with_head_mean`): the
         caller then computes the target itself.
     """
-    check_qkv(q, k, v)
-    check_indices(indices, q, k, check_range=False)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    chosen = choose_backend(backend, q, k, v, indices, needs_grad)
+    chosen = _checked_backend(q, k, v, indices, causal, backend)
     if chosen.name != "cpu" or indices.shape[1] != 1:
         return sparse_attention(q, k, v, indices, causal=causal, scale=scale, backend=chosen.name), None
     logger.debug("sparse_attention_with_head_mean: backend=cpu")
