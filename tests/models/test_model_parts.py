@@ -210,3 +210,13 @@ def test_with_changes_returns_a_new_validated_config():
         config.with_changes(optimizer={"lr": 1.0})
     with pytest.raises(ValueError):
         config.with_changes(model={"top_k": 0})  # validated like any config
+
+
+def test_training_steps_can_drop_the_selections():
+    config = preset("tiny", "dsa").model
+    model = SparseLM(dataclasses.replace(config, vocab_size=32))
+    tokens = torch.randint(0, 32, (1, 16))
+    assert all(aux.selection is not None for aux in model(tokens).layers)
+    out = model(tokens, tokens, keep_selections=False)
+    assert all(aux.selection is None for aux in out.layers) and out.loss is not None
+    assert all(aux.selection is not None for aux in model(tokens, keep_selections=False, collect=True).layers)

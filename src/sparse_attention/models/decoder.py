@@ -85,8 +85,7 @@ class LMOutput:
         correct, scored: correctly predicted and scored target counts (accuracy = ratio).
         aux_loss: load-balancing loss summed over layers.
         indexer_loss: DSA KL loss averaged over layers (None when no layer has one).
-        layers: per-layer :class:`AttentionAux` (their ``selection`` dropped when
-            gradients are enabled without ``collect`` or ``keep_scores``: a training step's).
+        layers: per-layer :class:`AttentionAux` (``selection`` None with ``keep_selections=False``).
     """
 
     logits: Tensor
@@ -140,12 +139,15 @@ class SparseLM(nn.Module):
         return [p for block in self.blocks if block.attn.indexer is not None for p in block.attn.indexer.parameters()]
 
     def forward(self, input_ids: Tensor, targets: Tensor | None = None, *, mode: str | None = None,
-                collect: bool = False, keep_scores: bool = False) -> LMOutput:
+                collect: bool = False, keep_scores: bool = False, keep_selections: bool = True) -> LMOutput:
         """``input_ids [B, N]`` int64 (and ``targets [B, N]``, ``-100`` = not scored).
 
         ``mode``: ``dense``, ``warmup`` or ``sparse`` (default: ``sparse`` for a selection
         method, ``dense`` otherwise). ``collect``/``keep_scores``: see
         :meth:`~sparse_attention.layers.attention.SparseSelfAttention.forward_with_aux`.
+        ``keep_selections=False`` (training steps) drops each layer's selection from the output
+        once the layer is done, unless ``collect`` or ``keep_scores`` needs it: the output lives
+        through the backward, and the int64 indices (``B x N x K`` per layer) with it.
         """
         if input_ids.dim() != 2 or input_ids.dtype != torch.long:
             raise ValueError(f"input_ids must be [B, N] int64, got {tuple(input_ids.shape)} {input_ids.dtype}")
@@ -154,9 +156,7 @@ class SparseLM(nn.Module):
         layers, aux_losses = [], []
         for block in self.blocks:
             x, aux, aux_loss = block(x, mode, collect, keep_scores)
-            if torch.is_grad_enabled() and not (collect or keep_scores):
-                # A training step reads no selection, and its output lives through the backward:
-                # the int64 indices (B x N x K per layer) would outlast the layer for the whole step.
+            if not (keep_selections or collect or keep_scores):
                 aux.selection = None
             layers.append(aux)
             aux_losses.append(aux_loss)

@@ -370,7 +370,7 @@ class Trainer:
                     inputs, targets = self._batch(stage, self.step)
                     start = time.perf_counter()
                     with _autocast(self.ctx.device, train.dtype):
-                        out = net(inputs, targets, mode=stage.mode)
+                        out = net(inputs, targets, mode=stage.mode, keep_selections=False)
                     loss = self._loss(out, stage)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()

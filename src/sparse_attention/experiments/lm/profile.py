@@ -111,7 +111,7 @@ def _step_functions(config: RunConfig, model, inputs, targets, device) -> tuple[
 
     def training_loss():
         with autocast():
-            out = model(inputs, targets, mode=stage.mode)
+            out = model(inputs, targets, mode=stage.mode, keep_selections=False)  # as the trainer's steps
         loss = out.loss + coef * out.aux_loss
         if out.indexer_loss is not None:
             loss = loss + train.kl_coef * out.indexer_loss
