@@ -121,9 +121,14 @@ def test_large_key_matrix_uses_the_huge_page_copy(dtype):
     compare(q, k, v, random_indices(1, 1, 5, n_k, 300, empty_fraction=0.1), False, dtype)
 
 
-def test_selection_is_saved_as_int32_for_the_backward():
-    q, k, v = (t.float().requires_grad_() for t in make_qkv(1, 4, 2, 40, d=16, dtype=torch.float64))
-    idx = random_indices(1, 2, 40, 40, 9)
+@pytest.mark.parametrize("n_k, saved_dtype", [(40, torch.int16), (2**15, torch.int16), (2**15 + 1, torch.int32)])
+def test_selection_is_saved_in_the_narrowest_type_for_the_backward(n_k, saved_dtype):
+    # int16 holds every key position (and -1) up to 2**15 keys; the backward reads it as saved.
+    q, _, _ = make_qkv(1, 4, 2, 3, d=16, dtype=torch.float64)
+    _, k, v = make_qkv(1, 4, 2, n_k, d=16, dtype=torch.float64)
+    idx = random_indices(1, 2, 3, n_k, 9)
+    idx[0, 0, 0, 0] = n_k - 1  # the last key position
+    q, k, v = (t.float().requires_grad_() for t in (q, k, v))
     saved = []
 
     def pack(tensor):
@@ -131,7 +136,7 @@ def test_selection_is_saved_as_int32_for_the_backward():
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = sparse_attention(q, k, v, idx, backend="cpu")
-    assert [t.dtype for t in saved if t.shape == idx.shape] == [torch.int32]
+        out = sparse_attention(q, k, v, idx, causal=False, backend="cpu")
+    assert [t.dtype for t in saved if t.shape == idx.shape] == [saved_dtype]
     out.sum().backward()
-    compare(q.detach().double(), k.detach().double(), v.detach().double(), idx, True, torch.float32)
+    compare(q.detach().double(), k.detach().double(), v.detach().double(), idx, False, torch.float32)

@@ -60,7 +60,10 @@ def amx_attention_available(isa: str | None = None) -> bool:
 
 
 def _saved_indices(indices: Tensor, n_keys: int) -> Tensor:
-    """``indices`` as int32 when every key position fits (half the saved bytes), else as they are."""
+    """``indices`` in the narrowest integer type that holds every key position and -1: int16 up to
+    2**15 keys (a quarter of int64's bytes), int32 up to 2**31, else as they are."""
+    if n_keys <= 2**15:
+        return indices.to(torch.int16)
     return indices.int() if n_keys < 2**31 else indices
 
 
@@ -72,8 +75,10 @@ class _SparseAttentionCPU(torch.autograd.Function):
             ctx.mark_non_differentiable(target)
         else:
             out, lse = ext.forward(q, k, v, indices, causal, scale)
-        # Kept as int32, which the backward kernel reads as it is: the selection is the largest
-        # tensor a sparse layer saves (N x K per selection head), and key positions fit 32 bits.
+        # Kept as int16 or int32, which the backward kernel reads as it is: the selection is the
+        # largest tensor a sparse layer saves beyond dense attention's (N x K per selection head).
+        # The output is stored token-major (csrc: Shapes), so the output projection's input that
+        # the layer makes of it is a view, and autograd holds one tensor for both.
         if any(ctx.needs_input_grad[:3]):  # (no int32 copy of the selection for a forward without gradients)
             ctx.save_for_backward(q, k, v, _saved_indices(indices, k.shape[2]), out, lse)
         ctx.causal, ctx.scale, ctx.ext = causal, scale, ext
@@ -82,7 +87,7 @@ class _SparseAttentionCPU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, *_unused):  # _unused: the target's (None) with head_mean
         q, k, v, indices, out, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.ext.backward(q, k, v, indices, ctx.causal, ctx.scale, out, lse, grad_out.contiguous())
+        dq, dk, dv = ctx.ext.backward(q, k, v, indices, ctx.causal, ctx.scale, out, lse, grad_out)
         return dq, dk, dv, None, None, None, None, None
 
 
@@ -92,6 +97,9 @@ def sparse_attention_cpu(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, *, ca
 
     ``isa``: the build to run (``ISA_LEVELS``; default the session's level), for tests and
     benchmarks of one level on a machine that has several.
+
+    The output ``[B, H, N_q, D_v]`` is stored token-major (``out.transpose(1, 2)`` is
+    contiguous), so that ``out.transpose(1, 2).reshape(B, N_q, H * D_v)`` is a view.
     """
     ext = EXTENSION.require(isa)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()

@@ -31,6 +31,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
+#include <utility>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -131,7 +133,22 @@ inline T from_float(float x) { return static_cast<T>(x); }
 struct Shapes {
   int64_t B, H, Hkv, G, Hsel, Nq, Nk, D, Dv, K, offset;
   bool causal, per_head;
+  // Memory layout of the output and of its gradient: [B][H][Nq][Dv] (false) or token-major
+  // [B][Nq][H][Dv] (true), which the layer's output projection reads as [B, Nq, H * Dv] without
+  // a copy, so that autograd keeps one tensor for both (see forward()).
+  bool out_tokens_major = false, dout_tokens_major = false;
   int64_t items() const { return B * (per_head ? H : Hkv) * Nq; }
+  // Element offset of output (gradient) row `row` = (b * H + h) * Nq + t.
+  int64_t out_at(int64_t row) const { return offset_of_row(row, out_tokens_major); }
+  int64_t dout_at(int64_t row) const { return offset_of_row(row, dout_tokens_major); }
+  // Elements from one head's output (gradient) row to the next head's of the same token.
+  int64_t out_head_stride() const { return out_tokens_major ? Dv : Nq * Dv; }
+  int64_t dout_head_stride() const { return dout_tokens_major ? Dv : Nq * Dv; }
+  int64_t offset_of_row(int64_t row, bool tokens_major) const {
+    if (!tokens_major) return row * Dv;
+    const int64_t t = row % Nq, bh = row / Nq;
+    return ((bh / H * Nq + t) * H + bh % H) * Dv;
+  }
 };
 
 bool staging_pays(const Shapes& s) { return s.items() * s.K >= s.B * s.Hkv * s.Nk; }
@@ -173,17 +190,21 @@ template <typename I>
 }
 
 #if defined(__AVX512F__)
-// Eight index entries widened to int64 (the backward keeps the selection as int32).
+// Eight index entries widened to int64 (the backward keeps the selection as int16 or int32).
 inline __m512i load8_as_int64(const int64_t* p) { return _mm512_loadu_si512(p); }
 inline __m512i load8_as_int64(const int32_t* p) {
   return _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512i load8_as_int64(const int16_t* p) {
+  return _mm512_cvtepi16_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 #endif
 
 // Valid keys of one index row (>= 0 and causally visible), in slot order. ids: room for K.
 // Entries outside [-1, Nk) raise ValueError: checking them here, where every entry is read
 // anyway, replaces a separate pass over the N_q x K indices (~9 ms at N = 16384, K = 1024).
-// I: int64_t, or int32_t (the selection the backward saved, half the bytes; no int64 copy).
+// I: int64_t, or int16_t / int32_t (the selection as the backward saved it: a quarter or half the
+// bytes; no int64 copy).
 template <typename I>
 inline int64_t collect(const Shapes& s, const I* row, int64_t t, int64_t* ids) {
   const int64_t limit = s.causal ? t + s.offset : s.Nk - 1;
@@ -398,7 +419,7 @@ void forward_item_lanes(const Shapes& s, const Item& it, const int64_t* ids, int
     const int64_t row = row0 + i * s.Nq;
     lse[row] = is_nan ? std::numeric_limits<float>::quiet_NaN() : mm[i] + std::log(ll[i]);
     const float inv = is_nan ? std::numeric_limits<float>::quiet_NaN() : 1.0f / ll[i];
-    for (int64_t c = 0; c < s.Dv; ++c) out[row * s.Dv + c] = from_float<T>(w.o[i * s.Dv + c] * inv);
+    for (int64_t c = 0; c < s.Dv; ++c) out[s.out_at(row) + c] = from_float<T>(w.o[i * s.Dv + c] * inv);
   }
 }
 
@@ -416,9 +437,9 @@ void load_backward_rows(const Shapes& s, const Item& it, const int64_t* ids, int
     for (int64_t d = 0; d < s.D; ++d) w.rows_q[i * s.D + d] = to_float(q[row * s.D + d]) * static_cast<float>(scale);
     float dl = 0.0f;
     for (int64_t c = 0; c < s.Dv; ++c) {
-      const float g = to_float(dout[row * s.Dv + c]);
+      const float g = to_float(dout[s.dout_at(row) + c]);
       w.rows_do[i * s.Dv + c] = g;
-      dl += g * to_float(out[row * s.Dv + c]);
+      dl += g * to_float(out[s.out_at(row) + c]);
     }
     delta[i] = dl;
     lse_h[i] = lse[row];
@@ -504,7 +525,7 @@ template <typename T>
 void write_no_keys(const Shapes& s, const Item& it, T* out, float* lse) {
   for (int64_t i = 0; i < it.nh; ++i) {
     const int64_t row = (it.b * s.H + it.h0 + i) * s.Nq + it.t;
-    std::fill(out + row * s.Dv, out + (row + 1) * s.Dv, T(0));
+    std::fill_n(out + s.out_at(row), s.Dv, T(0));
     lse[row] = -std::numeric_limits<float>::infinity();
   }
 }
@@ -559,7 +580,7 @@ void forward_token_blocks(const Shapes& s, const E* q, const E* k, const E* v, c
       for (int64_t slot = 0; slot < tokens; ++slot) {
         const Item& it = staged[slot];
         const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;
-        engine.finish(slot, it.nh, out + row0 * s.Dv, s.Nq * s.Dv, lse + row0, s.Nq);
+        engine.finish(slot, it.nh, out + s.out_at(row0), s.out_head_stride(), lse + row0, s.Nq);
       }
     }
   });
@@ -611,7 +632,7 @@ void forward_blocks_with_head_mean(const Shapes& s, const float* q, const float*
         engine.attend(tokens, s.G, k + kv_off * s.D, v + kv_off * s.Dv);
         for (int64_t slot = 0; slot < tokens; ++slot) {
           const int64_t t = staged[slot], row0 = (b * s.H + g * s.G) * s.Nq + t;
-          engine.finish(slot, s.G, out + row0 * s.Dv, s.Nq * s.Dv, lse + row0, s.Nq);
+          engine.finish(slot, s.G, out + s.out_at(row0), s.out_head_stride(), lse + row0, s.Nq);
           engine.add_probabilities(slot, s.G, in_order[slot] ? nullptr : slot_of.data() + slot * s.K, weight,
                                    target + (b * s.Nq + t) * s.K);
         }
@@ -697,7 +718,7 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
       }
       rows_gemm_nn(scores.data(), s.K, it.nh, v + kv_off * s.Dv, ids.data(), n, s.Dv, o.data(), rowbuf.data());
       for (int64_t i = 0; i < it.nh; ++i) {
-        T* orow = out + ((it.b * s.H + it.h0 + i) * s.Nq + it.t) * s.Dv;
+        T* orow = out + s.out_at((it.b * s.H + it.h0 + i) * s.Nq + it.t);
         for (int64_t c = 0; c < s.Dv; ++c) orow[c] = from_float<T>(o[i * s.Dv + c]);
       }
     }
@@ -731,7 +752,8 @@ void backward_token_blocks(const Shapes& s, const float* q, const float* k, cons
         const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;  // row of head i: row0 + i * Nq
         const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
         if (n == 0) continue;  // dq rows stay zero
-        engine.stage(tokens, it.nh, q + row0 * s.D, s.Nq * s.D, out + row0 * s.Dv, dout + row0 * s.Dv, s.Nq * s.Dv,
+        engine.stage(tokens, it.nh, q + row0 * s.D, s.Nq * s.D, out + s.out_at(row0), s.out_head_stride(),
+                     dout + s.dout_at(row0), s.dout_head_stride(),
                      lse + row0, s.Nq, ids.data(), n);
         staged[tokens++] = it;
       }
@@ -796,9 +818,9 @@ void backward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, co
         float dl = 0.0f;
         for (int64_t d = 0; d < s.D; ++d) qf[i * s.D + d] = to_float(q[row * s.D + d]) * static_cast<float>(scale);
         for (int64_t c = 0; c < s.Dv; ++c) {
-          const float g = to_float(dout[row * s.Dv + c]);
+          const float g = to_float(dout[s.dout_at(row) + c]);
           dof[i * s.Dv + c] = g;
-          dl += g * to_float(out[row * s.Dv + c]);
+          dl += g * to_float(out[s.out_at(row) + c]);
         }
         delta[i] = dl;
       }
@@ -855,15 +877,29 @@ bool widen_bf16_forward(const Shapes& s, bool allow_amx) {
 bool widen_bf16_backward(const Shapes& s) { return rows::fits_backward(s.per_head ? 1 : s.G, s.D, s.Dv); }
 #endif
 
-// int32_ok: the backward also takes int32 indices (the selection as the forward saved it).
+// narrow_ok: the backward also takes int16 and int32 indices (the selection as the forward saved it).
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& idx,
-                  bool int32_ok = false) {
+                  bool narrow_ok = false) {
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && idx.is_contiguous(),
               "sparse_attention_cpu: inputs must be contiguous");
-  TORCH_CHECK(idx.scalar_type() == at::kLong || (int32_ok && idx.scalar_type() == at::kInt),
-              "sparse_attention_cpu: indices must be int64", int32_ok ? " or int32" : "");
+  const bool narrow = idx.scalar_type() == at::kInt || idx.scalar_type() == at::kShort;
+  TORCH_CHECK(idx.scalar_type() == at::kLong || (narrow_ok && narrow),
+              "sparse_attention_cpu: indices must be int64", narrow_ok ? ", int32 or int16" : "");
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
               "sparse_attention_cpu: q, k, v must share a dtype");
+}
+
+// An output [B, H, Nq, Dv] stored token-major (Shapes::out_tokens_major).
+at::Tensor empty_tokens_major(const Shapes& s, const at::TensorOptions& options) {
+  return at::empty({s.B, s.Nq, s.H, s.Dv}, options).transpose(1, 2);
+}
+
+// `t` [B, H, Nq, Dv] in a layout the kernels read, and whether that layout is token-major: as it is
+// when it is either layout (a gradient of the token-major output usually is), else a contiguous copy.
+std::pair<at::Tensor, bool> readable_layout(const at::Tensor& t) {
+  if (t.is_contiguous()) return {t, false};
+  if (t.transpose(1, 2).is_contiguous()) return {t, true};
+  return {t.contiguous(), false};
 }
 
 }  // namespace
@@ -871,8 +907,9 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 std::vector<at::Tensor> forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor idx, bool causal, double scale,
                                 bool allow_amx) {
   check_inputs(q, k, v, idx);
-  const Shapes s = make_shapes(q, k, v, idx, causal);
-  auto out = at::empty({s.B, s.H, s.Nq, s.Dv}, q.options());
+  Shapes s = make_shapes(q, k, v, idx, causal);
+  s.out_tokens_major = true;
+  auto out = empty_tokens_major(s, q.options());
   auto lse = at::empty({s.B, s.H, s.Nq}, q.options().dtype(at::kFloat));
   if (q.scalar_type() == at::kFloat) {
     forward_impl<float>(s, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), idx.data_ptr<int64_t>(),
@@ -881,7 +918,7 @@ std::vector<at::Tensor> forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Te
 #if defined(SA_LANES)
     if (widen_bf16_forward(s, allow_amx)) {
       const auto qf = q.to(at::kFloat), kf = k.to(at::kFloat), vf = v.to(at::kFloat);
-      auto outf = at::empty({s.B, s.H, s.Nq, s.Dv}, qf.options());
+      auto outf = empty_tokens_major(s, qf.options());
       forward_impl<float>(s, qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>(),
                           idx.data_ptr<int64_t>(), scale, outf.data_ptr<float>(), lse.data_ptr<float>(), allow_amx);
       out.copy_(outf);
@@ -904,13 +941,14 @@ std::vector<at::Tensor> forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Te
 std::vector<at::Tensor> forward_with_head_mean(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor idx, bool causal,
                                                double scale) {
   check_inputs(q, k, v, idx);
-  const Shapes s = make_shapes(q, k, v, idx, causal);
+  Shapes s = make_shapes(q, k, v, idx, causal);
+  s.out_tokens_major = true;
 #if defined(SA_LANES)
   const bool dtype_ok = q.scalar_type() == at::kFloat ||
                         (q.scalar_type() == at::kBFloat16 && !use_amx<at::BFloat16>(s, true));
   if (dtype_ok && head_mean_fits(s)) {
     const auto qf = q.to(at::kFloat), kf = k.to(at::kFloat), vf = v.to(at::kFloat);  // no copy for fp32
-    auto outf = at::empty({s.B, s.H, s.Nq, s.Dv}, qf.options());
+    auto outf = empty_tokens_major(s, qf.options());  // .to(bf16) below keeps the layout
     auto lse = at::empty({s.B, s.H, s.Nq}, qf.options());
     auto target = at::empty({s.B, s.Nq, s.K}, qf.options());
     const auto k_copy = HugePageArray::copy_of(kf.data_ptr<float>(), s.B * s.Hkv * s.Nk * s.D, staging_pays(s));
@@ -928,9 +966,10 @@ std::vector<at::Tensor> forward_with_head_mean(at::Tensor q, at::Tensor k, at::T
 
 std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor idx, bool causal, double scale,
                                  at::Tensor out, at::Tensor lse, at::Tensor dout) {
-  check_inputs(q, k, v, idx, /*int32_ok=*/true);
-  dout = dout.contiguous();
-  const Shapes s = make_shapes(q, k, v, idx, causal);
+  check_inputs(q, k, v, idx, /*narrow_ok=*/true);
+  Shapes s = make_shapes(q, k, v, idx, causal);
+  std::tie(out, s.out_tokens_major) = readable_layout(out);
+  std::tie(dout, s.dout_tokens_major) = readable_layout(dout);
   const int64_t threads = at::get_num_threads();
   auto fopt = q.options().dtype(at::kFloat);
   auto dq = at::zeros({s.B, s.H, s.Nq, s.D}, fopt);
@@ -939,7 +978,7 @@ std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::T
   const auto dk_acc = HugePageArray::zeros(threads * nk), dv_acc = HugePageArray::zeros(threads * nv);
   float* dk_all = dk_acc.data<float>();
   float* dv_all = dv_acc.data<float>();
-  auto run = [&](const auto* index) {  // int64 or int32 indices
+  auto run = [&](const auto* index) {  // int64, int32 or int16 indices
     if (q.scalar_type() == at::kFloat) {
       backward_impl<float>(s, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), index,
                            scale, out.data_ptr<float>(), lse.data_ptr<float>(), dout.data_ptr<float>(),
@@ -964,6 +1003,8 @@ std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::T
   };
   if (idx.scalar_type() == at::kInt)
     run(idx.data_ptr<int32_t>());
+  else if (idx.scalar_type() == at::kShort)
+    run(idx.data_ptr<int16_t>());
   else
     run(idx.data_ptr<int64_t>());
   auto dk = at::from_blob(dk_all, {threads, s.B, s.Hkv, s.Nk, s.D}, fopt).sum(0);

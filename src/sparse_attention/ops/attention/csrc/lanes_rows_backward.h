@@ -46,17 +46,18 @@ class BlockBackward {
 
   // Token `slot` of the block, nh heads (each argument points at head 0's row, heads *_stride
   // apart): its queries, outputs, output gradients and log-sum-exps, and its n > 0 valid keys.
-  void stage(int64_t slot, int64_t nh, const float* q, int64_t q_stride, const float* out, const float* dout,
-             int64_t o_stride, const float* lse, int64_t lse_stride, const int64_t* ids, int64_t n) {
+  void stage(int64_t slot, int64_t nh, const float* q, int64_t q_stride, const float* out, int64_t out_stride,
+             const float* dout, int64_t dout_stride, const float* lse, int64_t lse_stride, const int64_t* ids,
+             int64_t n) {
     float* qs = q_.data() + slot * kMaxHeads * D_;
     float* dos = do_.data() + slot * kMaxHeads * Dv_;
     for (int64_t h = 0; h < nh; ++h) {
       for (int64_t d = 0; d < D_; ++d) qs[h * D_ + d] = q[h * q_stride + d] * scale_;
       float dl = 0.0f;  // delta = dO . O
       for (int64_t c = 0; c < Dv_; ++c) {
-        const float g = dout[h * o_stride + c];
+        const float g = dout[h * dout_stride + c];
         dos[h * Dv_ + c] = g;
-        dl += g * out[h * o_stride + c];
+        dl += g * out[h * out_stride + c];
       }
       delta_[slot * kMaxHeads + h] = dl;
       lse_[slot * kMaxHeads + h] = lse[h * lse_stride];
