@@ -50,6 +50,17 @@ def test_profile_table_shows_the_phase_split(tmp_path):
         " | 50 / 61 | 0.50 (0.40) |" in text
 
 
+def test_machine_line_names_the_kernel_build_and_pytorchs_isa_cap(tmp_path):
+    kernel = {"isa_level": "avx2", "cpu_flags": ["avx2", "fma", "avx512f"], "torch_cpu_capability": "AVX2",
+              "isa_caps": {"ATEN_CPU_CAPABILITY": "avx2"}}
+    profile = {"machine": {"device": "cpu", "threads": 2, "cpu_kernel": kernel}, "settings": {"batch_size": 1},
+               "rows": []}
+    (tmp_path / "profile.json").write_text(json.dumps(profile))
+    text = lm_tables([tmp_path / "profile.json"])
+    assert "CPU kernel built for avx2 (CPU flags: avx2, fma, avx512f)" in text
+    assert "PyTorch's kernels held to AVX2 (ATEN_CPU_CAPABILITY=avx2)" in text
+
+
 def test_cli_rewrites_the_readme_block(tmp_path):
     from sparse_attention.cli.main import main
 

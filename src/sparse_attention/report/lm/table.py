@@ -26,6 +26,10 @@ def _machine(doc: dict) -> str:
     if kernel:  # results written since the kernel build is recorded
         flags = ", ".join(kernel.get("cpu_flags", [])) or "none of avx2/avx512/amx"
         isa = f", CPU kernel built for {kernel.get('isa_level', '?')} (CPU flags: {flags})"
+        caps = kernel.get("isa_caps") or {}
+        if caps:  # the AVX2 emulation: PyTorch's own kernels held to an instruction set too
+            held = ", ".join(f"{name}={value}" for name, value in caps.items())
+            isa += f", PyTorch's kernels held to {kernel.get('torch_cpu_capability', '?')} ({held})"
     return (f"{m.get('device_name', '?')} ({m.get('device', '?')}), {m.get('threads', '?')} threads,"
             f" torch {m.get('torch', '?')}, git {str(m.get('git_sha', '?'))[:12]}{isa}")
 
