@@ -54,7 +54,7 @@ namespace {
 //
 // The array is its own mapping (mmap), not a heap block: freed, it goes back to the OS at once.
 // A heap block glibc hands out from its free lists would stay resident after the call, and, once
-// advised onto huge pages, as whole 2 MiB pages: a DSA training step kept hundreds of MiB that way.
+// advised onto huge pages, as whole 2 MiB pages, raising a training step's resident peak.
 class HugePageArray {
  public:
   static constexpr int64_t kMinBytes = int64_t{1} << 20;
