@@ -19,6 +19,12 @@
   page; ``malloc_trim(0)`` before the call returns free heap pages left from earlier calls,
   so that the call cannot reuse memory that is already resident. Memory other threads of
   the process touch meanwhile counts too.
+* **Free blocks already in the heap** defeat the threshold: glibc serves a request from its free
+  lists before it considers a new mapping, and a block freed back to a free list keeps its pages
+  resident. A process that ran large work under the dynamic threshold (blocks up to 32 MiB in the
+  heap) therefore reports more than the call's live bytes: every heap block it touches counts, as
+  if nothing it freed were reusable elsewhere. :func:`~sparse_attention.utils.fresh_process.run_in_fresh_process` runs a measurement
+  in a new process whose threshold is fixed from its start, so its heap never holds such blocks.
 * **Python's garbage collector** is off during the measured call on either device, so that no
   garbage of earlier calls is freed inside it (which would hide part of its peak); before it only
   the young generations are collected (the recent garbage, e.g. of the previous call). A full
@@ -35,6 +41,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +59,8 @@ MMAP_THRESHOLD_BYTES = 64 * 1024
 #: Afterwards: glibc's dynamic thresholds at their ceiling (DEFAULT_MMAP_THRESHOLD_MAX, 2x).
 RESTORED_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 RESTORED_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
+#: The environment variable that fixes glibc's mmap threshold from a process's start.
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
 _CLEAR_REFS = "/proc/self/clear_refs"
 _STATUS = "/proc/self/status"
 
@@ -70,11 +79,12 @@ def _libc():
 
 
 def _set_prompt_release(prompt: bool) -> bool:
-    """Fixed 64 KiB mmap threshold (``prompt``) or the restored thresholds; False on failure."""
+    """Fixed 64 KiB mmap threshold (``prompt``) or the restored thresholds; False on failure. A
+    process started by :func:`~.fresh_process.run_in_fresh_process` keeps the fixed threshold throughout."""
     libc = _libc()
     if libc is None:
         return False
-    if prompt:
+    if prompt or os.environ.get(MMAP_THRESHOLD_ENV) == str(MMAP_THRESHOLD_BYTES):
         return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
     return bool(libc.mallopt(M_MMAP_THRESHOLD, RESTORED_MMAP_THRESHOLD_BYTES)) and bool(
         libc.mallopt(M_TRIM_THRESHOLD, RESTORED_TRIM_THRESHOLD_BYTES))

@@ -269,6 +269,8 @@ def test_profile_rows_and_files(tmp_path):
         assert row["train_time_ratio"] == pytest.approx(row["dense_train_ms"] / row["dsa_train_ms"])
         assert len(row["samples_ms"]["train"]["dense"]) == 2 and row["backend"]
         assert 0 < row["dense_train_saved_mb"] < row["dsa_train_saved_mb"]  # DSA also keeps its selection
+        if document["settings"]["memory_unavailable"] is None:  # measured in a fresh process
+            assert all(row[f"{m}_{s}_peak_mb"] > 0 for m in ("dense", "dsa") for s in ("train", "forward"))
         split = row["phases"]
         assert set(split["train_ms"]) == {"dense_attention", *DSA_PHASES}
         assert set(split["forward_ms"]) == {"dense_attention", *DSA_PHASES} - {"indexer_kl"}
@@ -276,6 +278,7 @@ def test_profile_rows_and_files(tmp_path):
         assert split["dsa_train_ms"] == pytest.approx(sum(split["train_ms"][name] for name in DSA_PHASES))
         layers = preset("tiny").model.n_layers
         assert split["rest_train_ms"]["dsa"] == pytest.approx(row["dsa_train_ms"] - layers * split["dsa_train_ms"])
+    assert "fresh process" in document["settings"]["memory"]
     json_path, png = write_profile(document, tmp_path / "p" / "profile.json")
     assert json.loads(json_path.read_text())["rows"][0]["seq_len"] == 16 and png.stat().st_size > 0
     assert "phases" not in profile_lengths(preset("tiny"), [16], batch_size=1, repeats=1, phases=False,

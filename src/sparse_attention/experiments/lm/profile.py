@@ -11,7 +11,10 @@ model lacks). On one batch of random tokens it measures, in the same process:
   sample so that a busy machine slows both alike;
 * the forward pass alone (no gradient), timed the same way;
 * the extra memory at the peak of one training step and of one forward pass
-  (:func:`~sparse_attention.utils.memory.peak_memory_bytes`; never timed together), and the
+  (:func:`~sparse_attention.utils.memory.peak_memory_bytes`; never timed together; on the CPU
+  in a fresh process per length, :func:`~sparse_attention.utils.fresh_process.run_in_fresh_process`,
+  after one warm-up call each: the timed steps leave glibc's heap full of free blocks whose reuse
+  would count freed memory as resident, more for whichever model allocates more blocks), and the
   bytes the step's forward saves for its backward
   (:func:`~sparse_attention.utils.memory.saved_tensor_bytes`: exact, no temporaries);
 * with ``phases`` (default), the time split of one attention layer, dense attention against
@@ -38,6 +41,7 @@ import torch
 from ...ops.record import dispatch_record, machine_with_kernel
 from ...training.config import RunConfig
 from ...utils.checks import check_int
+from ...utils.fresh_process import run_in_fresh_process
 from ...utils.memory import peak_memory_bytes, peak_memory_unavailable, saved_tensor_bytes
 from ...utils.results_io import write_json
 from ...utils.timing import synchronize, time_call
@@ -155,6 +159,40 @@ def _phases_with_rest(config: RunConfig, row: dict, device, repeats: int) -> dic
     return split
 
 
+#: Where the peaks are measured (settings["memory"]), by whether the device is the CPU.
+MEMORY_PROCESS = {True: "in a fresh process per length with glibc's mmap threshold fixed at 64 KiB from its start",
+                  False: "in this process (the device allocator's statistics)"}
+
+
+def _peak_of_each(fns: dict[str, Callable], device) -> dict[str, float | None]:
+    """The extra memory (MB) at the peak of one call of each function, in turn."""
+    return {name: _mb(peak_memory_bytes(fn, device)[1]) for name, fn in fns.items()}
+
+
+def _peaks(config: dict, n: int, top_k: int, vocab: int, batch_size: int, device: str) -> dict[str, float | None]:
+    """:func:`_peak_of_each` of both models' training step and forward pass, built as
+    :func:`profile_lengths` builds them (same seed, same batch), after one warm-up call of each.
+    Run by :func:`run_in_fresh_process`, so ``config`` comes as :meth:`RunConfig.to_dict`."""
+    config = RunConfig.from_dict(config)
+    device = torch.device(device)
+    dense_config, dense, sparse_config, sparse = _models(config, n, top_k, vocab, batch_size)
+    inputs, targets = _batch(config, vocab, batch_size, n, device)
+    dense_train, dense_forward, _ = _step_functions(dense_config, dense.to(device), inputs, targets, device)
+    sparse_train, sparse_forward, _ = _step_functions(sparse_config, sparse.to(device), inputs, targets, device)
+    fns = {"dense_train": dense_train, "dsa_train": sparse_train,
+           "dense_forward": dense_forward, "dsa_forward": sparse_forward}
+    for fn in fns.values():  # warm-up: one-time buffers (kernels, allocator, optimizer state)
+        fn()
+    return _peak_of_each(fns, device)
+
+
+def _batch(config: RunConfig, vocab: int, batch_size: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The profile's batch: ``(inputs, targets) [batch_size, n]`` of random tokens from ``train.seed``."""
+    gen = torch.Generator().manual_seed(config.train.seed)
+    tokens = torch.randint(vocab, (batch_size, n + 1), generator=gen)
+    return tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+
+
 def _mb(value: int | None) -> float | None:
     return None if value is None else value / 2**20
 
@@ -203,9 +241,7 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         if max_top_k is not None:
             top_k = min(top_k, max_top_k)
         dense_config, dense, sparse_config, sparse = _models(config, n, top_k, vocab, batch_size)
-        gen = torch.Generator().manual_seed(config.train.seed)
-        tokens = torch.randint(vocab, (batch_size, n + 1), generator=gen)
-        inputs, targets = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+        inputs, targets = _batch(config, vocab, batch_size, n, device)
         dense_train, dense_forward, dense_loss = _step_functions(dense_config, dense.to(device), inputs, targets,
                                                                  device)
         sparse_train, sparse_forward, sparse_loss = _step_functions(sparse_config, sparse.to(device), inputs,
@@ -215,9 +251,11 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         synchronize(device)
         train_ms = _interleaved({"dense": dense_train, "dsa": sparse_train}, device, repeats)
         forward_ms = _interleaved({"dense": dense_forward, "dsa": sparse_forward}, device, repeats)
-        peaks = {name: _mb(peak_memory_bytes(fn, device)[1])
-                 for name, fn in (("dense_train", dense_train), ("dsa_train", sparse_train),
-                                  ("dense_forward", dense_forward), ("dsa_forward", sparse_forward))}
+        if device.type == "cpu":
+            peaks = run_in_fresh_process(_peaks, config.to_dict(), n, top_k, vocab, batch_size, str(device))
+        else:
+            peaks = _peak_of_each({"dense_train": dense_train, "dsa_train": sparse_train,
+                                   "dense_forward": dense_forward, "dsa_forward": sparse_forward}, device)
         row = {
             "seq_len": n, "top_k": top_k, "batch_size": batch_size, "tokens": batch_size * n,
             "backend": _backend_name(sparse_config, batch_size, n, top_k, device),
@@ -247,7 +285,9 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
                      "top_k_fraction": top_k_fraction, "max_top_k": max_top_k, "vocab_size": vocab, "device": str(device),
                      "dtype": config.train.dtype, "precision": config.train.precision,
                      "precision_note": precision_note, "memory_unavailable": peak_memory_unavailable(device),
-                     "timing": "median of interleaved single-call samples after one warm-up call each"},
+                     "timing": "median of interleaved single-call samples after one warm-up call each",
+                     "memory": (f"peak: one call after one warm-up call each, {MEMORY_PROCESS[device.type == 'cpu']};"
+                                " saved: bytes autograd saves for the backward, exact")},
         "rows": rows,
         "dispatch": dispatch_record(),
     }
