@@ -44,6 +44,7 @@ from ..ops.topk import indexer_scores
 from ..selection.base import Selection, get_method, select
 from ..selection.dsa import dsa_select
 from ..selection.key_mask import check_key_mask
+from ..utils.autocast import in_autocast_dtype
 from ..utils.checks import check_int
 from .attention_stats import layer_stats, topk_from_scores
 from .indexer import LightningIndexer
@@ -321,6 +322,7 @@ class SparseSelfAttention(nn.Module):
         if key_mask is not None and ((self.indexer is not None and train_indexer) or collect or keep_scores):
             raise ValueError("key_mask: padded batches are supported for inference (dense and sparse modes without"
                              " the indexer loss, collect or keep_scores)")
+        x = in_autocast_dtype(x)  # one low-precision copy for every projection to save
         q, k, v = self.project(x)
         aux = AttentionAux()
         scores = None

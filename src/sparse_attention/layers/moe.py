@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..utils.autocast import in_autocast_dtype
+
 
 class SwiGLU(nn.Module):
     """``down(silu(gate(x)) * up(x))``: the expert MLP of GLM4-MoE (and LLaMA)."""
@@ -62,7 +64,7 @@ class MoEFeedForward(nn.Module):
         zero outside each token's top-k (the same sum, with no data-dependent loop); no aux loss."""
         dense_gates = torch.zeros(tokens.shape[0], self.n_experts, dtype=gates.dtype,
                                   device=tokens.device).scatter(1, top_experts, gates)  # [T, E]
-        out = torch.zeros_like(tokens)
+        out = torch.zeros(tokens.shape, dtype=gates.dtype, device=tokens.device)
         for e, expert in enumerate(self.experts):
             out = out + dense_gates[:, e:e + 1] * expert(tokens)
         for expert in self.shared:
@@ -73,13 +75,15 @@ class MoEFeedForward(nn.Module):
     def forward(self, x: Tensor) -> MoEOutput:
         """``x [B, N, dim]`` -> :class:`MoEOutput`."""
         shape = x.shape
-        tokens = x.reshape(-1, shape[-1])  # [T, dim]
+        # [T, dim]; under autocast cast once, so that the router and each expert's gate and up
+        # projections save one copy (the output still accumulates in x's dtype)
+        tokens = in_autocast_dtype(x.reshape(-1, shape[-1]))
         scores = torch.sigmoid(self.router(tokens).float())  # [T, E]
         top_scores, top_experts = scores.topk(self.top_k, dim=-1)  # [T, k]
         gates = (top_scores / top_scores.sum(dim=-1, keepdim=True)).to(x.dtype)
         if torch.onnx.is_in_onnx_export():
             return self._export_forward(tokens, top_experts, gates, shape)
-        out = torch.zeros_like(tokens)
+        out = torch.zeros_like(x.reshape(-1, shape[-1]))
         flat_experts = top_experts.reshape(-1)  # [T * k]
         counts = torch.bincount(flat_experts, minlength=self.n_experts)
         # Group the (token, slot) pairs by expert once; each expert then runs one dense GEMM
