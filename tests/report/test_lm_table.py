@@ -46,6 +46,10 @@ def test_profile_table_shows_the_phase_split(tmp_path):
     (tmp_path / "profile.json").write_text(json.dumps({"settings": {"batch_size": 1}, "rows": [row]}))
     text = lm_tables([tmp_path / "profile.json"])
     assert "| 250 / 270 |" in text  # saved for backward
+    assert "Memory: peak: in the timing process, after its timed steps." in text  # a profile without settings.memory
+    settings = {"batch_size": 1, "memory": "peak: in a fresh process"}
+    (tmp_path / "profile.json").write_text(json.dumps({"settings": settings, "rows": [row]}))
+    assert "Memory: peak: in a fresh process." in lm_tables([tmp_path / "profile.json"])
     assert "| 4096 | 512 | 30.0 (3.00) | 1.0 (0.10) | 12.0 (1.50) | 20.0 (0.50) | 7.0 (0.40) | 40.0 | 0.75 | 1.00" \
         " | 50 / 61 | 0.50 (0.40) |" in text
 

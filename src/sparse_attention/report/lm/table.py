@@ -94,9 +94,10 @@ def profile_table(doc: dict, source: str) -> str:
             f" {_f(row.get('forward_time_ratio'), '.2f')} | {_f(row.get('dense_train_peak_mb'), '.0f')} /"
             f" {_f(row.get('dsa_train_peak_mb'), '.0f')} | {_f(row.get('dense_train_saved_mb'), '.0f')} /"
             f" {_f(row.get('dsa_train_saved_mb'), '.0f')} |")
+    where = settings.get("memory", "peak: in the timing process, after its timed steps")
     lines += ["", "`x dense` = dense time / DSA time measured in the same run (> 1: DSA is faster). `step peak`:"
               " the extra resident memory at the step's peak; `saved for backward`: the bytes autograd holds"
-              " between the forward and the backward (exact, temporaries excluded)."]
+              f" between the forward and the backward (exact, temporaries excluded). Memory: {where}."]
     if any("phases" in row for row in doc.get("rows", [])):
         lines += ["", phase_table(doc)]
     return "\n".join(lines)
