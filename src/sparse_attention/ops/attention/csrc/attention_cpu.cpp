@@ -747,10 +747,11 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
 #if defined(SA_LANES)
 // The fp32 backward in blocks of rows::BlockBackward::block_tokens() consecutive query tokens of
 // one selection group, walking their keys range by range (lanes_rows_backward.h); dK and dV
-// into this thread's accumulators (dk_all, dv_all: kv_numel_* floats per thread).
-template <typename I>
-void backward_token_blocks(const Shapes& s, const float* q, const float* k, const float* v, const I* idx,
-                           double scale, const float* out, const float* lse, const float* dout, float* dq,
+// into this thread's accumulators (dk_all, dv_all: kv_numel_* floats per thread). E: the type of
+// q, out and dout (float or at::BFloat16, widened as each token is staged); k and v are float.
+template <typename E, typename I>
+void backward_token_blocks(const Shapes& s, const E* q, const float* k, const float* v, const I* idx,
+                           double scale, const E* out, const float* lse, const E* dout, float* dq,
                            float* dk_all, float* dv_all, int64_t kv_numel_k, int64_t kv_numel_v) {
   const int64_t T = rows::BlockBackward::block_tokens(s.Nk, s.D, s.Dv);
   const int64_t blocks_per_group = (s.Nq + T - 1) / T;
@@ -888,12 +889,29 @@ void backward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, co
 // query tokens' keys one key range at a time; the per-item path instead reads every item's
 // scattered rows from the whole table and widens them per item, which made the bf16 forward
 // ~2.5x and its backward ~1.2x slower than fp32 (16:4 heads of 64, N = 8192, K = 1024, Zen 4).
-// The copies are transient: 4 bytes per element of q, k, v and the output (and dO).
+// The forward's copies are transient: 4 bytes per element of q, k, v and the output; the backward
+// widens only k and v (backward_bf16_blocks).
 bool widen_bf16_forward(const Shapes& s, bool allow_amx) {
   const int64_t g = s.per_head ? 1 : s.G;
   return !use_amx<at::BFloat16>(s, allow_amx) && (rows::fits(g, s.D, s.Dv) || use_lanes(s, g));
 }
 bool widen_bf16_backward(const Shapes& s) { return rows::fits_backward(s.per_head ? 1 : s.G, s.D, s.Dv); }
+
+// The bf16 backward where widen_bf16_backward(s): only K and V are widened to float (the kernels
+// read gathered rows as float; B x H_kv x N rows); the queries, outputs and output gradients
+// (B x H x N rows each, the backward's largest transient as float copies) are widened token by
+// token as BlockBackward stages them.
+template <typename I>
+void backward_bf16_blocks(const Shapes& s, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const I* idx, double scale, const at::Tensor& out, const float* lse, const at::Tensor& dout,
+                          float* dq, float* dk_all, float* dv_all, int64_t kv_numel_k, int64_t kv_numel_v) {
+  const auto kf = k.to(at::kFloat), vf = v.to(at::kFloat);
+  const auto k_copy = HugePageArray::copy_of(kf.data_ptr<float>(), kv_numel_k, staging_pays(s));
+  const auto v_copy = HugePageArray::copy_of(vf.data_ptr<float>(), kv_numel_v, staging_pays(s));
+  backward_token_blocks(s, q.data_ptr<at::BFloat16>(), k_copy.data<float>(), v_copy.data<float>(), idx, scale,
+                        out.data_ptr<at::BFloat16>(), lse, dout.data_ptr<at::BFloat16>(), dq, dk_all, dv_all,
+                        kv_numel_k, kv_numel_v);
+}
 #endif
 
 // narrow_ok: the backward also takes int16 and int32 indices (the selection as the forward saved it).
@@ -1005,11 +1023,8 @@ std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::T
     } else if (q.scalar_type() == at::kBFloat16) {
 #if defined(SA_LANES)
       if (widen_bf16_backward(s)) {
-        const auto qf = q.to(at::kFloat), kf = k.to(at::kFloat), vf = v.to(at::kFloat), outf = out.to(at::kFloat),
-                   doutf = dout.to(at::kFloat);
-        backward_impl<float>(s, qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>(),
-                             index, scale, outf.data_ptr<float>(), lse.data_ptr<float>(),
-                             doutf.data_ptr<float>(), dq.data_ptr<float>(), dk_all, dv_all, nk, nv);
+        backward_bf16_blocks(s, q, k, v, index, scale, out, lse.data_ptr<float>(), dout, dq.data_ptr<float>(),
+                             dk_all, dv_all, nk, nv);
       } else
 #endif
       backward_impl<at::BFloat16>(s, q.data_ptr<at::BFloat16>(), k.data_ptr<at::BFloat16>(),

@@ -46,18 +46,21 @@ class BlockBackward {
 
   // Token `slot` of the block, nh heads (each argument points at head 0's row, heads *_stride
   // apart): its queries, outputs, output gradients and log-sum-exps, and its n > 0 valid keys.
-  void stage(int64_t slot, int64_t nh, const float* q, int64_t q_stride, const float* out, int64_t out_stride,
-             const float* dout, int64_t dout_stride, const float* lse, int64_t lse_stride, const int64_t* ids,
+  // T: float, or at::BFloat16 (widened here, row by row, so that the caller needs no float copy
+  // of these N x H rows).
+  template <typename T>
+  void stage(int64_t slot, int64_t nh, const T* q, int64_t q_stride, const T* out, int64_t out_stride,
+             const T* dout, int64_t dout_stride, const float* lse, int64_t lse_stride, const int64_t* ids,
              int64_t n) {
     float* qs = q_.data() + slot * kMaxHeads * D_;
     float* dos = do_.data() + slot * kMaxHeads * Dv_;
     for (int64_t h = 0; h < nh; ++h) {
-      for (int64_t d = 0; d < D_; ++d) qs[h * D_ + d] = q[h * q_stride + d] * scale_;
+      for (int64_t d = 0; d < D_; ++d) qs[h * D_ + d] = static_cast<float>(q[h * q_stride + d]) * scale_;
       float dl = 0.0f;  // delta = dO . O
       for (int64_t c = 0; c < Dv_; ++c) {
-        const float g = dout[h * dout_stride + c];
+        const float g = static_cast<float>(dout[h * dout_stride + c]);
         dos[h * Dv_ + c] = g;
-        dl += g * out[h * out_stride + c];
+        dl += g * static_cast<float>(out[h * out_stride + c]);
       }
       delta_[slot * kMaxHeads + h] = dl;
       lse_[slot * kMaxHeads + h] = lse[h * lse_stride];
