@@ -75,15 +75,16 @@ class MoEFeedForward(nn.Module):
     def forward(self, x: Tensor) -> MoEOutput:
         """``x [B, N, dim]`` -> :class:`MoEOutput`."""
         shape = x.shape
-        # [T, dim]; under autocast cast once, so that the router and each expert's gate and up
-        # projections save one copy (the output still accumulates in x's dtype)
-        tokens = in_autocast_dtype(x.reshape(-1, shape[-1]))
+        flat = x.reshape(-1, shape[-1])  # [T, dim]
+        # under autocast cast once, so that the router and each expert's gate and up projections
+        # save one copy (the output still accumulates in x's dtype)
+        tokens = in_autocast_dtype(flat)
         scores = torch.sigmoid(self.router(tokens).float())  # [T, E]
         top_scores, top_experts = scores.topk(self.top_k, dim=-1)  # [T, k]
         gates = (top_scores / top_scores.sum(dim=-1, keepdim=True)).to(x.dtype)
         if torch.onnx.is_in_onnx_export():
             return self._export_forward(tokens, top_experts, gates, shape)
-        out = torch.zeros_like(x.reshape(-1, shape[-1]))
+        out = torch.zeros_like(flat)
         flat_experts = top_experts.reshape(-1)  # [T * k]
         counts = torch.bincount(flat_experts, minlength=self.n_experts)
         # Group the (token, slot) pairs by expert once; each expert then runs one dense GEMM

@@ -159,9 +159,22 @@ def _phases_with_rest(config: RunConfig, row: dict, device, repeats: int) -> dic
     return split
 
 
-#: Where the peaks are measured (settings["memory"]), by whether the device is the CPU.
-MEMORY_PROCESS = {True: "in a fresh process per length with glibc's mmap threshold fixed at 64 KiB from its start",
-                  False: "in this process (the device allocator's statistics)"}
+def _warm_calls(config: RunConfig, n: int, top_k: int, vocab: int, batch_size: int,
+                device) -> tuple[dict[str, Callable], dict[str, Callable], RunConfig]:
+    """Both models at length ``n`` (:func:`_models`) on the profile's batch, and their calls after one
+    warm-up each (allocators, kernels, optimizer state): ``({"dense_train", "dsa_train",
+    "dense_forward", "dsa_forward"}, {"dense", "dsa"} training losses, the DSA config)``."""
+    dense_config, dense, sparse_config, sparse = _models(config, n, top_k, vocab, batch_size)
+    inputs, targets = _batch(config, vocab, batch_size, n, device)
+    dense_train, dense_forward, dense_loss = _step_functions(dense_config, dense.to(device), inputs, targets, device)
+    sparse_train, sparse_forward, sparse_loss = _step_functions(sparse_config, sparse.to(device), inputs, targets,
+                                                                device)
+    calls = {"dense_train": dense_train, "dsa_train": sparse_train,
+             "dense_forward": dense_forward, "dsa_forward": sparse_forward}
+    for fn in calls.values():
+        fn()
+    synchronize(device)
+    return calls, {"dense": dense_loss, "dsa": sparse_loss}, sparse_config
 
 
 def _peak_of_each(fns: dict[str, Callable], device) -> dict[str, float | None]:
@@ -169,21 +182,12 @@ def _peak_of_each(fns: dict[str, Callable], device) -> dict[str, float | None]:
     return {name: _mb(peak_memory_bytes(fn, device)[1]) for name, fn in fns.items()}
 
 
-def _peaks(config: dict, n: int, top_k: int, vocab: int, batch_size: int, device: str) -> dict[str, float | None]:
-    """:func:`_peak_of_each` of both models' training step and forward pass, built as
-    :func:`profile_lengths` builds them (same seed, same batch), after one warm-up call of each.
-    Run by :func:`run_in_fresh_process`, so ``config`` comes as :meth:`RunConfig.to_dict`."""
-    config = RunConfig.from_dict(config)
+def _fresh_peaks(config: dict, n: int, top_k: int, vocab: int, batch_size: int,
+                 device: str) -> dict[str, float | None]:
+    """:func:`_peak_of_each` of :func:`_warm_calls`, for :func:`run_in_fresh_process` (``config`` as
+    :meth:`RunConfig.to_dict`)."""
     device = torch.device(device)
-    dense_config, dense, sparse_config, sparse = _models(config, n, top_k, vocab, batch_size)
-    inputs, targets = _batch(config, vocab, batch_size, n, device)
-    dense_train, dense_forward, _ = _step_functions(dense_config, dense.to(device), inputs, targets, device)
-    sparse_train, sparse_forward, _ = _step_functions(sparse_config, sparse.to(device), inputs, targets, device)
-    fns = {"dense_train": dense_train, "dsa_train": sparse_train,
-           "dense_forward": dense_forward, "dsa_forward": sparse_forward}
-    for fn in fns.values():  # warm-up: one-time buffers (kernels, allocator, optimizer state)
-        fn()
-    return _peak_of_each(fns, device)
+    return _peak_of_each(_warm_calls(RunConfig.from_dict(config), n, top_k, vocab, batch_size, device)[0], device)
 
 
 def _batch(config: RunConfig, vocab: int, batch_size: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,22 +244,13 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         top_k = max(1, round(top_k_fraction * n)) if top_k_fraction is not None else config.model.top_k
         if max_top_k is not None:
             top_k = min(top_k, max_top_k)
-        dense_config, dense, sparse_config, sparse = _models(config, n, top_k, vocab, batch_size)
-        inputs, targets = _batch(config, vocab, batch_size, n, device)
-        dense_train, dense_forward, dense_loss = _step_functions(dense_config, dense.to(device), inputs, targets,
-                                                                 device)
-        sparse_train, sparse_forward, sparse_loss = _step_functions(sparse_config, sparse.to(device), inputs,
-                                                                    targets, device)
-        for fn in (dense_train, sparse_train, dense_forward, sparse_forward):  # warm-up (allocators, kernels)
-            fn()
-        synchronize(device)
-        train_ms = _interleaved({"dense": dense_train, "dsa": sparse_train}, device, repeats)
-        forward_ms = _interleaved({"dense": dense_forward, "dsa": sparse_forward}, device, repeats)
-        if device.type == "cpu":
-            peaks = run_in_fresh_process(_peaks, config.to_dict(), n, top_k, vocab, batch_size, str(device))
+        calls, losses, sparse_config = _warm_calls(config, n, top_k, vocab, batch_size, device)
+        train_ms = _interleaved({"dense": calls["dense_train"], "dsa": calls["dsa_train"]}, device, repeats)
+        forward_ms = _interleaved({"dense": calls["dense_forward"], "dsa": calls["dsa_forward"]}, device, repeats)
+        if device.type == "cpu":  # module doc: not after the timed steps, in this process's heap
+            peaks = run_in_fresh_process(_fresh_peaks, config.to_dict(), n, top_k, vocab, batch_size, str(device))
         else:
-            peaks = _peak_of_each({"dense_train": dense_train, "dsa_train": sparse_train,
-                                   "dense_forward": dense_forward, "dsa_forward": sparse_forward}, device)
+            peaks = _peak_of_each(calls, device)
         row = {
             "seq_len": n, "top_k": top_k, "batch_size": batch_size, "tokens": batch_size * n,
             "backend": _backend_name(sparse_config, batch_size, n, top_k, device),
@@ -265,8 +260,8 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
             "dsa_forward_ms": statistics.median(forward_ms["dsa"]),
             "dense_train_peak_mb": peaks["dense_train"], "dsa_train_peak_mb": peaks["dsa_train"],
             "dense_forward_peak_mb": peaks["dense_forward"], "dsa_forward_peak_mb": peaks["dsa_forward"],
-            "dense_train_saved_mb": _mb(saved_tensor_bytes(dense_loss)[1]),
-            "dsa_train_saved_mb": _mb(saved_tensor_bytes(sparse_loss)[1]),
+            "dense_train_saved_mb": _mb(saved_tensor_bytes(losses["dense"])[1]),
+            "dsa_train_saved_mb": _mb(saved_tensor_bytes(losses["dsa"])[1]),
             "samples_ms": {"train": train_ms, "forward": forward_ms},
         }
         row["train_time_ratio"] = _ratio(row["dense_train_ms"], row["dsa_train_ms"])
@@ -276,7 +271,7 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
         if phases:
             row["phases"] = _phases_with_rest(config, row, device, repeats)
         if ops:
-            row["ops"] = op_times({"dense": dense_train, "dsa": sparse_train}, device)
+            row["ops"] = op_times({"dense": calls["dense_train"], "dsa": calls["dsa_train"]}, device)
         rows.append(row)
     return {
         "machine": machine_with_kernel(device),
@@ -286,8 +281,10 @@ def profile_lengths(config: RunConfig, seq_lengths: Sequence[int] | str, *, batc
                      "dtype": config.train.dtype, "precision": config.train.precision,
                      "precision_note": precision_note, "memory_unavailable": peak_memory_unavailable(device),
                      "timing": "median of interleaved single-call samples after one warm-up call each",
-                     "memory": (f"peak: one call after one warm-up call each, {MEMORY_PROCESS[device.type == 'cpu']};"
-                                " saved: bytes autograd saves for the backward, exact")},
+                     "memory": "peak: one call after one warm-up call each, " + (
+                         "in a fresh process per length with glibc's mmap threshold fixed at 64 KiB from its start"
+                         if device.type == "cpu" else "in this process (the device allocator's statistics)")
+                     + "; saved: bytes autograd saves for the backward, exact"},
         "rows": rows,
         "dispatch": dispatch_record(),
     }
