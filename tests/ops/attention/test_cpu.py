@@ -69,6 +69,23 @@ def test_keys_walked_in_several_ranges(h, h_kv, layout, causal, ascending):
     compare(q, k, v, idx, causal, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kv_groups_sharing_one_selection(dtype):
+    # One selection for 2 KV groups of 4 heads (DSA's layout): each 128-token block's keys are
+    # grouped by range once and run for both groups, when there are enough blocks for the threads
+    # (9 blocks of 1100 tokens >= 4 per thread at 2 threads). D = 64: backward ranges of 512 keys,
+    # so the 1100 keys span 3 of them; a tenth of the slots empty, row 7 without keys.
+    q, k, v = make_qkv(1, 8, 2, 1100, d=64, dtype=torch.float64)
+    idx = random_indices(1, 1, 1100, 1100, 200, seed=11, empty_fraction=0.1)
+    idx[0, 0, 7] = -1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        compare(q, k, v, idx, True, dtype)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("h, h_kv", [(8, 2), (16, 1)])
 def test_bfloat16(h, h_kv):
     q, k, v = make_qkv(1, h, h_kv, 200, d=64, dtype=torch.float64)

@@ -58,6 +58,18 @@ def test_keys_walked_in_several_ranges(isa, h, h_kv, layout, ascending):
     compare(q, k, v, idx, True, torch.float32, isa=isa)
 
 
+def test_kv_groups_sharing_one_selection(isa):
+    # The backward that stages a block's keys once for both KV groups (see test_cpu.py).
+    q, k, v = make_qkv(1, 8, 2, 1100, d=64, dtype=torch.float64)
+    idx = random_indices(1, 1, 1100, 1100, 200, seed=11, empty_fraction=0.1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        compare(q, k, v, idx, True, torch.float32, isa=isa)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("h, h_kv", [(16, 1), (8, 2)])
 def test_bfloat16(isa, h, h_kv):
     q, k, v = make_qkv(1, h, h_kv, 200, d=64, dtype=torch.float64)

@@ -614,9 +614,9 @@ bool head_mean_fits(const Shapes& s) { return s.Hsel == 1 && !s.per_head && rows
 // The fp32 forward of a selection shared by every head (head_mean_fits) that also adds, for each
 // query and slot, the mean over all H heads of the attention probabilities into target
 // [B][Nq][K] (empty and causally hidden slots get zero): the target of the DSA
-// indexer's sparse-stage KL, which would otherwise recompute every head's scores. Each thread
-// owns a run of token blocks and runs every KV head over it, one KV head after the other (its
-// K and V stay in cache across the run), so each target row has a single writer.
+// indexer's sparse-stage KL, which would otherwise recompute every head's scores. A block's keys
+// are grouped by range once and then attended by each KV group in turn; each thread owns whole
+// blocks, so each target row has a single writer.
 void forward_blocks_with_head_mean(const Shapes& s, const float* q, const float* k, const float* v, const int64_t* idx,
                                    double scale, float* out, float* lse, float* target) {
   const int64_t T = rows::BlockForward::block_tokens(s.Nk, s.D, s.Dv);
@@ -627,25 +627,28 @@ void forward_blocks_with_head_mean(const Shapes& s, const float* q, const float*
     std::vector<int64_t> ids(s.K), staged(T);
     std::vector<int32_t> pos(s.K), slot_of(T * s.K);
     std::vector<uint8_t> in_order(T);
-    for (int64_t g = 0; g < s.Hkv; ++g) {
-      for (int64_t block = begin; block < end; ++block) {
-        const int64_t b = block / blocks_per_seq, t0 = (block % blocks_per_seq) * T;
-        const int64_t t1 = std::min(s.Nq, t0 + T);
-        int64_t tokens = 0;
-        for (int64_t t = t0; t < t1; ++t) {
-          float* target_row = target + (b * s.Nq + t) * s.K;
-          if (g == 0) std::fill_n(target_row, s.K, 0.0f);  // here rather than at::zeros: spread over threads
-          const int64_t n = collect_slots(s, idx + (b * s.Nq + t) * s.K, t, ids.data(), pos.data());
-          if (n == 0) {
-            write_no_keys(s, decode(s, (b * s.Hkv + g) * s.Nq + t), out, lse);
-            continue;
-          }
-          const bool kept_order = ranges::grouped_positions(ids.data(), pos.data(), n, engine.shift(),
-                                                            engine.ranges(), slot_of.data() + tokens * s.K);
-          in_order[tokens] = kept_order && pos[n - 1] == n - 1;  // the o-th key is in slot o
-          const int64_t row0 = (b * s.H + g * s.G) * s.Nq + t;  // row of head i: row0 + i * Nq
-          engine.stage(tokens, q + row0 * s.D, s.Nq * s.D, s.G, ids.data(), n);
-          staged[tokens++] = t;
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t b = block / blocks_per_seq, t0 = (block % blocks_per_seq) * T;
+      const int64_t t1 = std::min(s.Nq, t0 + T);
+      int64_t tokens = 0;
+      for (int64_t t = t0; t < t1; ++t) {
+        float* target_row = target + (b * s.Nq + t) * s.K;
+        std::fill_n(target_row, s.K, 0.0f);  // here rather than at::zeros: spread over threads
+        const int64_t n = collect_slots(s, idx + (b * s.Nq + t) * s.K, t, ids.data(), pos.data());
+        if (n == 0) {
+          for (int64_t g = 0; g < s.Hkv; ++g) write_no_keys(s, decode(s, (b * s.Hkv + g) * s.Nq + t), out, lse);
+          continue;
+        }
+        const bool kept_order = ranges::grouped_positions(ids.data(), pos.data(), n, engine.shift(), engine.ranges(),
+                                                          slot_of.data() + tokens * s.K);
+        in_order[tokens] = kept_order && pos[n - 1] == n - 1;  // the o-th key is in slot o
+        engine.stage_keys(tokens, ids.data(), n);
+        staged[tokens++] = t;
+      }
+      for (int64_t g = 0; g < s.Hkv; ++g) {
+        for (int64_t slot = 0; slot < tokens; ++slot) {
+          const int64_t row0 = (b * s.H + g * s.G) * s.Nq + staged[slot];  // row of head i: row0 + i * Nq
+          engine.stage_heads(slot, q + row0 * s.D, s.Nq * s.D, s.G);
         }
         const int64_t kv_off = (b * s.Hkv + g) * s.Nk;
         engine.attend(tokens, s.G, k + kv_off * s.D, v + kv_off * s.Dv);
@@ -745,10 +748,12 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
 }
 
 #if defined(SA_LANES)
-// The fp32 backward in blocks of rows::BlockBackward::block_tokens() consecutive query tokens of
-// one selection group, walking their keys range by range (lanes_rows_backward.h); dK and dV
-// into this thread's accumulators (dk_all, dv_all: kv_numel_* floats per thread). E: the type of
-// q, out and dout (float or at::BFloat16, widened as each token is staged); k and v are float.
+// The fp32 backward in blocks of rows::BlockBackward::block_tokens() consecutive query tokens,
+// walking their keys range by range (lanes_rows_backward.h); dK and dV into this thread's
+// accumulators (dk_all, dv_all: kv_numel_* floats per thread). A block's keys are staged once
+// for all the KV groups that share its selection (DSA: one selection for every head), then run
+// group by group. E: the type of q, out and dout (float or at::BFloat16, widened as each token
+// is staged); k and v are float.
 template <typename E, typename I>
 void backward_token_blocks(const Shapes& s, const E* q, const float* k, const float* v, const I* idx,
                            double scale, const E* out, const float* lse, const E* dout, float* dq,
@@ -756,34 +761,42 @@ void backward_token_blocks(const Shapes& s, const E* q, const float* k, const fl
   const int64_t T = rows::BlockBackward::block_tokens(s.Nk, s.D, s.Dv);
   const int64_t blocks_per_group = (s.Nq + T - 1) / T;
   const int64_t groups = s.items() / s.Nq;  // items are (group, token) with the token fastest
-  at::parallel_for(0, groups * blocks_per_group, 1, [&](int64_t begin, int64_t end) {
+  // Groups g .. g + sharing - 1 read the same selection rows (decode: the KV heads of one batch
+  // are consecutive groups). Sharing leaves fewer, longer work units: only where there are
+  // enough of them to keep every thread busy.
+  int64_t sharing = !s.per_head && s.Hsel == 1 ? s.Hkv : 1;
+  if (groups / sharing * blocks_per_group < 4 * at::get_num_threads()) sharing = 1;
+  at::parallel_for(0, groups / sharing * blocks_per_group, 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     float* dk = dk_all + tid * kv_numel_k;
     float* dv = dv_all + tid * kv_numel_v;
     rows::BlockBackward engine(s.K, s.Nk, s.D, s.Dv, static_cast<float>(scale));
     std::vector<int64_t> ids(s.K);
-    std::vector<Item> staged(T);
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t g = block / blocks_per_group, t0 = (block % blocks_per_group) * T;
+    std::vector<int64_t> staged(T);  // the block's tokens with keys
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t g0 = unit / blocks_per_group * sharing, t0 = (unit % blocks_per_group) * T;
       const int64_t t1 = std::min(s.Nq, t0 + T);
       int64_t tokens = 0;
       for (int64_t t = t0; t < t1; ++t) {
-        const Item it = decode(s, g * s.Nq + t);
-        const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;  // row of head i: row0 + i * Nq
+        const Item it = decode(s, g0 * s.Nq + t);
         const int64_t n = collect(s, idx + it.sel_row * s.K, it.t, ids.data());
         if (n == 0) continue;  // dq rows stay zero
-        engine.stage(tokens, it.nh, q + row0 * s.D, s.Nq * s.D, out + s.out_at(row0), s.out_head_stride(),
-                     dout + s.dout_at(row0), s.dout_head_stride(),
-                     lse + row0, s.Nq, ids.data(), n);
-        staged[tokens++] = it;
+        engine.stage_keys(tokens, ids.data(), n);
+        staged[tokens++] = t;
       }
       if (tokens == 0) continue;
-      const Item first = decode(s, g * s.Nq);
-      const int64_t kv_off = (first.b * s.Hkv + first.kvh) * s.Nk;
-      engine.run(tokens, first.nh, k + kv_off * s.D, v + kv_off * s.Dv, dk + kv_off * s.D, dv + kv_off * s.Dv);
-      for (int64_t slot = 0; slot < tokens; ++slot) {
-        const Item& it = staged[slot];
-        engine.finish(slot, it.nh, dq + ((it.b * s.H + it.h0) * s.Nq + it.t) * s.D, s.Nq * s.D);
+      for (int64_t g = g0; g < g0 + sharing; ++g) {
+        for (int64_t slot = 0; slot < tokens; ++slot) {
+          const Item it = decode(s, g * s.Nq + staged[slot]);
+          const int64_t row0 = (it.b * s.H + it.h0) * s.Nq + it.t;  // row of head i: row0 + i * Nq
+          engine.stage_heads(slot, it.nh, q + row0 * s.D, s.Nq * s.D, out + s.out_at(row0), s.out_head_stride(),
+                             dout + s.dout_at(row0), s.dout_head_stride(), lse + row0, s.Nq);
+        }
+        const Item first = decode(s, g * s.Nq);
+        const int64_t kv_off = (first.b * s.Hkv + first.kvh) * s.Nk;
+        engine.run(tokens, first.nh, k + kv_off * s.D, v + kv_off * s.Dv, dk + kv_off * s.D, dv + kv_off * s.Dv);
+        for (int64_t slot = 0; slot < tokens; ++slot)
+          engine.finish(slot, first.nh, dq + ((first.b * s.H + first.h0) * s.Nq + staged[slot]) * s.D, s.Nq * s.D);
       }
     }
   });

@@ -36,10 +36,11 @@ constexpr int kGradChunks = kWide ? 4 : 2;
 // Ask for the cache lines of rows[j .. j + count) ahead of use: selected rows are scattered
 // over the whole K/V matrix (often beyond L2), and the hardware prefetcher cannot guess them.
 template <int Hint = _MM_HINT_T0>
-inline void prefetch_rows(const float* const* rows, int64_t j, int64_t count, int64_t n, int64_t width) {
+inline void prefetch_rows(const float* const* rows, int64_t j, int64_t count, int64_t n, int64_t width,
+                          int64_t first = 0) {
   const int64_t stop = std::min(j + count, n);
   for (int64_t r = j; r < stop; ++r)
-    for (int64_t off = 0; off < width; off += 16)
+    for (int64_t off = first; off < first + width; off += 16)
       _mm_prefetch(reinterpret_cast<const char*>(rows[r] + off), static_cast<_mm_hint>(Hint));
 }
 
@@ -226,9 +227,16 @@ template <int NC>
 inline void accumulate_chunk(const Weights& W, int64_t nh, const float* A, int64_t Dc, int64_t c0,
                              float* const* out_rows, int64_t n) {
   int64_t j = 0;
+  // The gradient rows are scattered like the keys: without a prefetch each block of rows waits
+  // on L2 (or further) before its first FMA.
+  constexpr int64_t kAhead = 4 * kGradKeys;
+  prefetch_rows(out_rows, 0, kAhead, n, 16 * NC, c0);
   // Duplicate keys inside one block would race on the same row (read-modify-write of a copy):
   // the caller passes rows deduplicated per block (see accumulate_rows).
-  for (; j + kGradKeys <= n; j += kGradKeys) accumulate_block<kGradKeys, NC>(W, nh, A, Dc, c0, out_rows, j);
+  for (; j + kGradKeys <= n; j += kGradKeys) {
+    prefetch_rows(out_rows, j + kAhead, kGradKeys, n, 16 * NC, c0);
+    accumulate_block<kGradKeys, NC>(W, nh, A, Dc, c0, out_rows, j);
+  }
   for (; j < n; ++j) accumulate_block<1, NC>(W, nh, A, Dc, c0, out_rows, j);
 }
 

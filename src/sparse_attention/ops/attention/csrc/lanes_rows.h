@@ -234,10 +234,17 @@ class BlockForward {
   // Token `slot` of the block: the scaled queries of its nh heads (q: head 0's row, heads q_stride
   // apart), its n > 0 valid keys ids, an empty softmax state.
   void stage(int64_t slot, const float* q, int64_t q_stride, int64_t nh, const int64_t* ids, int64_t n) {
+    stage_keys(slot, ids, n);
+    stage_heads(slot, q, q_stride, nh);
+  }
+
+  // stage() in two steps, so that KV groups sharing a selection group its keys by range once:
+  // the keys (kept until restaged), then the queries and an empty state of one group's heads.
+  void stage_keys(int64_t slot, const int64_t* ids, int64_t n) { keys_.stage(slot, ids, n); }
+  void stage_heads(int64_t slot, const float* q, int64_t q_stride, int64_t nh) {
     float* qs = q_.data() + slot * kMaxHeads * D_;
     for (int64_t h = 0; h < nh; ++h)
       for (int64_t d = 0; d < D_; ++d) qs[h * D_ + d] = q[h * q_stride + d] * scale_;
-    keys_.stage(slot, ids, n);
     const int64_t state = slot * kMaxHeads;
     std::fill_n(m_acc_.begin() + state, kMaxHeads, -std::numeric_limits<float>::infinity());
     std::fill_n(l_acc_.begin() + state, kMaxHeads, 0.0f);

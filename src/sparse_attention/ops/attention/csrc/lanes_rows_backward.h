@@ -44,14 +44,18 @@ class BlockBackward {
     return ranges::tokens_per_block(Nk, bytes_per_key(D, Dv), kBackwardRangeBytes);
   }
 
-  // Token `slot` of the block, nh heads (each argument points at head 0's row, heads *_stride
-  // apart): its queries, outputs, output gradients and log-sum-exps, and its n > 0 valid keys.
+  // Token `slot` of the block takes its n > 0 valid keys ids. Staged once for every KV group
+  // that shares the selection (grouping the keys by range costs about as much as a group's
+  // gradient accumulation over them).
+  void stage_keys(int64_t slot, const int64_t* ids, int64_t n) { keys_.stage(slot, ids, n); }
+
+  // Token `slot` of the block, nh heads of one KV group (each argument points at head 0's row,
+  // heads *_stride apart): its queries, outputs, output gradients and log-sum-exps.
   // T: float, or at::BFloat16 (widened here, row by row, so that the caller needs no float copy
   // of these N x H rows).
   template <typename T>
-  void stage(int64_t slot, int64_t nh, const T* q, int64_t q_stride, const T* out, int64_t out_stride,
-             const T* dout, int64_t dout_stride, const float* lse, int64_t lse_stride, const int64_t* ids,
-             int64_t n) {
+  void stage_heads(int64_t slot, int64_t nh, const T* q, int64_t q_stride, const T* out, int64_t out_stride,
+                   const T* dout, int64_t dout_stride, const float* lse, int64_t lse_stride) {
     float* qs = q_.data() + slot * kMaxHeads * D_;
     float* dos = do_.data() + slot * kMaxHeads * Dv_;
     for (int64_t h = 0; h < nh; ++h) {
@@ -66,7 +70,6 @@ class BlockBackward {
       lse_[slot * kMaxHeads + h] = lse[h * lse_stride];
     }
     std::fill_n(dq_acc_.begin() + slot * kMaxHeads * D_, kMaxHeads * D_, 0.0f);
-    keys_.stage(slot, ids, n);
   }
 
   // Tokens [0, tokens) of nh heads over every range of the group's keys k [Nk][D] and values
