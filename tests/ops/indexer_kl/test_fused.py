@@ -56,6 +56,22 @@ def test_no_row_with_a_key_gives_zero_loss_and_zero_gradients():
 
 
 @needs_kernel
+def test_bfloat16_inputs_keep_their_gradients_in_bfloat16():
+    # The gradients wait from the loss to the backward in the inputs' dtype (half the bytes of a
+    # bf16 step's indexer gradients); the leaves get what the float32 gradients round to.
+    q, k, iq, ik, w, idx = kl_inputs(1, 4, 2, 50, 16, 4, 32, 9, seed=4)
+    narrow = [t.bfloat16().requires_grad_() for t in (iq, ik, w)]
+    loss = cpu.indexer_kl_cpu(q, k, *narrow, idx, scale=0.25)
+    assert [g.dtype for g in loss.grad_fn.grads] == [torch.bfloat16] * 3
+    loss.backward()
+    wide = [t.detach().float().requires_grad_() for t in narrow]
+    cpu.indexer_kl_cpu(q, k, *wide, idx, scale=0.25).backward()
+    for got, want in zip(narrow, wide):
+        assert got.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(got.grad, want.grad.bfloat16(), rtol=0, atol=0)
+
+
+@needs_kernel
 def test_fused_equals_the_pytorch_path_in_float32():
     q, k, iq, ik, w, idx = kl_inputs(2, 4, 2, 130, 32, 4, 64, 24, seed=3)
     results = {impl: loss_and_grads(q, k, iq, ik, w, idx, impl) for impl in ("fused", "reference")}

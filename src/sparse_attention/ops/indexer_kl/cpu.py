@@ -42,10 +42,14 @@ def supports_from_target(target: Tensor, index_q: Tensor, index_k: Tensor, weigh
 
 class _IndexerKL(torch.autograd.Function):
     """The kernel's loss, with the gradients it computed in the forward pass. ``target`` None:
-    the kernel computes it from ``q``, ``k`` and ``scale``; else ``q``, ``k``, ``scale`` are unused."""
+    the kernel computes it from ``q``, ``k`` and ``scale``; else ``q``, ``k``, ``scale`` are unused.
+    ``grad_dtypes``: the dtypes of the caller's ``index_q``, ``index_k``, ``weights`` (before their
+    float32 copies): each gradient is kept until the backward in its input's dtype, which autograd
+    rounds it to anyway, so that a bf16 step holds half the bytes (``N x (H_I D_I + D_I + H_I)``
+    values per layer, from the loss until the backward reaches the indexer)."""
 
     @staticmethod
-    def forward(ctx, q, k, index_q, index_k, weights, indices, scale, ext, target=None):
+    def forward(ctx, q, k, index_q, index_k, weights, indices, scale, ext, grad_dtypes, target=None):
         need_grad = any(ctx.needs_input_grad[2:5])
         try:
             if target is None:
@@ -57,13 +61,15 @@ class _IndexerKL(torch.autograd.Function):
         except RuntimeError as err:  # the kernel's shape and range checks, as the public boundary reports them
             raise ValueError(str(err).splitlines()[0]) from None
         rows = int(has_keys.sum())
-        ctx.grads = (diq / max(rows, 1), dik / max(rows, 1), dw / max(rows, 1)) if need_grad else None
+        ctx.grads = None
+        if need_grad:
+            ctx.grads = tuple((g / max(rows, 1)).to(dtype) for g, dtype in zip((diq, dik, dw), grad_dtypes))
         return row_kl.sum() / rows if rows else row_kl.sum() * 0.0
 
     @staticmethod
     def backward(ctx, grad):
         diq, dik, dw = (g * grad for g in ctx.grads)
-        return None, None, diq, dik, dw, None, None, None, None
+        return None, None, diq, dik, dw, None, None, None, None, None
 
 
 def indexer_kl_cpu(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor, indices: Tensor, *,
@@ -82,7 +88,8 @@ def indexer_kl_cpu(q: Tensor, k: Tensor, index_q: Tensor, index_k: Tensor, weigh
     ext = EXTENSION.require(isa)
     q, k = q.detach().float().contiguous(), k.detach().float().contiguous()
     return _IndexerKL.apply(q, k, index_q.float().contiguous(), index_k.float().contiguous(),
-                            weights.float().contiguous(), indices.long().contiguous(), float(scale), ext)
+                            weights.float().contiguous(), indices.long().contiguous(), float(scale), ext,
+                            _dtypes(index_q, index_k, weights))
 
 
 def indexer_kl_from_target_cpu(target: Tensor, index_q: Tensor, index_k: Tensor, weights: Tensor, indices: Tensor, *,
@@ -96,4 +103,8 @@ def indexer_kl_from_target_cpu(target: Tensor, index_q: Tensor, index_k: Tensor,
     empty = target.new_empty(0)
     return _IndexerKL.apply(empty, empty, index_q.float().contiguous(), index_k.float().contiguous(),
                             weights.float().contiguous(), indices.long().contiguous(), 1.0, ext,
-                            target.detach().float().contiguous())
+                            _dtypes(index_q, index_k, weights), target.detach().float().contiguous())
+
+
+def _dtypes(*tensors: Tensor) -> tuple[torch.dtype, ...]:
+    return tuple(t.dtype for t in tensors)

@@ -77,16 +77,20 @@ class HugePageArray {
 
   // numel zero floats.
   static HugePageArray zeros(int64_t numel) {
-    const int64_t bytes = numel * static_cast<int64_t>(sizeof(float));
-    HugePageArray a(bytes);
-    if (a.data_ == nullptr) {
-      a.heap_ = std::malloc(std::max<int64_t>(bytes, 1));
-      TORCH_CHECK(a.heap_ != nullptr, "sparse_attention_cpu: out of memory");
-      a.data_ = a.heap_;
-    }
-    float* p = static_cast<float*>(a.data_);
+    HugePageArray a = floats(numel);
+    float* p = a.data<float>();
     at::parallel_for(0, numel, int64_t{1} << 16, [&](int64_t begin, int64_t end) {
       std::memset(p + begin, 0, (end - begin) * sizeof(float));
+    });
+    return a;
+  }
+
+  // src[0 .. numel) widened to floats in one pass (no float copy beside this one).
+  static HugePageArray widened(const at::BFloat16* src, int64_t numel) {
+    HugePageArray a = floats(numel);
+    float* p = a.data<float>();
+    at::parallel_for(0, numel, int64_t{1} << 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) p[i] = static_cast<float>(src[i]);
     });
     return a;
   }
@@ -125,6 +129,18 @@ class HugePageArray {
 #else
     (void)bytes;
 #endif
+  }
+
+  // Room for numel floats: huge pages, or the heap below kMinBytes or where mmap failed.
+  static HugePageArray floats(int64_t numel) {
+    const int64_t bytes = numel * static_cast<int64_t>(sizeof(float));
+    HugePageArray a(bytes);
+    if (a.data_ == nullptr) {
+      a.heap_ = std::malloc(std::max<int64_t>(bytes, 1));
+      TORCH_CHECK(a.heap_ != nullptr, "sparse_attention_cpu: out of memory");
+      a.data_ = a.heap_;
+    }
+    return a;
   }
 
   void* data_ = nullptr;    // the array (the source itself for a copy that did not pay)
@@ -752,11 +768,11 @@ void forward_impl(const Shapes& s, const T* q, const T* k_in, const T* v_in, con
 // walking their keys range by range (lanes_rows_backward.h); dK and dV into this thread's
 // accumulators (dk_all, dv_all: kv_numel_* floats per thread). A block's keys are staged once
 // for all the KV groups that share its selection (DSA: one selection for every head), then run
-// group by group. E: the type of q, out and dout (float or at::BFloat16, widened as each token
-// is staged); k and v are float.
+// group by group. E: the type of q, out, dout and dq (float or at::BFloat16, widened as each
+// token is staged, dq rounded as it is written); k and v are float.
 template <typename E, typename I>
 void backward_token_blocks(const Shapes& s, const E* q, const float* k, const float* v, const I* idx,
-                           double scale, const E* out, const float* lse, const E* dout, float* dq,
+                           double scale, const E* out, const float* lse, const E* dout, E* dq,
                            float* dk_all, float* dv_all, int64_t kv_numel_k, int64_t kv_numel_v) {
   const int64_t T = rows::BlockBackward::block_tokens(s.Nk, s.D, s.Dv);
   const int64_t blocks_per_group = (s.Nq + T - 1) / T;
@@ -910,17 +926,17 @@ bool widen_bf16_forward(const Shapes& s, bool allow_amx) {
 }
 bool widen_bf16_backward(const Shapes& s) { return rows::fits_backward(s.per_head ? 1 : s.G, s.D, s.Dv); }
 
-// The bf16 backward where widen_bf16_backward(s): only K and V are widened to float (the kernels
-// read gathered rows as float; B x H_kv x N rows); the queries, outputs and output gradients
-// (B x H x N rows each, the backward's largest transient as float copies) are widened token by
-// token as BlockBackward stages them.
+// The bf16 backward where widen_bf16_backward(s): only K and V are widened to float, straight
+// into the staging arrays (the kernels read gathered rows as float; B x H_kv x N rows); the
+// queries, outputs and output gradients (B x H x N rows each, the backward's largest transient as
+// float copies) are widened token by token as BlockBackward stages them, and dQ is written in
+// bf16 (no float dQ of B x H x N rows to round afterwards).
 template <typename I>
 void backward_bf16_blocks(const Shapes& s, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const I* idx, double scale, const at::Tensor& out, const float* lse, const at::Tensor& dout,
-                          float* dq, float* dk_all, float* dv_all, int64_t kv_numel_k, int64_t kv_numel_v) {
-  const auto kf = k.to(at::kFloat), vf = v.to(at::kFloat);
-  const auto k_copy = HugePageArray::copy_of(kf.data_ptr<float>(), kv_numel_k, staging_pays(s));
-  const auto v_copy = HugePageArray::copy_of(vf.data_ptr<float>(), kv_numel_v, staging_pays(s));
+                          at::BFloat16* dq, float* dk_all, float* dv_all, int64_t kv_numel_k, int64_t kv_numel_v) {
+  const auto k_copy = HugePageArray::widened(k.data_ptr<at::BFloat16>(), kv_numel_k);
+  const auto v_copy = HugePageArray::widened(v.data_ptr<at::BFloat16>(), kv_numel_v);
   backward_token_blocks(s, q.data_ptr<at::BFloat16>(), k_copy.data<float>(), v_copy.data<float>(), idx, scale,
                         out.data_ptr<at::BFloat16>(), lse, dout.data_ptr<at::BFloat16>(), dq, dk_all, dv_all,
                         kv_numel_k, kv_numel_v);
@@ -1022,7 +1038,12 @@ std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::T
   std::tie(dout, s.dout_tokens_major) = readable_layout(dout);
   const int64_t threads = at::get_num_threads();
   auto fopt = q.options().dtype(at::kFloat);
-  auto dq = at::zeros({s.B, s.H, s.Nq, s.D}, fopt);
+#if defined(SA_LANES)
+  const bool bf16_blocks = q.scalar_type() == at::kBFloat16 && widen_bf16_backward(s);
+#else
+  const bool bf16_blocks = false;
+#endif
+  auto dq = at::zeros({s.B, s.H, s.Nq, s.D}, bf16_blocks ? q.options() : fopt);  // bf16 blocks write bf16
   const int64_t nk = s.B * s.Hkv * s.Nk * s.D, nv = s.B * s.Hkv * s.Nk * s.Dv;
   // One dK/dV accumulator per thread (scatter-adds need no atomics; the sum is deterministic).
   const auto dk_acc = HugePageArray::zeros(threads * nk), dv_acc = HugePageArray::zeros(threads * nv);
@@ -1035,8 +1056,8 @@ std::vector<at::Tensor> backward(at::Tensor q, at::Tensor k, at::Tensor v, at::T
                            dq.data_ptr<float>(), dk_all, dv_all, nk, nv);
     } else if (q.scalar_type() == at::kBFloat16) {
 #if defined(SA_LANES)
-      if (widen_bf16_backward(s)) {
-        backward_bf16_blocks(s, q, k, v, index, scale, out, lse.data_ptr<float>(), dout, dq.data_ptr<float>(),
+      if (bf16_blocks) {
+        backward_bf16_blocks(s, q, k, v, index, scale, out, lse.data_ptr<float>(), dout, dq.data_ptr<at::BFloat16>(),
                              dk_all, dv_all, nk, nv);
       } else
 #endif

@@ -11,6 +11,8 @@
 
 #include "lanes_rows.h"
 
+#include <type_traits>
+
 #if defined(SA_LANES)
 
 namespace rows {
@@ -78,12 +80,23 @@ class BlockBackward {
     keys_.walk(tokens, [&](int64_t slot, const int32_t* ids, int64_t n) { range(slot, nh, k, v, dk, dv, ids, n); });
   }
 
-  // Writes token `slot`'s dQ rows (dq: head 0's row, heads dq_stride apart).
-  void finish(int64_t slot, int64_t nh, float* dq, int64_t dq_stride) const {
+  // Writes token `slot`'s dQ rows (dq: head 0's row, heads dq_stride apart). T: float, or
+  // at::BFloat16 (rounded here, so that a bf16 backward needs no float dQ of N x H rows).
+  template <typename T>
+  void finish(int64_t slot, int64_t nh, T* dq, int64_t dq_stride) const {
     const F16 scale = simd::set1(scale_);
     for (int64_t h = 0; h < nh; ++h) {
       const float* acc = dq_acc_.data() + (slot * kMaxHeads + h) * D_;
-      for (int64_t d = 0; d < D_; d += 16) simd::storeu(dq + h * dq_stride + d, simd::mul(simd::loadu(acc + d), scale));
+      for (int64_t d = 0; d < D_; d += 16) {
+        const F16 g = simd::mul(simd::loadu(acc + d), scale);
+        if constexpr (std::is_same_v<T, float>) {
+          simd::storeu(dq + h * dq_stride + d, g);
+        } else {
+          alignas(64) float row[16];
+          simd::storeu(row, g);
+          for (int e = 0; e < 16; ++e) dq[h * dq_stride + d + e] = static_cast<T>(row[e]);
+        }
+      }
     }
   }
 
