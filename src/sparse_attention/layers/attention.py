@@ -19,6 +19,11 @@ the shared sparse attention kernel. Each forward call runs in one of three modes
   its probabilities averaged over heads per slot (the KL's target), and the KL scores only the
   indexer (``sparse_indexer_loss_from_target``).
 
+The indexer loss of either stage reaches only the indexer's parameters; its gradients in them are
+computed when the loss is (:func:`~sparse_attention.utils.gradients_now.with_gradients_now`), so
+the indexer's activations and the KL's gradients in them are freed at once rather than held until
+the backward pass (a DSA step would otherwise hold more memory than a dense one).
+
 ``collect`` statistics walk query chunks as the warm-up does. Only ``keep_scores``
 (visualisation) holds all ``[B, N, N]`` indexer scores.
 
@@ -46,6 +51,7 @@ from ..selection.dsa import dsa_select
 from ..selection.key_mask import check_key_mask
 from ..utils.autocast import in_autocast_dtype
 from ..utils.checks import check_int
+from ..utils.gradients_now import with_gradients_now
 from .attention_stats import layer_stats, topk_from_scores
 from .indexer import LightningIndexer
 from .indexer_loss import dense_indexer_loss, sparse_indexer_loss, sparse_indexer_loss_from_target
@@ -369,6 +375,10 @@ class SparseSelfAttention(nn.Module):
                 # Dense warm-up: the KL to the dense attention by query chunks (O(N * chunk) memory).
                 with _float32(x.device):
                     aux.indexer_loss = dense_indexer_loss(q.detach(), k.detach(), *indexer_out)
+        if aux.indexer_loss is not None:
+            # The KL reaches only the indexer's parameters (detached input): its gradients now, so
+            # that the indexer's activations and the KL's O(N) gradients are not held to the backward.
+            aux.indexer_loss = with_gradients_now(aux.indexer_loss, self.indexer.parameters())
         if collect:
             detached = None if indexer_out is None else tuple(t.detach().float() for t in indexer_out)
             with _float32(x.device):
