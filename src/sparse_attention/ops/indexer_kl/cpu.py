@@ -45,8 +45,9 @@ class _IndexerKL(torch.autograd.Function):
     the kernel computes it from ``q``, ``k`` and ``scale``; else ``q``, ``k``, ``scale`` are unused.
     ``grad_dtypes``: the dtypes of the caller's ``index_q``, ``index_k``, ``weights`` (before their
     float32 copies): each gradient is kept until the backward in its input's dtype, which autograd
-    rounds it to anyway, so that a bf16 step holds half the bytes (``N x (H_I D_I + D_I + H_I)``
-    values per layer, from the loss until the backward reaches the indexer)."""
+    rounds it to anyway, so that with bf16 inputs a caller who backpropagates later holds half the
+    bytes (``N x (H_I D_I + D_I + H_I)`` values). The DSA layer does not hold them at all: it takes
+    the indexer's gradients when it has the loss (``utils/gradients_now.py``)."""
 
     @staticmethod
     def forward(ctx, q, k, index_q, index_k, weights, indices, scale, ext, grad_dtypes, target=None):

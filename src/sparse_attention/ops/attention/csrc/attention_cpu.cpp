@@ -144,7 +144,7 @@ class HugePageArray {
   }
 
   void* data_ = nullptr;    // the array (the source itself for a copy that did not pay)
-  void* heap_ = nullptr;    // owned heap block (zeros() below kMinBytes or where mmap failed)
+  void* heap_ = nullptr;    // owned heap block (floats() below kMinBytes or where mmap failed)
   void* mapped_ = nullptr;  // owned mapping of mapped_bytes_
   size_t mapped_bytes_ = 0;
 };
