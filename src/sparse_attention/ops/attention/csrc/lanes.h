@@ -204,26 +204,36 @@ struct Weights {
 
 // out_rows[j0 + b][c0 : c0 + 16 NC] += sum_{i < nh} W[j0 + b][i] * A[i][c0 : ...] for b < KB.
 // Blocking KB keys lets each loaded row of A serve KB keys (loads per FMA drop from ~1.25 to
-// ~0.5 for KB = 4, NC = 4).
-template <int KB, int NC>
+// ~0.5 for KB = 4, NC = 4). NH > 0: nh == NH, known at compile time. The row pointers and
+// weights are copied into locals first: the stores (vector types may alias anything) would
+// otherwise make the compiler reload each pointer after every store, and with nh unknown GCC
+// kept the KB x NC accumulators on the stack across the head loop (measured: the loads, spills
+// and reloads around the FMAs took more samples than the FMAs).
+template <int KB, int NC, int NH = 0>
 inline void accumulate_block(const Weights& W, int64_t nh, const float* A, int64_t Dc, int64_t c0,
                              float* const* out_rows, int64_t j0) {
+  if constexpr (NH > 0) nh = NH;
+  float* row[KB];
+  for (int b = 0; b < KB; ++b) row[b] = out_rows[j0 + b] + c0;
+  const float* w = W.w + j0 * W.key_stride;
+  const int64_t key_stride = W.key_stride, head_stride = W.head_stride;
   F16 acc[KB][NC];
   for (int b = 0; b < KB; ++b)
-    for (int c = 0; c < NC; ++c) acc[b][c] = simd::loadu(out_rows[j0 + b] + c0 + 16 * c);
+    for (int c = 0; c < NC; ++c) acc[b][c] = simd::loadu(row[b] + 16 * c);
+  const float* a_row = A + c0;
   for (int64_t i = 0; i < nh; ++i) {
     F16 a[NC];
-    for (int c = 0; c < NC; ++c) a[c] = simd::loadu(A + i * Dc + c0 + 16 * c);
+    for (int c = 0; c < NC; ++c) a[c] = simd::loadu(a_row + i * Dc + 16 * c);
     for (int b = 0; b < KB; ++b) {
-      const F16 wb = simd::set1(W.at(j0 + b, i));
+      const F16 wb = simd::set1(w[b * key_stride + i * head_stride]);
       for (int c = 0; c < NC; ++c) acc[b][c] = simd::fmadd(wb, a[c], acc[b][c]);
     }
   }
   for (int b = 0; b < KB; ++b)
-    for (int c = 0; c < NC; ++c) simd::storeu(out_rows[j0 + b] + c0 + 16 * c, acc[b][c]);
+    for (int c = 0; c < NC; ++c) simd::storeu(row[b] + 16 * c, acc[b][c]);
 }
 
-template <int NC>
+template <int NC, int NH = 0>
 inline void accumulate_chunk(const Weights& W, int64_t nh, const float* A, int64_t Dc, int64_t c0,
                              float* const* out_rows, int64_t n) {
   int64_t j = 0;
@@ -235,9 +245,9 @@ inline void accumulate_chunk(const Weights& W, int64_t nh, const float* A, int64
   // the caller passes rows deduplicated per block (see accumulate_rows).
   for (; j + kGradKeys <= n; j += kGradKeys) {
     prefetch_rows(out_rows, j + kAhead, kGradKeys, n, 16 * NC, c0);
-    accumulate_block<kGradKeys, NC>(W, nh, A, Dc, c0, out_rows, j);
+    accumulate_block<kGradKeys, NC, NH>(W, nh, A, Dc, c0, out_rows, j);
   }
-  for (; j < n; ++j) accumulate_block<1, NC>(W, nh, A, Dc, c0, out_rows, j);
+  for (; j < n; ++j) accumulate_block<1, NC, NH>(W, nh, A, Dc, c0, out_rows, j);
 }
 
 // out_rows[j][:] += sum_{i < nh} W[j][i] * A[i][:] for j < n; A: [nh][Dc], Dc % 16 == 0.
@@ -257,6 +267,10 @@ inline void accumulate_rows(const Weights& W, int64_t nh, const float* A, int64_
           default: accumulate_block<1, 1>(W, nh, A, Dc, c0, out_rows, j); break;
         }
       }
+      continue;
+    }
+    if (nc == kGradChunks && nh == 4) {  // 4 heads per KV group (GQA 16:4, 8:2): the head loop unrolled
+      accumulate_chunk<kGradChunks, 4>(W, nh, A, Dc, c0, out_rows, n);
       continue;
     }
     switch (nc) {
