@@ -58,7 +58,8 @@ def test_keys_walked_in_several_ranges(h, h_kv, layout, causal, ascending):
     # fp32 with D = D_v = 64: a forward key range holds 4096 keys (2 MiB of K and V), so 20000
     # keys are 5 ranges merged per token by the online softmax, and blocks are 128 tokens wide:
     # the 150 queries (the last 150 positions) are one full and one partial block. The backward
-    # of groups of up to 8 heads (4:2 here) walks ranges of 512 keys (K, V, dK and dV rows).
+    # of groups of up to 8 heads (4:2 here) walks ranges of one L2 (K, V, dK and dV rows; at most
+    # 2048 keys).
     # Ascending rows (with -1 slots first) take the grouping's sorted shortcut.
     q, k, v = make_qkv(1, h, h_kv, 150, n_k=20000, d=64, dtype=torch.float64)
     h_sel = {"shared": 1, "per_head": h}[layout]
@@ -73,10 +74,11 @@ def test_keys_walked_in_several_ranges(h, h_kv, layout, causal, ascending):
 def test_kv_groups_sharing_one_selection(dtype):
     # One selection for 2 KV groups of 4 heads (DSA's layout): each 128-token block's keys are
     # grouped by range once and run for both groups, when there are enough blocks for the threads
-    # (9 blocks of 1100 tokens >= 4 per thread at 2 threads). D = 64: backward ranges of 512 keys,
-    # so the 1100 keys span 3 of them; a tenth of the slots empty, row 7 without keys.
-    q, k, v = make_qkv(1, 8, 2, 1100, d=64, dtype=torch.float64)
-    idx = random_indices(1, 1, 1100, 1100, 200, seed=11, empty_fraction=0.1)
+    # (9 blocks of 1100 tokens >= 4 per thread at 2 threads). D = 64: backward ranges of one L2
+    # (at most 2 MiB of K, V, dK and dV: 2048 keys), so the 5000 keys span at least 3 of them; a
+    # tenth of the slots empty, row 7 without keys.
+    q, k, v = make_qkv(1, 8, 2, 1100, n_k=5000, d=64, dtype=torch.float64)
+    idx = random_indices(1, 1, 1100, 5000, 200, seed=11, empty_fraction=0.1)
     idx[0, 0, 7] = -1
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

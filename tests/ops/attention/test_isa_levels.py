@@ -60,8 +60,8 @@ def test_keys_walked_in_several_ranges(isa, h, h_kv, layout, ascending):
 
 def test_kv_groups_sharing_one_selection(isa):
     # The backward that stages a block's keys once for both KV groups (see test_cpu.py).
-    q, k, v = make_qkv(1, 8, 2, 1100, d=64, dtype=torch.float64)
-    idx = random_indices(1, 1, 1100, 1100, 200, seed=11, empty_fraction=0.1)
+    q, k, v = make_qkv(1, 8, 2, 1100, n_k=5000, d=64, dtype=torch.float64)
+    idx = random_indices(1, 1, 1100, 5000, 200, seed=11, empty_fraction=0.1)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -11,6 +11,9 @@
 
 #include "lanes_rows.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <type_traits>
 
 #if defined(SA_LANES)
@@ -36,14 +39,14 @@ class BlockBackward {
   // K: most keys per token; Nk: key positions; D, Dv: key and value widths; scale: of the scores.
   BlockBackward(int64_t K, int64_t Nk, int64_t D, int64_t Dv, float scale)
       : D_(D), Dv_(Dv), Kp_(padded_keys(K)), scale_(scale),
-        keys_(K, Nk, bytes_per_key(D, Dv), kBackwardRangeBytes), q_(keys_.tokens() * kMaxHeads * D),
+        keys_(K, Nk, bytes_per_key(D, Dv), range_bytes()), q_(keys_.tokens() * kMaxHeads * D),
         do_(keys_.tokens() * kMaxHeads * Dv), delta_(keys_.tokens() * kMaxHeads), lse_(keys_.tokens() * kMaxHeads),
         dq_acc_(keys_.tokens() * kMaxHeads * D), s_(kMaxHeads * Kp_), ds_(kMaxHeads * Kp_), krows_(Kp_), vrows_(Kp_),
         dkrows_(Kp_), dvrows_(Kp_) {}
 
   // Tokens per block (the stage() slots) for Nk keys of widths D, Dv.
   static int64_t block_tokens(int64_t Nk, int64_t D, int64_t Dv) {
-    return ranges::tokens_per_block(Nk, bytes_per_key(D, Dv), kBackwardRangeBytes);
+    return ranges::tokens_per_block(Nk, bytes_per_key(D, Dv), range_bytes());
   }
 
   // Token `slot` of the block takes its n > 0 valid keys ids. Staged once for every KV group
@@ -101,11 +104,20 @@ class BlockBackward {
   }
 
  private:
-  // K, V, dK and dV bytes per key range (the gradient rows are read and written as well): about
-  // one core's L2 on the AMD EPYC it was measured on (512 KiB; fp32, 4:2 heads, D = 32,
-  // K = 1024, DSA selections): forward + backward N = 16384 ~2160 -> ~1750 ms; 2 MiB ranges
-  // were slower than none (N = 8192 ~650 -> ~760 ms), 256 KiB no better than 512.
-  static constexpr int64_t kBackwardRangeBytes = int64_t{512} << 10;
+  // K, V, dK and dV bytes per key range (the gradient rows are read and written as well): one
+  // core's L2 as the C library reports it (512 KiB where it does not), within [256 KiB, 2 MiB].
+  // Measured on an AMD EPYC with 512 KiB of L2 (fp32, 4:2 heads, D = 32, K = 1024, DSA
+  // selections): forward + backward N = 16384 ~2160 -> ~1750 ms with 512 KiB ranges; 2 MiB were
+  // slower than none (N = 8192 ~650 -> ~760 ms), 256 KiB no better than 512. On a Zen 4 EPYC
+  // (1 MiB of L2; 16:4 heads, D = 64, K = 1024, N = 16384, backward): 1 MiB ~1700 ms, 512 KiB
+  // ~1860, 2 MiB ~1740.
+  static int64_t range_bytes() {
+    static const int64_t bytes = [] {
+      const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+      return l2 > 0 ? std::clamp<int64_t>(l2, int64_t{256} << 10, int64_t{2} << 20) : int64_t{512} << 10;
+    }();
+    return bytes;
+  }
   static int64_t bytes_per_key(int64_t D, int64_t Dv) { return 2 * (D + Dv) * int64_t{sizeof(float)}; }
 
   // Token `slot` over its n keys ids of one range.
