@@ -199,7 +199,6 @@ inline void weighted_rows(const float* WT, int64_t nh, const float* const* rows,
 struct Weights {
   const float* w;
   int64_t key_stride, head_stride;
-  float at(int64_t j, int64_t i) const { return w[j * key_stride + i * head_stride]; }
 };
 
 // out_rows[j0 + b][c0 : c0 + 16 NC] += sum_{i < nh} W[j0 + b][i] * A[i][c0 : ...] for b < KB.

@@ -113,7 +113,11 @@ class BlockBackward {
   // ~1860, 2 MiB ~1740.
   static int64_t range_bytes() {
     static const int64_t bytes = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)  // a glibc extension; elsewhere the default below
       const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#else
+      const long l2 = 0;
+#endif
       return l2 > 0 ? std::clamp<int64_t>(l2, int64_t{256} << 10, int64_t{2} << 20) : int64_t{512} << 10;
     }();
     return bytes;
